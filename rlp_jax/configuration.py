@@ -1,0 +1,146 @@
+"""The full set of config keys with their defaults, and the checks that run before anything compiles.
+
+Experiment files in ``configs/`` start from ``base_config()`` and change what they need, so every key a
+user can pass on the command line (``--config.rlp.reg_lambda=1e4``) exists in every experiment, and an
+unknown key is rejected by ml_collections' locked ConfigDict before any work starts.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from rlp_jax import labels
+
+OPTIMIZERS = ("sgd", "adamw", "adam")
+
+
+def optimizer_config(name: str, learning_rate: float, **overrides) -> ml_collections.ConfigDict:
+  """One optimizer's settings. ``schedule`` is 'cosine' (linear warm-up, then cosine to 0) or 'constant'."""
+  cfg = ml_collections.ConfigDict(dict(
+      name=name,
+      learning_rate=learning_rate,
+      momentum=0.9,            # sgd only
+      nesterov=False,          # sgd only
+      b1=0.9, b2=0.999,        # adam/adamw only
+      weight_decay=0.0,        # decoupled (adamw) or added to the gradient (sgd, adam); never on biases/norms
+      warmup_epochs=0.0,
+      schedule="cosine",
+      grad_clip_norm=0.0,      # 0 = off; clips this group's gradients by their own global norm
+  ))
+  cfg.update(overrides)
+  return cfg
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key, with defaults that make sense for a small CPU experiment."""
+  c = ml_collections.ConfigDict()
+  c.dataset = "digits"            # a tfds name, e.g. 'digits', 'mnist1d/4k', 'mnist1d/100k'
+  c.data_dir = ""                 # tfds data_dir; '' = tfds default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+  c.num_epochs = 100
+  c.batch_size = 128              # global, over all devices and hosts
+  c.seed = 0                      # initialization, data order, dropout, random labels, noise, fractions
+  c.label_smoothing = 0.0
+  c.label_noise = 0.0             # fraction of training labels replaced by another class (Fig. 7C)
+  c.dataset_fraction = 1.0        # train on exactly floor(f * m) examples (Fig. 7A/B)
+  c.shuffle_buffer = 50_000
+
+  c.model = ml_collections.ConfigDict(dict(name="mlp", width=256, depth=2, dropout=0.0))
+
+  c.optimizer = optimizer_config("sgd", 0.1, warmup_epochs=1.0)
+
+  c.rlp = ml_collections.ConfigDict()
+  c.rlp.num_heads = 1             # parallel heads per layer, each with its own labels (A.8); 0 = no heads
+  c.rlp.num_labels = 10           # n; ignored (set to m) with label_mode='unique'
+  c.rlp.layers = "pre_logits"     # comma-separated sown names, or 'all'
+  c.rlp.reg_layers = "all"        # which of `layers` regularize: comma-separated, 'all' (= layers) or ''
+  c.rlp.reg_lambda = 0.0          # λ; 0 = pure measurement
+  c.rlp.label_mode = "fixed"      # fixed | shuffled | unique
+  c.rlp.hidden_dim = 0            # 0 = linear head; >0 = one hidden ReLU layer of this width (A.6)
+  c.rlp.norm = False              # LayerNorm before the dense layer (the paper's heads on ViT blocks)
+  c.rlp.pool = "mean"             # how spatial/token maps become vectors: mean | flatten
+  # The heads have their own optimizer. Default: Adam, constant lr 1e-3, no weight decay, no clipping.
+  # Why: the head is a measuring instrument. It must keep tracking the features when the backbone's
+  # cosine schedule has decayed to ~0 (so no decay of its own), and weight decay would cap its capacity
+  # and bias the measurement of memorization downward.
+  c.rlp.optimizer = optimizer_config("adam", 1e-3, schedule="constant")
+
+  c.probes = ml_collections.ConfigDict()
+  c.probes.layers = ""            # per-layer class probes (Fig. 9): comma-separated, 'all' or ''
+  c.probes.optimizer = optimizer_config("adam", 1e-3, schedule="constant")
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_epochs = 1
+  c.eval.batch_size = 512
+  c.eval.train_examples = 10_000  # fixed subset of training examples (unaugmented) for train metrics
+
+  c.offline = ml_collections.ConfigDict()
+  c.offline.at_init = True        # also train a head on the frozen network at initialization (Fig. 2B)
+  c.offline.num_epochs = 100      # the same budget for every checkpoint
+  c.offline.batch_size = 128
+  c.offline.train_examples = -1   # training examples the offline head fits (-1 = all trained-on ones)
+
+  c.checkpoint_every_epochs = 1
+  c.log_every_steps = 50
+  return c
+
+
+# Keys that may change between a run and its resumption without making it a different experiment.
+RESUMABLE_KEYS = ("data_dir", "log_every_steps", "checkpoint_every_epochs", "eval.batch_size",
+                  "shuffle_buffer", "offline.at_init", "offline.num_epochs", "offline.batch_size",
+                  "offline.train_examples")
+
+
+def parse_layers(spec: str, available: list[str], key: str) -> list[str]:
+  """'all' | '' | 'a,b' -> validated list of names, in the model's order."""
+  spec = spec.strip()
+  if spec == "all":
+    return list(available)
+  names = [s.strip() for s in spec.split(",") if s.strip()]
+  unknown = [n for n in names if n not in available]
+  if unknown:
+    raise ValueError(f"config.{key}={spec!r}: the model does not sow {unknown}. "
+                     f"It sows {available}; use some of those names or 'all'.")
+  return [n for n in available if n in names]
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks that need no data and no model; each error names the key and the fix."""
+  def fail(key, msg):
+    raise ValueError(f"config.{key}: {msg}")
+
+  if config.num_epochs < 1:
+    fail("num_epochs", f"must be >= 1, got {config.num_epochs}.")
+  if config.batch_size < 1:
+    fail("batch_size", f"must be >= 1, got {config.batch_size}.")
+  if config.rlp.reg_lambda < 0:
+    fail("rlp.reg_lambda", f"must be >= 0 (λ = 0 measures only), got {config.rlp.reg_lambda}.")
+  if config.rlp.num_heads < 0:
+    fail("rlp.num_heads", f"must be >= 0 (0 = no RLP heads), got {config.rlp.num_heads}.")
+  if config.rlp.label_mode not in labels.LABEL_MODES:
+    fail("rlp.label_mode", f"must be one of {labels.LABEL_MODES}, got {config.rlp.label_mode!r}.")
+  if config.rlp.num_heads and config.rlp.label_mode != "unique" and config.rlp.num_labels < 2:
+    fail("rlp.num_labels", f"must be >= 2 (a head needs two labels to predict), got {config.rlp.num_labels}.")
+  if config.rlp.hidden_dim < 0:
+    fail("rlp.hidden_dim", f"must be >= 0 (0 = linear head), got {config.rlp.hidden_dim}.")
+  if config.rlp.pool not in ("mean", "flatten"):
+    fail("rlp.pool", f"must be 'mean' or 'flatten', got {config.rlp.pool!r}.")
+  if not 0.0 <= config.label_noise < 1.0:
+    fail("label_noise", f"must lie in [0, 1), got {config.label_noise}.")
+  if not 0.0 < config.dataset_fraction <= 1.0:
+    fail("dataset_fraction", f"must lie in (0, 1], got {config.dataset_fraction}.")
+  if not 0.0 <= config.label_smoothing < 1.0:
+    fail("label_smoothing", f"must lie in [0, 1), got {config.label_smoothing}.")
+  if not 0.0 <= config.model.dropout < 1.0:
+    fail("model.dropout", f"must lie in [0, 1), got {config.model.dropout}.")
+  for key in ("optimizer", "rlp.optimizer", "probes.optimizer"):
+    opt = config
+    for part in key.split("."):
+      opt = opt[part]
+    if opt.name not in OPTIMIZERS:
+      fail(f"{key}.name", f"must be one of {OPTIMIZERS}, got {opt.name!r}.")
+    if opt.schedule not in ("cosine", "constant"):
+      fail(f"{key}.schedule", f"must be 'cosine' or 'constant', got {opt.schedule!r}.")
+    if opt.learning_rate <= 0:
+      fail(f"{key}.learning_rate", f"must be > 0, got {opt.learning_rate}.")
+    if opt.weight_decay < 0:
+      fail(f"{key}.weight_decay", f"must be >= 0, got {opt.weight_decay}.")

@@ -1,0 +1,147 @@
+"""Everything that is a pure function of (seed, example index): random labels, label noise, fractions.
+
+DESIGN §2: every training example has a stable global index ``i``; the random label of head ``k`` is
+``H(seed, k, i) mod n``. No label table is stored, so every host, every restart and every shuffle order
+computes the same labels, and memory does not grow with the dataset (ImageNet with n = m included).
+
+All functions are vectorized NumPy over uint32 arithmetic (wrap-around multiplication is the point of
+the hash, and NumPy does it silently on arrays). They run in the input pipeline on host, never on device.
+
+Streams: each use of the hash takes its own ``purpose`` constant, so e.g. the label-noise coin of
+example 7 is independent of its random label.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LABEL_MODES = ("fixed", "shuffled", "unique")
+
+# Distinct stream tags; arbitrary odd constants.
+_RANDOM_LABEL = 0x2545F491
+_NOISE_COIN = 0x6C8E9CF5
+_NOISE_CLASS = 0x1B873593
+_FRACTION = 0x5BD1E995
+_BIJECTION = 0x68E31DA4
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+  """MurmurHash3's 32-bit finalizer: a bijection on uint32 with full avalanche."""
+  h = h ^ (h >> np.uint32(16))
+  h = h * np.uint32(0x85EBCA6B)
+  h = h ^ (h >> np.uint32(13))
+  h = h * np.uint32(0xC2B2AE35)
+  return h ^ (h >> np.uint32(16))
+
+
+def hash32(*keys) -> np.ndarray:
+  """Well-mixed uint32 hash of a sequence of integer keys (scalars or broadcastable arrays).
+
+  Each key is folded in with a multiply-xor followed by the murmur finalizer, so changing any key,
+  in any position, changes the output as if drawn afresh. Keys must be non-negative and < 2**32.
+  """
+  h = np.uint32(0x9E3779B9)
+  with np.errstate(over="ignore"):  # uint32 wrap-around is intended
+    for key in keys:
+      k = np.asarray(key)
+      if k.dtype.kind not in "iu":
+        raise TypeError(f"hash keys must be integers, got {k.dtype}")
+      h = _fmix32((h ^ (k.astype(np.uint32) * np.uint32(0xCC9E2D51))) + np.uint32(0x6B43A9B5))
+  return np.asarray(h, dtype=np.uint32)
+
+
+def uniform01(*keys) -> np.ndarray:
+  """A float64 in [0, 1) per key tuple, from the top 32 bits of the hash."""
+  return hash32(*keys).astype(np.float64) / 2.0**32
+
+
+def random_labels(seed: int, index, num_labels: int, num_heads: int = 1, *, mode: str = "fixed",
+                  epoch: int = 0, num_examples: int | None = None) -> np.ndarray:
+  """Random labels ``ŷ_k(i)`` for every head k, shape ``index.shape + (num_heads,)``, int32.
+
+  Modes (DESIGN §2):
+    fixed:    ``H(seed, k, i) mod n`` — the paper's default; the same labels every epoch.
+    shuffled: ``H(seed, k, epoch, i) mod n`` — new labels each epoch (A.2 sanity check: nothing to memorize).
+    unique:   ``π_k(i)`` for a keyed bijection π_k on ``[0, m)``: every example its own label (A.5), so
+              ``num_labels`` must equal ``num_examples`` = m.
+  """
+  index = np.asarray(index)
+  if num_labels < 2:
+    raise ValueError(f"config.rlp.num_labels must be >= 2, got {num_labels}.")
+  heads = np.arange(num_heads, dtype=np.uint32)
+  idx = index[..., None]
+  if mode == "fixed":
+    h = hash32(seed, _RANDOM_LABEL, heads, idx)
+  elif mode == "shuffled":
+    h = hash32(seed, _RANDOM_LABEL, heads, epoch + 1, idx)
+  elif mode == "unique":
+    if num_examples is None or num_labels != num_examples:
+      raise ValueError("label_mode='unique' needs num_labels == number of training examples "
+                       f"(got num_labels={num_labels}, num_examples={num_examples}).")
+    out = np.stack([keyed_permutation(hash32(seed, _RANDOM_LABEL, k), index, num_examples)
+                    for k in range(num_heads)], axis=-1)
+    return out.astype(np.int32)
+  else:
+    raise ValueError(f"config.rlp.label_mode must be one of {LABEL_MODES}, got {mode!r}.")
+  return (h % np.uint32(num_labels)).astype(np.int32)
+
+
+def keyed_permutation(key, index, size: int) -> np.ndarray:
+  """``π_key(i)``: a pseudo-random bijection on ``[0, size)``, evaluated without any table.
+
+  A 4-round balanced Feistel network permutes ``[0, 2**(2b))`` with ``4**b >= size``; cycle-walking
+  (re-applying it while the value falls outside ``[0, size)``) restricts it to a bijection on
+  ``[0, size)``. Since ``4**b < 4 * size``, the expected number of walks per element is below 4.
+  """
+  index = np.asarray(index, dtype=np.int64)
+  if size < 1 or np.any((index < 0) | (index >= size)):
+    raise ValueError(f"indices must lie in [0, {size}).")
+  half_bits = max(1, int(np.ceil(np.log2(max(size, 2)) / 2)))
+  mask = np.uint32((1 << half_bits) - 1)
+  key = np.uint32(key)
+
+  def feistel(x: np.ndarray) -> np.ndarray:
+    left = (x >> np.uint32(half_bits)) & mask
+    right = x & mask
+    for r in range(4):
+      left, right = right, left ^ (hash32(key, _BIJECTION, r, right) & mask)
+    return (left << np.uint32(half_bits)) | right
+
+  x = feistel(index.astype(np.uint32))
+  outside = x >= size
+  while np.any(outside):
+    x[outside] = feistel(x[outside])
+    outside = x >= size
+  return x.astype(np.int64)
+
+
+def noisy_labels(seed: int, index, labels, num_classes: int, rate: float) -> tuple[np.ndarray, np.ndarray]:
+  """Symmetric label noise (Fig. 7C) as a pure function of (seed, index).
+
+  Example i is corrupted iff ``U(seed, i) < rate``; its label is then replaced by one of the
+  *other* ``num_classes - 1`` classes, chosen uniformly, so ``rate`` is exactly the expected fraction
+  of wrong labels. Returns ``(new_labels, is_noisy)``.
+  """
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"config.label_noise must lie in [0, 1), got {rate}.")
+  index = np.asarray(index)
+  labels = np.asarray(labels)
+  is_noisy = uniform01(seed, _NOISE_COIN, index) < rate
+  shift = 1 + hash32(seed, _NOISE_CLASS, index) % np.uint32(max(num_classes - 1, 1))
+  corrupted = (labels.astype(np.int64) + shift.astype(np.int64)) % num_classes
+  return np.where(is_noisy, corrupted, labels).astype(labels.dtype), is_noisy
+
+
+def fraction_mask(seed: int, num_examples: int, fraction: float) -> np.ndarray:
+  """Boolean mask over ``[0, m)`` selecting exactly ``⌊fraction·m⌋`` examples (Fig. 7A/B).
+
+  Example i is kept iff ``π(i) < ⌊f·m⌋`` for a keyed bijection π, which makes the subset exact in
+  size, a pure function of (seed, i), and nested: a smaller fraction selects a subset of a larger one.
+  """
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"config.dataset_fraction must lie in (0, 1], got {fraction}.")
+  keep = int(np.floor(fraction * num_examples))
+  if keep < 1:
+    raise ValueError(f"config.dataset_fraction={fraction} keeps no example of {num_examples}.")
+  ranks = keyed_permutation(hash32(seed, _FRACTION), np.arange(num_examples), num_examples)
+  return ranks < keep

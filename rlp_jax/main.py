@@ -1,0 +1,32 @@
+"""Entry point: ``python -m rlp_jax.main --config=configs/<file>.py[:arg] --workdir=DIR [--config.k=v ...]``.
+
+Re-running the same command resumes from the latest checkpoint in DIR.
+"""
+
+import logging as pylogging
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from rlp_jax import train
+
+FLAGS = flags.FLAGS
+_CHATTY = ("orbax", "tensorflow_datasets", "jax/_src", "absl/logging")
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config of this run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  # Keep the console to our progress and metrics: Orbax and tfds narrate every file they touch at INFO.
+  for handler in pylogging.getLogger().handlers:
+    handler.addFilter(lambda r: r.levelno >= pylogging.WARNING or not any(m in r.pathname for m in _CHATTY))
+  result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  print(result["table"], flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

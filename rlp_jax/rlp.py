@@ -1,0 +1,240 @@
+"""RLP heads, class probes, and the losses — with all gradient routing in one place.
+
+DESIGN §1. With ``sg = jax.lax.stop_gradient``, one forward pass of the network yields the class logits
+and the sown intermediates ``z_l``; from them:
+
+  =========  ==================================================  ======================
+  loss       formula                                             gradients reach
+  =========  ==================================================  ======================
+  L_class    CE(g_φ(f_θ(x)), y), optionally label-smoothed       θ (backbone), φ (head)
+  L_rnd      mean_k CE(h_ψk(sg(z_k)), ŷ_k)                       ψ (RLP heads) only
+  L_reg      mean_k over regularizing heads -log(1 - p̂_k[ŷ_k]),   θ only
+             p̂_k = softmax(h_{sg(ψk)}(z_k))
+  L_probe    mean_l CE(q_l(sg(z_l)), y)                          probe parameters only
+  =========  ==================================================  ======================
+
+  L = L_class + L_rnd + λ·L_reg + L_probe
+
+``routed_losses`` below is the only function that places ``stop_gradient``; everything else in the
+package is routing-agnostic.
+
+Sign of L_reg: the paper's Eq. 4 prints ``log(1 - p̂)``, but its text says the term *penalizes* confident,
+correct random-label predictions of the feature extractor. Minimizing ``log(1 - p̂)`` would reward them, so
+we implement the penalty ``-log(1 - p̂_ŷ) >= 0``, which is minimized at ``p̂_ŷ = 0``.
+
+Why the head is evaluated twice (once on ``sg(z)``, once with ``sg(ψ)``): it makes each loss's reach
+explicit. ``stop_gradient`` is the identity in the forward pass, so XLA sees two identical matmuls and
+deduplicates them; the backward passes differ and are each needed (dψ from L_rnd, dz from L_reg).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+sg = jax.lax.stop_gradient
+
+
+# ----------------------------------------------------------------------------------------------------
+# Heads
+# ----------------------------------------------------------------------------------------------------
+
+def pool_features(z: jax.Array, pool: str = "mean") -> jax.Array:
+  """(B, ..., C) -> (B, D). Spatial/token maps are averaged (``mean``) or flattened (``flatten``).
+
+  Mean pooling is the default because a head on a flattened early conv map would be enormous
+  (WRN block_1 on CIFAR: 32·32·64 features × n labels) and would measure the head, not the network.
+  """
+  if z.ndim == 2:
+    return z
+  if pool == "mean":
+    return z.reshape(z.shape[0], -1, z.shape[-1]).mean(axis=1)
+  if pool == "flatten":
+    return z.reshape(z.shape[0], -1)
+  raise ValueError(f"config.rlp.pool must be 'mean' or 'flatten', got {pool!r}.")
+
+
+class ParallelHeads(nnx.Module):
+  """``num_heads`` independent classifiers over the same features, computed as one batched einsum.
+
+  Variants (DESIGN §1): linear (default); ``norm=True`` puts a LayerNorm (own scale/bias per head) before
+  the dense layer, as the paper does for transformer blocks; ``hidden_dim > 0`` adds one ReLU hidden layer
+  of that width (A.6). Output logits have shape (B, num_heads, num_labels) and are float32.
+  """
+
+  def __init__(self, in_features: int, num_labels: int, num_heads: int = 1, *, norm: bool = False,
+               hidden_dim: int = 0, rngs: nnx.Rngs):
+    init = nnx.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
+    self.norm = norm
+    if norm:
+      self.scale = nnx.Param(jnp.ones((num_heads, in_features)))
+      self.shift = nnx.Param(jnp.zeros((num_heads, in_features)))
+    width = in_features
+    if hidden_dim > 0:
+      self.hidden = nnx.Param(init(rngs.params(), (num_heads, in_features, hidden_dim)))
+      self.hidden_bias = nnx.Param(jnp.zeros((num_heads, hidden_dim)))
+      width = hidden_dim
+    else:
+      self.hidden = None
+    self.kernel = nnx.Param(init(rngs.params(), (num_heads, width, num_labels)))
+    self.bias = nnx.Param(jnp.zeros((num_heads, num_labels)))
+
+  def __call__(self, z: jax.Array) -> jax.Array:
+    x = z.astype(jnp.float32)
+    if self.norm:
+      x = (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-6)
+      x = x[:, None, :] * self.scale[None] + self.shift[None]              # (B, H, D)
+    if self.hidden is not None:
+      x = jax.nn.relu(_dense(x, self.hidden[...], self.hidden_bias[...]))
+    return _dense(x, self.kernel[...], self.bias[...])
+
+
+# PRNG streams (folded into config.seed) of the heads and probes: independent of the model's stream.
+RLP_STREAM, PROBE_STREAM = 1, 2
+
+
+def build_heads(config, feature_dims: Mapping[str, int], layers: Sequence[str], num_labels: int
+                ) -> LayerHeads | None:
+  """The RLP heads of a run, with their fixed initialization: online and offline heads start identical."""
+  if not layers:
+    return None
+  rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(config.seed), RLP_STREAM))
+  return LayerHeads({k: feature_dims[k] for k in layers}, num_labels, config.rlp.num_heads,
+                    norm=config.rlp.norm, hidden_dim=config.rlp.hidden_dim, rngs=rngs)
+
+
+def build_probes(config, feature_dims: Mapping[str, int], layers: Sequence[str], num_classes: int
+                 ) -> LayerHeads | None:
+  """Per-layer linear class probes (Fig. 9)."""
+  if not layers:
+    return None
+  rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(config.seed), PROBE_STREAM))
+  return LayerHeads({k: feature_dims[k] for k in layers}, num_classes, 1, norm=config.rlp.norm,
+                    hidden_dim=0, rngs=rngs)
+
+
+def _dense(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+  """Per-head dense layer: x (B, D) shared by all heads, or (B, H, D) per head; w (H, D, E)."""
+  eq = "bd,hde->bhe" if x.ndim == 2 else "bhd,hde->bhe"
+  return jnp.einsum(eq, x, w) + b
+
+
+class LayerHeads(nnx.Module):
+  """One ``ParallelHeads`` per named layer: the RLP heads (or the class probes) of a whole network."""
+
+  def __init__(self, feature_dims: Mapping[str, int], num_labels: int, num_heads: int, *, norm: bool,
+               hidden_dim: int, rngs: nnx.Rngs):
+    # Each layer's init key depends only on its own name and the seed, so adding or removing a layer
+    # never changes another layer's initialization (and offline heads can rebuild exactly these).
+    key = rngs.params()
+    self.layers = nnx.Dict({
+        name: ParallelHeads(dim, num_labels, num_heads, norm=norm, hidden_dim=hidden_dim,
+                            rngs=nnx.Rngs(jax.random.fold_in(key, zlib.crc32(name.encode()) >> 1)))
+        for name, dim in feature_dims.items()})
+
+  def __call__(self, features: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    return {name: self.layers[name](features[name]) for name in self.layers}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Numerics
+# ----------------------------------------------------------------------------------------------------
+
+def log1m_softmax(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """``log(1 - softmax(logits)[label])``, exactly and stably.
+
+  ``1 - p_y = Σ_{j≠y} e^{s_j} / Σ_j e^{s_j}``, so ``log(1 - p_y) = logsumexp(s_{j≠y}) - logsumexp(s)``.
+  The naive form is -inf/NaN once the head saturates (p_y rounds to 1), a known failure of
+  gradient-reversal heads; this one stays finite with finite gradients for any finite logits.
+  """
+  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.bool_)
+  others = jnp.where(onehot, -jnp.inf, logits)
+  return jax.nn.logsumexp(others, axis=-1) - jax.nn.logsumexp(logits, axis=-1)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example CE in float32; integer labels, optional label smoothing."""
+  logits = logits.astype(jnp.float32)
+  if label_smoothing == 0.0:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Gradient routing
+# ----------------------------------------------------------------------------------------------------
+
+def routed_losses(*, class_logits: jax.Array, features: Mapping[str, jax.Array], labels: jax.Array,
+                  rlp_labels: jax.Array | None, heads: LayerHeads | None, probes: LayerHeads | None,
+                  reg_layers: Sequence[str], reg_lambda: float, label_smoothing: float = 0.0,
+                  pool: str = "mean") -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Total loss ``L_class + L_rnd + λ·L_reg + L_probe`` and its parts, with DESIGN §1's routing.
+
+  Args:
+    class_logits: g_φ(f_θ(x)), (B, N).
+    features: the sown intermediates z_l (not yet pooled), by layer name — still connected to θ.
+    labels: class labels y, (B,) (the possibly-noisy training label).
+    rlp_labels: ŷ, (B, num_heads) int.
+    heads / probes: the RLP heads and class probes (None when absent).
+    reg_layers: names of the layers whose heads regularize (a subset of the heads' layers).
+    reg_lambda: λ. λ = 0 is a pure measurement: L_reg is then not built at all, so the backbone's
+      gradients are those of L_class alone, bit for bit.
+  Returns:
+    (total, parts): parts holds the scalar losses and the per-layer logits needed for metrics.
+  """
+  l_class = cross_entropy(class_logits, labels, label_smoothing).mean()
+  parts: dict[str, jax.Array] = {"loss/class": l_class}
+  total = l_class
+
+  if heads is not None:
+    pooled = {name: pool_features(features[name], pool) for name in heads.layers}
+    # L_rnd: the heads learn random labels from *detached* features — ψ moves, θ does not.
+    rnd_logits = heads({name: sg(z) for name, z in pooled.items()})
+    l_rnd = jnp.mean(jnp.stack([cross_entropy(s, rlp_labels).mean() for s in rnd_logits.values()]))
+    total = total + l_rnd
+    parts["loss/rnd"] = l_rnd
+    if reg_lambda > 0 and reg_layers:
+      # L_reg: frozen copies of the heads (sg(ψ)) score the *live* features — θ moves, ψ does not.
+      graphdef, head_params = nnx.split(heads)
+      frozen = nnx.merge(graphdef, jax.tree.map(sg, head_params))
+      reg_logits = frozen({name: pooled[name] for name in reg_layers})
+      l_reg = jnp.mean(jnp.stack([-log1m_softmax(s, rlp_labels).mean() for s in reg_logits.values()]))
+      total = total + reg_lambda * l_reg
+      parts["loss/reg"] = l_reg
+    else:
+      # Reported for the curves only; computed from detached logits, so it cannot move anything.
+      parts["loss/reg"] = jnp.mean(jnp.stack(
+          [-log1m_softmax(sg(rnd_logits[n]), rlp_labels).mean() for n in reg_layers or rnd_logits]))
+    parts["rnd_logits"] = rnd_logits
+
+  if probes is not None:
+    # L_probe: class probes read detached features — only the probes move.
+    probe_logits = probes({name: sg(pool_features(features[name], pool)) for name in probes.layers})
+    l_probe = jnp.mean(jnp.stack([cross_entropy(s[:, 0], labels).mean() for s in probe_logits.values()]))
+    total = total + l_probe
+    parts["loss/probe"] = l_probe
+    parts["probe_logits"] = probe_logits
+
+  parts["loss/total"] = total
+  return total, parts
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------------
+
+def head_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """(B, H) bool: does head h's argmax equal its random label?"""
+  return jnp.argmax(logits, axis=-1) == labels
+
+
+def chance_corrected(accuracy, num_labels: int):
+  """``(acc - 1/n) / (1 - 1/n)``: 0 at chance, 1 at perfect memorization."""
+  chance = 1.0 / num_labels
+  return (accuracy - chance) / (1.0 - chance)
