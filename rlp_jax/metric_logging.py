@@ -67,10 +67,17 @@ class JsonlWriter(metric_writers.MetricWriter):
     pass
 
 
-def create_writers(workdir: str) -> tuple[metric_writers.MetricWriter, JsonlWriter | None]:
-  """(all writers, the JSONL writer). Only host 0 writes; other hosts log to the console."""
+def create_writers(workdir: str) -> tuple[metric_writers.MetricWriter, metric_writers.MetricWriter,
+                                          JsonlWriter | None]:
+  """(eval-metrics writer, progress writer, the JSONL writer).
+
+  Evaluation records go to TensorBoard, the log and ``metrics.jsonl``; progress scalars (steps/s,
+  uptime) only to TensorBoard and the log, so the JSONL file holds exactly one record per evaluation.
+  Only host 0 writes files; other hosts log to the console.
+  """
   if jax.process_index() != 0:
-    return metric_writers.create_default_writer(workdir, just_logging=True), None
+    console = metric_writers.create_default_writer(workdir, just_logging=True)
+    return console, console, None
   jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
   tb = metric_writers.create_default_writer(workdir, asynchronous=False)
-  return metric_writers.MultiWriter([tb, jsonl]), jsonl
+  return metric_writers.MultiWriter([tb, jsonl]), tb, jsonl

@@ -97,10 +97,16 @@ def build(config: ml_collections.ConfigDict, info: input_pipeline.DataInfo | Non
   spe = input_pipeline.steps_per_epoch(config, info)
   total = spe * config.num_epochs
 
-  model = models.create_model(config.model, info.num_classes, info.input_shape,
-                              rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(config.seed), _MODEL_STREAM)))
-  model_def, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  params, stats = params.to_pure_dict(), stats.to_pure_dict()
+  def init_model():
+    key = jax.random.fold_in(jax.random.key(config.seed), _MODEL_STREAM)
+    model = models.create_model(config.model, info.num_classes, info.input_shape, rngs=nnx.Rngs(key))
+    return nnx.split(model, nnx.Param, nnx.BatchStat)
+
+  # Initialize under jit: one compilation instead of one eager PRNG kernel per parameter shape.
+  model_def = nnx.eval_shape(lambda: models.create_model(
+      config.model, info.num_classes, info.input_shape, rngs=nnx.Rngs(0)))
+  model_def = nnx.split(model_def, nnx.Param, nnx.BatchStat)[0]
+  params, stats = jax.jit(lambda: tuple(s.to_pure_dict() for s in init_model()[1:]))()
 
   # Shapes of every sown intermediate, without running or compiling anything.
   x = jax.ShapeDtypeStruct((2,) + tuple(info.input_shape), jnp.float32)
@@ -292,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   exp, state = build(config)
   checkpointing.write_config(config, workdir)
   mngr = checkpointing.manager(workdir)
-  writer, jsonl = metric_logging.create_writers(workdir)
+  writer, progress_writer, jsonl = metric_logging.create_writers(workdir)
 
   latest = mngr.latest_step()
   if latest is None:
@@ -307,7 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_step, eval_step = make_train_step(exp), make_eval_step(exp)
   spe = exp.steps_per_epoch
   step = int(state.step)
-  progress = periodic_actions.ReportProgress(num_train_steps=exp.total_steps, writer=writer,
+  progress = periodic_actions.ReportProgress(num_train_steps=exp.total_steps, writer=progress_writer,
                                              every_steps=config.log_every_steps)
   last_eval: dict[str, float] = {}
   with _Preemption() as preemption:

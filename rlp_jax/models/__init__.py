@@ -9,7 +9,6 @@ Every model shares one calling convention,
 
 from __future__ import annotations
 
-import jax
 import ml_collections
 from flax import nnx
 
@@ -17,46 +16,44 @@ from rlp_jax.models.cnn import CNN
 from rlp_jax.models.mlp import MLP
 from rlp_jax.models.wrn import WideResNet
 
-_MODELS = {'mlp': MLP, 'cnn': CNN, 'wrn': WideResNet}
+_MODELS = {"mlp": MLP, "cnn": CNN, "wrn": WideResNet}
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 
-__all__ = ['CNN', 'MLP', 'MODEL_NAMES', 'WideResNet', 'apply', 'create_model']
+__all__ = ["CNN", "MLP", "MODEL_NAMES", "WideResNet", "apply", "create_model"]
 
 
 def create_model(
-    model_config: ml_collections.ConfigDict,
-    num_classes: int,
-    input_shape: tuple,
-    rngs: nnx.Rngs,
+  model_config: ml_collections.ConfigDict,
+  num_classes: int,
+  input_shape: tuple,
+  rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """Build the model named by ``model_config.name``.
+  """Build the model named by ``model_config.name``.
 
-    ``input_shape`` excludes the batch dim, e.g. (8, 8, 1) or (40, 1); models
-    need it up front because nnx layers are created with concrete sizes.
-    """
-    name = model_config.name
-    if name not in _MODELS:
-        raise ValueError(
-            f'Unknown config.model.name {name!r}; valid names: {", ".join(MODEL_NAMES)}.'
-        )
-    return _MODELS[name](
-        tuple(input_shape),
-        num_classes,
-        width=int(model_config.width),
-        depth=int(model_config.depth),
-        dropout=float(model_config.dropout),
-        rngs=rngs,
-    )
+  ``input_shape`` excludes the batch dim, e.g. (8, 8, 1) or (40, 1); models
+  need it up front because nnx layers are created with concrete sizes.
+  """
+  name = model_config.name
+  if name not in _MODELS:
+    raise ValueError(f"Unknown config.model.name {name!r}; valid names: {', '.join(MODEL_NAMES)}.")
+  return _MODELS[name](
+    tuple(input_shape),
+    num_classes,
+    width=int(model_config.width),
+    depth=int(model_config.depth),
+    dropout=float(model_config.dropout),
+    rngs=rngs,
+  )
 
 
 def apply(model_def, params, batch_stats, x, *, train: bool, dropout_key=None):
-    """Functional application: ``(class logits, {sown name: activation}, updated batch stats)``.
+  """Functional application: ``(class logits, {sown name: activation}, updated batch stats)``.
 
-    The model is rebuilt from pure-dict state inside the caller's ``jax.jit``; its sown intermediates are
-    the live activations (still connected to the parameters), which is what the RLP losses need.
-    """
-    model = nnx.merge(model_def, params, batch_stats)
-    rngs = nnx.Rngs(dropout=dropout_key) if train else None
-    logits, sown = nnx.capture(model, nnx.Intermediate)(x, train=train, rngs=rngs)
-    features = {name: var.value[-1] for name, var in sown.items()}
-    return logits, features, nnx.state(model, nnx.BatchStat).to_pure_dict()
+  The model is rebuilt from pure-dict state inside the caller's ``jax.jit``; its sown intermediates are
+  the live activations (still connected to the parameters), which is what the RLP losses need.
+  """
+  model = nnx.merge(model_def, params, batch_stats)
+  rngs = nnx.Rngs(dropout=dropout_key) if train else None
+  logits, sown = nnx.capture(model, nnx.Intermediate)(x, train=train, rngs=rngs)
+  features = {name: var.get_value()[-1] for name, var in sown.items()}
+  return logits, features, nnx.state(model, nnx.BatchStat).to_pure_dict()

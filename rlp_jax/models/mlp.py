@@ -10,59 +10,54 @@ from flax import nnx
 
 
 def sow_intermediate(module: nnx.Module, name: str, value: jax.Array) -> None:
-    """Sow ``value`` as ``nnx.Intermediate`` ``name``, but only under ``nnx.capture``.
+  """Sow ``value`` as ``nnx.Intermediate`` ``name``, but only under ``nnx.capture``.
 
-    Why the guard: outside ``nnx.capture`` flax 0.12 ``Module.sow`` stores the
-    value as a new ``Intermediate`` attribute on the module (and warns that this
-    is deprecated). A plain forward pass would then grow the model state with
-    an ever-longer tuple of activations, and ``nnx.split(model, nnx.Param,
-    nnx.BatchStat)`` would fail on the non-exhaustive remainder. ``nnx.capture``
-    marks every submodule with ``__captures__`` while it runs, and ``sow``
-    itself dispatches on that attribute, so checking it keeps plain calls pure
-    while captured calls behave exactly like ``self.sow``.
-    """
-    if hasattr(module, '__captures__'):
-        module.sow(nnx.Intermediate, name, value)
+  Why the guard: outside ``nnx.capture`` flax 0.12 ``Module.sow`` stores the
+  value as a new ``Intermediate`` attribute on the module (and warns that this
+  is deprecated). A plain forward pass would then grow the model state with
+  an ever-longer tuple of activations, and ``nnx.split(model, nnx.Param,
+  nnx.BatchStat)`` would fail on the non-exhaustive remainder. ``nnx.capture``
+  marks every submodule with ``__captures__`` while it runs, and ``sow``
+  itself dispatches on that attribute, so checking it keeps plain calls pure
+  while captured calls behave exactly like ``self.sow``.
+  """
+  if hasattr(module, "__captures__"):
+    module.sow(nnx.Intermediate, name, value)
 
 
 class MLP(nnx.Module):
-    """``depth`` x (Dense(width) -> ReLU -> Dropout), then a linear class head.
+  """``depth`` x (Dense(width) -> ReLU -> Dropout), then a linear class head.
 
-    Sows ``block_1 .. block_depth`` (each block's output, shape (B, width)) and
-    ``pre_logits`` (the last hidden layer, i.e. exactly what ``head`` sees).
-    """
+  Sows ``block_1 .. block_depth`` (each block's output, shape (B, width)) and
+  ``pre_logits`` (the last hidden layer, i.e. exactly what ``head`` sees).
+  """
 
-    def __init__(
-        self,
-        input_shape: tuple[int, ...],
-        num_classes: int,
-        *,
-        width: int,
-        depth: int,
-        dropout: float = 0.0,
-        rngs: nnx.Rngs,
-    ):
-        if depth < 1:
-            raise ValueError(f'MLP depth must be >= 1, got {depth}.')
-        in_features = math.prod(input_shape)
-        self.layers = nnx.List(
-            [
-                nnx.Linear(in_features if i == 0 else width, width, rngs=rngs)
-                for i in range(depth)
-            ]
-        )
-        # No rngs: the dropout key is supplied per call, keeping model state to
-        # Params only (training jits over nnx.split(model, Param, BatchStat)).
-        self.dropout = nnx.Dropout(dropout)
-        self.head = nnx.Linear(width, num_classes, rngs=rngs)
+  def __init__(
+    self,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    width: int,
+    depth: int,
+    dropout: float = 0.0,
+    rngs: nnx.Rngs,
+  ):
+    if depth < 1:
+      raise ValueError(f"MLP depth must be >= 1, got {depth}.")
+    in_features = math.prod(input_shape)
+    self.layers = nnx.List(
+      [nnx.Linear(in_features if i == 0 else width, width, rngs=rngs) for i in range(depth)]
+    )
+    # No rngs: the dropout key is supplied per call, keeping model state to
+    # Params only (training jits over nnx.split(model, Param, BatchStat)).
+    self.dropout = nnx.Dropout(dropout)
+    self.head = nnx.Linear(width, num_classes, rngs=rngs)
 
-    def __call__(
-        self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
-    ) -> jax.Array:
-        """Return float32 logits (B, num_classes); ``train`` enables dropout."""
-        x = jnp.reshape(x, (x.shape[0], -1)).astype(jnp.float32)
-        for i, layer in enumerate(self.layers, start=1):
-            x = self.dropout(nnx.relu(layer(x)), deterministic=not train, rngs=rngs)
-            sow_intermediate(self, f'block_{i}', x)
-        sow_intermediate(self, 'pre_logits', x)
-        return self.head(x)
+  def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Return float32 logits (B, num_classes); ``train`` enables dropout."""
+    x = jnp.reshape(x, (x.shape[0], -1)).astype(jnp.float32)
+    for i, layer in enumerate(self.layers, start=1):
+      x = self.dropout(nnx.relu(layer(x)), deterministic=not train, rngs=rngs)
+      sow_intermediate(self, f"block_{i}", x)
+    sow_intermediate(self, "pre_logits", x)
+    return self.head(x)

@@ -1,0 +1,184 @@
+"""The training loop: λ = 0 is a pure measurement, end-to-end runs, resumption, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from rlp_jax import checkpointing, input_pipeline, train
+
+
+def _run_steps(config, num_steps: int):
+  exp, state = train.build(config)
+  step = train.make_train_step(exp)
+  batches = input_pipeline.train_batches(config, exp.info, epoch=0)
+  for _ in range(num_steps):
+    state = step(state, train._device_batch(exp, next(batches)))
+  return jax.device_get(state)
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "wrn"])
+def test_lambda_zero_is_bit_identical_to_no_heads(tiny_config, model_name):
+  """The paper's central promise: measuring does not change what the network learns."""
+  config = tiny_config
+  config.model.name = model_name
+  config.model.width, config.model.depth = (16, 2) if model_name == "mlp" else (1, 10)
+  config.model.dropout = 0.2
+  config.optimizer.grad_clip_norm = 1.0  # clipping must see only the backbone's gradients
+  config.optimizer.weight_decay = 1e-3
+  config.rlp.layers = "all"
+  config.rlp.reg_lambda = 0.0
+  config.rlp.num_heads = 3
+  config.probes.layers = "all"
+  with_heads = _run_steps(config, 6)
+  config.rlp.num_heads = 0
+  config.probes.layers = ""
+  without = _run_steps(config, 6)
+  assert with_heads.params["rlp"] and not without.params["rlp"]
+  chex_equal = jax.tree.map(lambda a, b: np.array_equal(a, b), with_heads.params["model"],
+                            without.params["model"])
+  assert all(jax.tree.leaves(chex_equal)), chex_equal
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, with_heads.batch_stats, without.batch_stats)))
+  # ... and the comparison is sharp: a λ > 0 run does move the backbone differently.
+  config.rlp.num_heads, config.rlp.reg_lambda = 3, 1.0
+  regularized = _run_steps(config, 6)
+  assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, regularized.params["model"],
+                                              without.params["model"])))
+
+
+def _read_jsonl(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_end_to_end_writes_metrics_checkpoints_and_table(tiny_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  result = train.train_and_evaluate(tiny_config, workdir)
+  records = _read_jsonl(workdir)
+  assert [r["epoch"] for r in records] == [1, 2]
+  last = records[-1]
+  for key in ("step", "epoch", "train/accuracy", "test/accuracy", "loss/class", "loss/rnd", "loss/reg",
+              "loss/total", "rlp/pre_logits/accuracy", "rlp/pre_logits/chance",
+              "rlp/pre_logits/chance_corrected", "rlp/block_1/accuracy", "probe/block_1/test_accuracy",
+              "probe/pre_logits/train_accuracy"):
+    assert key in last, key
+  assert last["rlp/pre_logits/chance"] == pytest.approx(0.1)
+  assert last["test/accuracy"] > 0.3  # it learned something in two tiny epochs
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  assert checkpointing.manager(workdir).all_steps() == [0, 22, 44]
+  assert "offline @ init" in result["table"] and "pre_logits/head_0" in result["table"]
+  rows = {r["layer"]: r for r in result["rlp_heads"]}
+  assert 0.0 <= rows["pre_logits"]["offline_at_init_accuracy"] <= 1.0
+  with open(os.path.join(workdir, "summary.json")) as f:
+    assert json.load(f)["rlp_heads"] == result["rlp_heads"]
+
+
+def test_resume_after_sigterm_equals_uninterrupted(tiny_config, tmp_path, monkeypatch):
+  tiny_config.offline.at_init = False
+  tiny_config.model.dropout = 0.1
+  tiny_config.rlp.reg_lambda = 0.5
+  full = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+
+  # Preempt in the middle of the second epoch (step 30 of 44), then re-run the same call.
+  original = input_pipeline.train_batches
+
+  def preempting_batches(config, info, epoch, skip=0):
+    for i, batch in enumerate(original(config, info, epoch, skip)):
+      if epoch == 1 and skip + i == 8:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  workdir = str(tmp_path / "resumed")
+  monkeypatch.setattr(input_pipeline, "train_batches", preempting_batches)
+  with pytest.raises(SystemExit, match="Preempted"):
+    train.train_and_evaluate(tiny_config, workdir)
+  monkeypatch.setattr(input_pipeline, "train_batches", original)
+  assert 31 in checkpointing.manager(workdir).all_steps()
+  resumed = train.train_and_evaluate(tiny_config, workdir)
+
+  assert resumed["metrics"] == full["metrics"]
+  assert _read_jsonl(workdir) == _read_jsonl(str(tmp_path / "full"))
+  same = jax.tree.map(np.array_equal, jax.device_get(resumed["state"].params),
+                      jax.device_get(full["state"].params))
+  assert all(jax.tree.leaves(same))
+
+
+def test_rerunning_a_finished_run_changes_nothing(tiny_config, tmp_path):
+  tiny_config.offline.at_init = False
+  workdir = str(tmp_path / "run")
+  first = train.train_and_evaluate(tiny_config, workdir)
+  again = train.train_and_evaluate(tiny_config, workdir)
+  assert again["metrics"]["test/accuracy"] == first["metrics"]["test/accuracy"]
+  assert len(_read_jsonl(workdir)) == 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input: each fails before compiling or writing anything, naming the key and the fix.
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key,value,message", [
+    ("rlp.reg_lambda", -1.0, "config.rlp.reg_lambda"),
+    ("rlp.num_labels", 1, "config.rlp.num_labels"),
+    ("rlp.layers", "block_9", "config.rlp.layers"),
+    ("rlp.reg_layers", "block_1", "config.rlp.reg_layers"),
+    ("label_noise", 1.0, "config.label_noise"),
+    ("label_noise", -0.1, "config.label_noise"),
+    ("dataset", "no_such_dataset", "config.dataset"),
+    ("dataset_fraction", 0.0, "config.dataset_fraction"),
+    ("batch_size", 4096, "config.batch_size"),
+    ("optimizer.name", "lion", "config.optimizer.name"),
+    ("model.name", "resnet", "config.model.name"),
+])
+def test_bad_config_fails_early_with_the_key(tiny_config, tmp_path, key, value, message):
+  section, _, leaf = key.rpartition(".")
+  target = tiny_config[section] if section else tiny_config
+  if key == "rlp.reg_layers":
+    tiny_config.rlp.layers = "pre_logits"
+  target[leaf] = value
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+    train.train_and_evaluate(tiny_config, str(workdir))
+  assert not (workdir / "checkpoints").exists()
+
+
+def test_workdir_of_another_experiment_is_refused_and_left_intact(tiny_config, tmp_path):
+  tiny_config.num_epochs = 1
+  tiny_config.offline.at_init = False
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_config, workdir)
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  tiny_config.rlp.reg_lambda = 10.0
+  with pytest.raises(ValueError, match=r"different experiment.*config\.rlp\.reg_lambda"):
+    train.train_and_evaluate(tiny_config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
+  tiny_config.optimizer.learning_rate = 1e12
+  tiny_config.optimizer.warmup_epochs = 0.0
+  tiny_config.log_every_steps = 1
+  workdir = str(tmp_path / "run")
+  with pytest.raises(FloatingPointError, match="last good checkpoint"):
+    train.train_and_evaluate(tiny_config, workdir)
+  mngr = checkpointing.manager(workdir)
+  assert mngr.all_steps() == [0]
+  exp, state = train.build(tiny_config)
+  restored = checkpointing.restore(mngr, 0, state)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(restored.params)))
+
+
+def test_unknown_config_key_on_the_command_line_is_rejected(tmp_path, data_dir):
+  proc = subprocess.run(
+      [sys.executable, "-m", "rlp_jax.main", "--config=configs/digits.py:tiny", f"--workdir={tmp_path}",
+       f"--config.data_dir={data_dir}", "--config.rlp.reg_lamda=1.0"],
+      capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
+  assert proc.returncode != 0
+  assert "reg_lamda" in proc.stderr
+  assert not (tmp_path / "checkpoints").exists()
