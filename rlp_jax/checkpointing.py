@@ -38,6 +38,7 @@ def _flat(config: ml_collections.ConfigDict) -> dict:
         walk(v, f"{prefix}{k}.")
       else:
         out[f"{prefix}{k}"] = v
+
   walk(json.loads(config.to_json()), "")
   return out
 
@@ -56,16 +57,23 @@ def check_same_experiment(config: ml_collections.ConfigDict, workdir: str) -> No
     try:
       saved_cfg = json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path} is not valid JSON ({e}); it is the config of the run in that workdir. "
-                       "Restore it, or use a new --workdir.") from None
+      raise ValueError(
+        f"{path} is not valid JSON ({e}); it is the config of the run in that workdir. "
+        "Restore it, or use a new --workdir."
+      ) from None
     saved = _flat(ml_collections.ConfigDict(saved_cfg))
   current = _flat(config)
-  diffs = [k for k in sorted(set(saved) | set(current))
-           if k not in configuration.RESUMABLE_KEYS and saved.get(k) != current.get(k)]
+  diffs = [
+    k
+    for k in sorted(set(saved) | set(current))
+    if k not in configuration.RESUMABLE_KEYS and saved.get(k) != current.get(k)
+  ]
   if diffs:
     detail = ", ".join(f"config.{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in diffs[:8])
-    raise ValueError(f"--workdir={workdir} holds a different experiment ({detail}). Use a new --workdir, "
-                     "or pass the saved values to resume it. Nothing in the workdir was changed.")
+    raise ValueError(
+      f"--workdir={workdir} holds a different experiment ({detail}). Use a new --workdir, "
+      "or pass the saved values to resume it. Nothing in the workdir was changed."
+    )
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

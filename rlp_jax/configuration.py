@@ -16,17 +16,20 @@ OPTIMIZERS = ("sgd", "adamw", "adam")
 
 def optimizer_config(name: str, learning_rate: float, **overrides) -> ml_collections.ConfigDict:
   """One optimizer's settings. ``schedule`` is 'cosine' (linear warm-up, then cosine to 0) or 'constant'."""
-  cfg = ml_collections.ConfigDict(dict(
+  cfg = ml_collections.ConfigDict(
+    dict(
       name=name,
       learning_rate=learning_rate,
-      momentum=0.9,            # sgd only
-      nesterov=False,          # sgd only
-      b1=0.9, b2=0.999,        # adam/adamw only
-      weight_decay=0.0,        # decoupled (adamw) or added to the gradient (sgd, adam); never on biases/norms
+      momentum=0.9,  # sgd only
+      nesterov=False,  # sgd only
+      b1=0.9,
+      b2=0.999,  # adam/adamw only
+      weight_decay=0.0,  # decoupled (adamw) or added to the gradient (sgd, adam); never on biases/norms
       warmup_epochs=0.0,
       schedule="cosine",
-      grad_clip_norm=0.0,      # 0 = off; clips this group's gradients by their own global norm
-  ))
+      grad_clip_norm=0.0,  # 0 = off; clips this group's gradients by their own global norm
+    )
+  )
   cfg.update(overrides)
   return cfg
 
@@ -34,14 +37,14 @@ def optimizer_config(name: str, learning_rate: float, **overrides) -> ml_collect
 def base_config() -> ml_collections.ConfigDict:
   """Every key, with defaults that make sense for a small CPU experiment."""
   c = ml_collections.ConfigDict()
-  c.dataset = "digits"            # a tfds name, e.g. 'digits', 'mnist1d/4k', 'mnist1d/100k'
-  c.data_dir = ""                 # tfds data_dir; '' = tfds default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+  c.dataset = "digits"  # a tfds name, e.g. 'digits', 'mnist1d/4k', 'mnist1d/100k'
+  c.data_dir = ""  # tfds data_dir; '' = tfds default (~/tensorflow_datasets or $TFDS_DATA_DIR)
   c.num_epochs = 100
-  c.batch_size = 128              # global, over all devices and hosts
-  c.seed = 0                      # initialization, data order, dropout, random labels, noise, fractions
+  c.batch_size = 128  # global, over all devices and hosts
+  c.seed = 0  # initialization, data order, dropout, random labels, noise, fractions
   c.label_smoothing = 0.0
-  c.label_noise = 0.0             # fraction of training labels replaced by another class (Fig. 7C)
-  c.dataset_fraction = 1.0        # train on exactly floor(f * m) examples (Fig. 7A/B)
+  c.label_noise = 0.0  # fraction of training labels replaced by another class (Fig. 7C)
+  c.dataset_fraction = 1.0  # train on exactly floor(f * m) examples (Fig. 7A/B)
   c.shuffle_buffer = 50_000
 
   c.model = ml_collections.ConfigDict(dict(name="mlp", width=256, depth=2, dropout=0.0))
@@ -49,15 +52,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer = optimizer_config("sgd", 0.1, warmup_epochs=1.0)
 
   c.rlp = ml_collections.ConfigDict()
-  c.rlp.num_heads = 1             # parallel heads per layer, each with its own labels (A.8); 0 = no heads
-  c.rlp.num_labels = 10           # n; ignored (set to m) with label_mode='unique'
-  c.rlp.layers = "pre_logits"     # comma-separated sown names, or 'all'
-  c.rlp.reg_layers = "all"        # which of `layers` regularize: comma-separated, 'all' (= layers) or ''
-  c.rlp.reg_lambda = 0.0          # λ; 0 = pure measurement
-  c.rlp.label_mode = "fixed"      # fixed | shuffled | unique
-  c.rlp.hidden_dim = 0            # 0 = linear head; >0 = one hidden ReLU layer of this width (A.6)
-  c.rlp.norm = False              # LayerNorm before the dense layer (the paper's heads on ViT blocks)
-  c.rlp.pool = "mean"             # how spatial/token maps become vectors: mean | flatten
+  c.rlp.num_heads = 1  # parallel heads per layer, each with its own labels (A.8); 0 = no heads
+  c.rlp.num_labels = 10  # n; ignored (set to m) with label_mode='unique'
+  c.rlp.layers = "pre_logits"  # comma-separated sown names, or 'all'
+  c.rlp.reg_layers = "all"  # which of `layers` regularize: comma-separated, 'all' (= layers) or ''
+  c.rlp.reg_lambda = 0.0  # λ; 0 = pure measurement
+  c.rlp.label_mode = "fixed"  # fixed | shuffled | unique
+  c.rlp.hidden_dim = 0  # 0 = linear head; >0 = one hidden ReLU layer of this width (A.6)
+  c.rlp.norm = False  # LayerNorm before the dense layer (the paper's heads on ViT blocks)
+  c.rlp.pool = "mean"  # how spatial/token maps become vectors: mean | flatten
   # The heads have their own optimizer. Default: Adam, constant lr 1e-3, no weight decay, no clipping.
   # Why: the head is a measuring instrument. It must keep tracking the features when the backbone's
   # cosine schedule has decayed to ~0 (so no decay of its own), and weight decay would cap its capacity
@@ -65,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.rlp.optimizer = optimizer_config("adam", 1e-3, schedule="constant")
 
   c.probes = ml_collections.ConfigDict()
-  c.probes.layers = ""            # per-layer class probes (Fig. 9): comma-separated, 'all' or ''
+  c.probes.layers = ""  # per-layer class probes (Fig. 9): comma-separated, 'all' or ''
   c.probes.optimizer = optimizer_config("adam", 1e-3, schedule="constant")
 
   c.eval = ml_collections.ConfigDict()
@@ -74,10 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.train_examples = 10_000  # fixed subset of training examples (unaugmented) for train metrics
 
   c.offline = ml_collections.ConfigDict()
-  c.offline.at_init = True        # also train a head on the frozen network at initialization (Fig. 2B)
-  c.offline.num_epochs = 100      # the same budget for every checkpoint
+  c.offline.at_init = True  # also train a head on the frozen network at initialization (Fig. 2B)
+  c.offline.num_epochs = 100  # the same budget for every checkpoint
   c.offline.batch_size = 128
-  c.offline.train_examples = -1   # training examples the offline head fits (-1 = all trained-on ones)
+  c.offline.train_examples = -1  # training examples the offline head fits (-1 = all trained-on ones)
 
   c.checkpoint_every_epochs = 1
   c.log_every_steps = 50
@@ -85,9 +88,17 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # Keys that may change between a run and its resumption without making it a different experiment.
-RESUMABLE_KEYS = ("data_dir", "log_every_steps", "checkpoint_every_epochs", "eval.batch_size",
-                  "shuffle_buffer", "offline.at_init", "offline.num_epochs", "offline.batch_size",
-                  "offline.train_examples")
+RESUMABLE_KEYS = (
+  "data_dir",
+  "log_every_steps",
+  "checkpoint_every_epochs",
+  "eval.batch_size",
+  "shuffle_buffer",
+  "offline.at_init",
+  "offline.num_epochs",
+  "offline.batch_size",
+  "offline.train_examples",
+)
 
 
 def parse_layers(spec: str, available: list[str], key: str) -> list[str]:
@@ -98,13 +109,16 @@ def parse_layers(spec: str, available: list[str], key: str) -> list[str]:
   names = [s.strip() for s in spec.split(",") if s.strip()]
   unknown = [n for n in names if n not in available]
   if unknown:
-    raise ValueError(f"config.{key}={spec!r}: the model does not sow {unknown}. "
-                     f"It sows {available}; use some of those names or 'all'.")
+    raise ValueError(
+      f"config.{key}={spec!r}: the model does not sow {unknown}. "
+      f"It sows {available}; use some of those names or 'all'."
+    )
   return [n for n in available if n in names]
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks that need no data and no model; each error names the key and the fix."""
+
   def fail(key, msg):
     raise ValueError(f"config.{key}: {msg}")
 

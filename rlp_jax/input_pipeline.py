@@ -31,27 +31,30 @@ from rlp_jax import labels
 tf.config.set_visible_devices([], "GPU")
 
 
-
 @dataclasses.dataclass(frozen=True)
 class DataInfo:
   """What the model and the labels need to know about a dataset."""
+
   name: str
-  num_train: int          # m: size of the full train split (the index range)
+  num_train: int  # m: size of the full train split (the index range)
   num_test: int
   num_classes: int
   input_shape: tuple[int, ...]
-  num_selected: int       # floor(dataset_fraction * m): the examples actually trained on
+  num_selected: int  # floor(dataset_fraction * m): the examples actually trained on
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   import rlp_jax.datasets  # noqa: F401  (registers the embedded builders with tfds)
+
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"config.dataset={name!r} is not a tfds dataset ({e.__class__.__name__}). Use an "
-                     "embedded one ('digits', 'mnist1d/4k', 'mnist1d/10k', 'mnist1d/100k') or any "
-                     "tfds image classification name.") from None
+    raise ValueError(
+      f"config.dataset={name!r} is not a tfds dataset ({e.__class__.__name__}). Use an "
+      "embedded one ('digits', 'mnist1d/4k', 'mnist1d/10k', 'mnist1d/100k') or any "
+      "tfds image classification name."
+    ) from None
   # Embedded datasets build offline in seconds; others download (or need manual_dir) as tfds documents.
   builder.download_and_prepare()
   return builder
@@ -61,14 +64,21 @@ def get_info(config: ml_collections.ConfigDict) -> DataInfo:
   builder = _builder(config.dataset, config.data_dir)
   info = builder.info
   if "index" not in info.features:
-    raise ValueError(f"config.dataset={config.dataset!r} has no 'index' feature; random labels are keyed "
-                     "by a stable per-example index. Use a dataset built by rlp_jax.datasets.")
+    raise ValueError(
+      f"config.dataset={config.dataset!r} has no 'index' feature; random labels are keyed "
+      "by a stable per-example index. Use a dataset built by rlp_jax.datasets."
+    )
   m = info.splits["train"].num_examples
   shape = tuple(info.features["image"].shape)
   selected = int(np.floor(config.dataset_fraction * m))
-  return DataInfo(name=config.dataset, num_train=m, num_test=info.splits["test"].num_examples,
-                  num_classes=info.features["label"].num_classes, input_shape=shape,
-                  num_selected=selected)
+  return DataInfo(
+    name=config.dataset,
+    num_train=m,
+    num_test=info.splits["test"].num_examples,
+    num_classes=info.features["label"].num_classes,
+    input_shape=shape,
+    num_selected=selected,
+  )
 
 
 def num_labels(config: ml_collections.ConfigDict, info: DataInfo) -> int:
@@ -79,8 +89,9 @@ def num_labels(config: ml_collections.ConfigDict, info: DataInfo) -> int:
 def steps_per_epoch(config: ml_collections.ConfigDict, info: DataInfo) -> int:
   steps = info.num_selected // config.batch_size
   if steps < 1:
-    raise ValueError(f"config.batch_size={config.batch_size} exceeds the {info.num_selected} training "
-                     "examples; lower it.")
+    raise ValueError(
+      f"config.batch_size={config.batch_size} exceeds the {info.num_selected} training examples; lower it."
+    )
   return steps
 
 
@@ -97,15 +108,22 @@ def _decode(example):
 
 
 def attach_labels(batch: dict[str, np.ndarray], config, info: DataInfo, epoch: int) -> dict[str, np.ndarray]:
-  """Adds ``rlp_labels`` (B, num_heads) and, for training, the noisy ``label`` (+ ``clean_label``, ``is_noisy``)."""
+  """Adds ``rlp_labels`` (B, num_heads), the possibly-noisy ``label``, ``clean_label`` and ``is_noisy``."""
   index = batch["index"]
   batch["clean_label"] = batch["label"]
-  batch["label"], batch["is_noisy"] = labels.noisy_labels(config.seed, index, batch["label"],
-                                                           info.num_classes, config.label_noise)
+  batch["label"], batch["is_noisy"] = labels.noisy_labels(
+    config.seed, index, batch["label"], info.num_classes, config.label_noise
+  )
   if config.rlp.num_heads:
     batch["rlp_labels"] = labels.random_labels(
-        config.seed, index, num_labels(config, info), config.rlp.num_heads, mode=config.rlp.label_mode,
-        epoch=epoch, num_examples=info.num_train)
+      config.seed,
+      index,
+      num_labels(config, info),
+      config.rlp.num_heads,
+      mode=config.rlp.label_mode,
+      epoch=epoch,
+      num_examples=info.num_train,
+    )
   return batch
 
 
@@ -140,8 +158,9 @@ def train_batches(config, info: DataInfo, epoch: int, skip: int = 0) -> Iterator
     yield attach_labels(dict(batch), config, info, epoch)
 
 
-def eval_batches(config, info: DataInfo, split: str, epoch: int = 0, *, limit: int = -1
-                 ) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+  config, info: DataInfo, split: str, epoch: int = 0, *, limit: int = -1
+) -> Iterator[dict[str, np.ndarray]]:
   """Unaugmented, unshuffled batches of ``test`` or of a fixed subset of training examples.
 
   ``train_eval`` is the first ``limit`` training examples (all if ``limit <= 0``), in index order, among
@@ -166,7 +185,9 @@ def eval_batches(config, info: DataInfo, split: str, epoch: int = 0, *, limit: i
   for batch in tfds.as_numpy(ds.prefetch(2)):
     batch = dict(batch)
     real = len(batch["index"])
-    batch = {k: np.concatenate([v, np.zeros((local - real,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+    batch = {
+      k: np.concatenate([v, np.zeros((local - real,) + v.shape[1:], v.dtype)]) for k, v in batch.items()
+    }
     batch["mask"] = np.arange(local) < real
     if split == "train_eval":
       batch = attach_labels(batch, config, info, epoch)

@@ -55,8 +55,16 @@ def uniform01(*keys) -> np.ndarray:
   return hash32(*keys).astype(np.float64) / 2.0**32
 
 
-def random_labels(seed: int, index, num_labels: int, num_heads: int = 1, *, mode: str = "fixed",
-                  epoch: int = 0, num_examples: int | None = None) -> np.ndarray:
+def random_labels(
+  seed: int,
+  index,
+  num_labels: int,
+  num_heads: int = 1,
+  *,
+  mode: str = "fixed",
+  epoch: int = 0,
+  num_examples: int | None = None,
+) -> np.ndarray:
   """Random labels ``ŷ_k(i)`` for every head k, shape ``index.shape + (num_heads,)``, int32.
 
   Modes (DESIGN §2):
@@ -76,10 +84,14 @@ def random_labels(seed: int, index, num_labels: int, num_heads: int = 1, *, mode
     h = hash32(seed, _RANDOM_LABEL, heads, epoch + 1, idx)
   elif mode == "unique":
     if num_examples is None or num_labels != num_examples:
-      raise ValueError("label_mode='unique' needs num_labels == number of training examples "
-                       f"(got num_labels={num_labels}, num_examples={num_examples}).")
-    out = np.stack([keyed_permutation(hash32(seed, _RANDOM_LABEL, k), index, num_examples)
-                    for k in range(num_heads)], axis=-1)
+      raise ValueError(
+        "label_mode='unique' needs num_labels == number of training examples "
+        f"(got num_labels={num_labels}, num_examples={num_examples})."
+      )
+    out = np.stack(
+      [keyed_permutation(hash32(seed, _RANDOM_LABEL, k), index, num_examples) for k in range(num_heads)],
+      axis=-1,
+    )
     return out.astype(np.int32)
   else:
     raise ValueError(f"config.rlp.label_mode must be one of {LABEL_MODES}, got {mode!r}.")

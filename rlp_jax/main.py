@@ -12,7 +12,9 @@ from rlp_jax import train
 
 FLAGS = flags.FLAGS
 _CHATTY = ("orbax", "tensorflow_datasets", "jax/_src", "absl/logging")
-config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True)
+config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config of this run.")
 flags.mark_flags_as_required(["config", "workdir"])
 

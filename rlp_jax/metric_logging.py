@@ -67,8 +67,9 @@ class JsonlWriter(metric_writers.MetricWriter):
     pass
 
 
-def create_writers(workdir: str) -> tuple[metric_writers.MetricWriter, metric_writers.MetricWriter,
-                                          JsonlWriter | None]:
+def create_writers(
+  workdir: str,
+) -> tuple[metric_writers.MetricWriter, metric_writers.MetricWriter, JsonlWriter | None]:
   """(eval-metrics writer, progress writer, the JSONL writer).
 
   Evaluation records go to TensorBoard, the log and ``metrics.jsonl``; progress scalars (steps/s,

@@ -27,6 +27,7 @@ def extract_features(exp, model_params, batch_stats, layers, *, limit: int = -1,
 
   Returns ``({layer: (M, D) float32}, rlp_labels (M, num_heads))`` as NumPy arrays on host.
   """
+
   @jax.jit
   def features_of(params, stats, image):
     _, feats, _ = models.apply(exp.model_def, params, stats, image, train=False)
@@ -41,8 +42,9 @@ def extract_features(exp, model_params, batch_stats, layers, *, limit: int = -1,
   return ({k: np.concatenate([c[k] for c in chunks]) for k in layers}, np.concatenate(label_chunks))
 
 
-def fit_heads(exp, features: Mapping[str, np.ndarray], rlp_labels: np.ndarray, *, num_epochs: int,
-              batch_size: int) -> dict[str, np.ndarray]:
+def fit_heads(
+  exp, features: Mapping[str, np.ndarray], rlp_labels: np.ndarray, *, num_epochs: int, batch_size: int
+) -> dict[str, np.ndarray]:
   """Trains freshly initialized heads on fixed features; returns random-label accuracy per layer, (H,).
 
   The heads are built by ``rlp.build_heads`` — the same initialization as the online heads — and use the
@@ -71,6 +73,7 @@ def fit_heads(exp, features: Mapping[str, np.ndarray], rlp_labels: np.ndarray, *
       grads = jax.grad(loss_fn)(p, {k: v[idx] for k, v in feats.items()}, y[idx])
       updates, s = tx.update(grads, s, p)
       return (optax.apply_updates(p, updates), s), None
+
     (p, opt_state), _ = jax.lax.scan(step, (p, opt_state), order)
     return p, opt_state
 
@@ -80,8 +83,9 @@ def fit_heads(exp, features: Mapping[str, np.ndarray], rlp_labels: np.ndarray, *
     order = np.random.default_rng([exp.config.seed, epoch]).permutation(m)[: spe * batch_size]
     params, opt_state = epoch_fn(params, opt_state, feats, y, order.reshape(spe, batch_size))
 
-  correct = jax.jit(lambda p, f, y: {k: rlp.head_correct(s, y).mean(0)
-                                     for k, s in nnx.merge(graphdef, p)(f).items()})(params, feats, y)
+  correct = jax.jit(
+    lambda p, f, y: {k: rlp.head_correct(s, y).mean(0) for k, s in nnx.merge(graphdef, p)(f).items()}
+  )(params, feats, y)
   return {k: np.asarray(v) for k, v in correct.items()}
 
 

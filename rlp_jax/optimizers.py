@@ -17,6 +17,7 @@ def _decay_mask(params):
   def is_decayed(path, _):
     last = path[-1]
     return getattr(last, "key", getattr(last, "name", None)) in _DECAYED
+
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
@@ -25,12 +26,14 @@ def schedule(cfg: ml_collections.ConfigDict, *, steps_per_epoch: int, total_step
   if cfg.schedule == "constant":
     return optax.constant_schedule(cfg.learning_rate)
   warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-  return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup_steps=warmup,
-                                            decay_steps=max(total_steps, warmup + 1), end_value=0.0)
+  return optax.warmup_cosine_decay_schedule(
+    0.0, cfg.learning_rate, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1), end_value=0.0
+  )
 
 
-def make(cfg: ml_collections.ConfigDict, *, steps_per_epoch: int, total_steps: int
-         ) -> optax.GradientTransformation:
+def make(
+  cfg: ml_collections.ConfigDict, *, steps_per_epoch: int, total_steps: int
+) -> optax.GradientTransformation:
   lr = schedule(cfg, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
   parts = []
   if cfg.grad_clip_norm > 0:
@@ -49,8 +52,9 @@ def make(cfg: ml_collections.ConfigDict, *, steps_per_epoch: int, total_steps: i
   return optax.chain(*parts)
 
 
-def grouped(configs: Mapping[str, ml_collections.ConfigDict], *, steps_per_epoch: int, total_steps: int
-            ) -> optax.GradientTransformation:
+def grouped(
+  configs: Mapping[str, ml_collections.ConfigDict], *, steps_per_epoch: int, total_steps: int
+) -> optax.GradientTransformation:
   """One optimizer per top-level parameter group (``params[group]``), each blind to the others.
 
   Clipping by global norm inside a group measures that group's gradients only: the heads' gradients

@@ -44,6 +44,7 @@ sg = jax.lax.stop_gradient
 # Heads
 # ----------------------------------------------------------------------------------------------------
 
+
 def pool_features(z: jax.Array, pool: str = "mean") -> jax.Array:
   """(B, ..., C) -> (B, D). Spatial/token maps are averaged (``mean``) or flattened (``flatten``).
 
@@ -67,8 +68,16 @@ class ParallelHeads(nnx.Module):
   of that width (A.6). Output logits have shape (B, num_heads, num_labels) and are float32.
   """
 
-  def __init__(self, in_features: int, num_labels: int, num_heads: int = 1, *, norm: bool = False,
-               hidden_dim: int = 0, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_features: int,
+    num_labels: int,
+    num_heads: int = 1,
+    *,
+    norm: bool = False,
+    hidden_dim: int = 0,
+    rngs: nnx.Rngs,
+  ):
     init = nnx.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
     self.norm = norm
     if norm:
@@ -88,7 +97,7 @@ class ParallelHeads(nnx.Module):
     x = z.astype(jnp.float32)
     if self.norm:
       x = (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-6)
-      x = x[:, None, :] * self.scale[None] + self.shift[None]              # (B, H, D)
+      x = x[:, None, :] * self.scale[None] + self.shift[None]  # (B, H, D)
     if self.hidden is not None:
       x = jax.nn.relu(_dense(x, self.hidden[...], self.hidden_bias[...]))
     return _dense(x, self.kernel[...], self.bias[...])
@@ -98,24 +107,33 @@ class ParallelHeads(nnx.Module):
 RLP_STREAM, PROBE_STREAM = 1, 2
 
 
-def build_heads(config, feature_dims: Mapping[str, int], layers: Sequence[str], num_labels: int
-                ) -> LayerHeads | None:
+def build_heads(
+  config, feature_dims: Mapping[str, int], layers: Sequence[str], num_labels: int
+) -> LayerHeads | None:
   """The RLP heads of a run, with their fixed initialization: online and offline heads start identical."""
   if not layers:
     return None
   rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(config.seed), RLP_STREAM))
-  return LayerHeads({k: feature_dims[k] for k in layers}, num_labels, config.rlp.num_heads,
-                    norm=config.rlp.norm, hidden_dim=config.rlp.hidden_dim, rngs=rngs)
+  return LayerHeads(
+    {k: feature_dims[k] for k in layers},
+    num_labels,
+    config.rlp.num_heads,
+    norm=config.rlp.norm,
+    hidden_dim=config.rlp.hidden_dim,
+    rngs=rngs,
+  )
 
 
-def build_probes(config, feature_dims: Mapping[str, int], layers: Sequence[str], num_classes: int
-                 ) -> LayerHeads | None:
+def build_probes(
+  config, feature_dims: Mapping[str, int], layers: Sequence[str], num_classes: int
+) -> LayerHeads | None:
   """Per-layer linear class probes (Fig. 9)."""
   if not layers:
     return None
   rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(config.seed), PROBE_STREAM))
-  return LayerHeads({k: feature_dims[k] for k in layers}, num_classes, 1, norm=config.rlp.norm,
-                    hidden_dim=0, rngs=rngs)
+  return LayerHeads(
+    {k: feature_dims[k] for k in layers}, num_classes, 1, norm=config.rlp.norm, hidden_dim=0, rngs=rngs
+  )
 
 
 def _dense(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
@@ -127,15 +145,32 @@ def _dense(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
 class LayerHeads(nnx.Module):
   """One ``ParallelHeads`` per named layer: the RLP heads (or the class probes) of a whole network."""
 
-  def __init__(self, feature_dims: Mapping[str, int], num_labels: int, num_heads: int, *, norm: bool,
-               hidden_dim: int, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    feature_dims: Mapping[str, int],
+    num_labels: int,
+    num_heads: int,
+    *,
+    norm: bool,
+    hidden_dim: int,
+    rngs: nnx.Rngs,
+  ):
     # Each layer's init key depends only on its own name and the seed, so adding or removing a layer
     # never changes another layer's initialization (and offline heads can rebuild exactly these).
     key = rngs.params()
-    self.layers = nnx.Dict({
-        name: ParallelHeads(dim, num_labels, num_heads, norm=norm, hidden_dim=hidden_dim,
-                            rngs=nnx.Rngs(jax.random.fold_in(key, zlib.crc32(name.encode()) >> 1)))
-        for name, dim in feature_dims.items()})
+    self.layers = nnx.Dict(
+      {
+        name: ParallelHeads(
+          dim,
+          num_labels,
+          num_heads,
+          norm=norm,
+          hidden_dim=hidden_dim,
+          rngs=nnx.Rngs(jax.random.fold_in(key, zlib.crc32(name.encode()) >> 1)),
+        )
+        for name, dim in feature_dims.items()
+      }
+    )
 
   def __call__(self, features: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     return {name: self.layers[name](features[name]) for name in self.layers}
@@ -144,6 +179,7 @@ class LayerHeads(nnx.Module):
 # ----------------------------------------------------------------------------------------------------
 # Numerics
 # ----------------------------------------------------------------------------------------------------
+
 
 def log1m_softmax(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """``log(1 - softmax(logits)[label])``, exactly and stably.
@@ -170,10 +206,20 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 # Gradient routing
 # ----------------------------------------------------------------------------------------------------
 
-def routed_losses(*, class_logits: jax.Array, features: Mapping[str, jax.Array], labels: jax.Array,
-                  rlp_labels: jax.Array | None, heads: LayerHeads | None, probes: LayerHeads | None,
-                  reg_layers: Sequence[str], reg_lambda: float, label_smoothing: float = 0.0,
-                  pool: str = "mean") -> tuple[jax.Array, dict[str, jax.Array]]:
+
+def routed_losses(
+  *,
+  class_logits: jax.Array,
+  features: Mapping[str, jax.Array],
+  labels: jax.Array,
+  rlp_labels: jax.Array | None,
+  heads: LayerHeads | None,
+  probes: LayerHeads | None,
+  reg_layers: Sequence[str],
+  reg_lambda: float,
+  label_smoothing: float = 0.0,
+  pool: str = "mean",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Total loss ``L_class + L_rnd + λ·L_reg + L_probe`` and its parts, with DESIGN §1's routing.
 
   Args:
@@ -209,8 +255,9 @@ def routed_losses(*, class_logits: jax.Array, features: Mapping[str, jax.Array],
       parts["loss/reg"] = l_reg
     else:
       # Reported for the curves only; computed from detached logits, so it cannot move anything.
-      parts["loss/reg"] = jnp.mean(jnp.stack(
-          [-log1m_softmax(sg(rnd_logits[n]), rlp_labels).mean() for n in reg_layers or rnd_logits]))
+      parts["loss/reg"] = jnp.mean(
+        jnp.stack([-log1m_softmax(sg(rnd_logits[n]), rlp_labels).mean() for n in reg_layers or rnd_logits])
+      )
     parts["rnd_logits"] = rnd_logits
 
   if probes is not None:
@@ -228,6 +275,7 @@ def routed_losses(*, class_logits: jax.Array, features: Mapping[str, jax.Array],
 # ----------------------------------------------------------------------------------------------------
 # Metrics
 # ----------------------------------------------------------------------------------------------------
+
 
 def head_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """(B, H) bool: does head h's argmax equal its random label?"""

@@ -1,4 +1,4 @@
-"""The end-of-run table: class accuracy, and per RLP head its accuracy beside chance and the offline control."""
+"""The end-of-run table: class accuracy; per RLP head its accuracy, chance and the offline control."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from collections.abc import Mapping
 import numpy as np
 
 
-def rows(metrics: Mapping[str, float], offline_at_init: Mapping[str, np.ndarray], num_labels: int,
-         layers) -> list[dict]:
+def rows(
+  metrics: Mapping[str, float], offline_at_init: Mapping[str, np.ndarray], num_labels: int, layers
+) -> list[dict]:
   """One row per (layer, head): online random-label accuracy, chance 1/n, offline head at initialization."""
   out = []
   for layer in layers:
@@ -19,20 +20,31 @@ def rows(metrics: Mapping[str, float], offline_at_init: Mapping[str, np.ndarray]
     online = online or [metrics[f"rlp/{layer}/accuracy"]]
     offline = offline_at_init.get(layer)
     for j, acc in enumerate(online):
-      out.append({"layer": layer, "head": j, "online_accuracy": float(acc), "chance": 1.0 / num_labels,
-                  "offline_at_init_accuracy": None if offline is None else float(offline[j])})
+      out.append(
+        {
+          "layer": layer,
+          "head": j,
+          "online_accuracy": float(acc),
+          "chance": 1.0 / num_labels,
+          "offline_at_init_accuracy": None if offline is None else float(offline[j]),
+        }
+      )
   return out
 
 
 def format_table(metrics: Mapping[str, float], head_rows: list[dict]) -> str:
-  lines = [f"epoch {int(metrics.get('epoch', 0))}: class accuracy  train {metrics['train/accuracy']:.4f}"
-           f"  test {metrics['test/accuracy']:.4f}"]
+  lines = [
+    f"epoch {int(metrics.get('epoch', 0))}: class accuracy  train {metrics['train/accuracy']:.4f}"
+    f"  test {metrics['test/accuracy']:.4f}"
+  ]
   if head_rows:
     lines.append(f"{'RLP head':<22}{'random-label acc':>18}{'chance (1/n)':>14}{'offline @ init':>16}")
     for r in head_rows:
       off = "-" if r["offline_at_init_accuracy"] is None else f"{r['offline_at_init_accuracy']:.4f}"
-      lines.append(f"{r['layer'] + '/head_' + str(r['head']):<22}{r['online_accuracy']:>18.4f}"
-                   f"{r['chance']:>14.4f}{off:>16}")
+      lines.append(
+        f"{r['layer'] + '/head_' + str(r['head']):<22}{r['online_accuracy']:>18.4f}"
+        f"{r['chance']:>14.4f}{off:>16}"
+      )
   return "\n".join(lines)
 
 

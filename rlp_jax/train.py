@@ -29,10 +29,20 @@ import optax
 from absl import logging
 from clu import periodic_actions
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from rlp_jax import (checkpointing, configuration, input_pipeline, metric_logging, models, offline,
-                     optimizers, rlp, summary)
+from rlp_jax import (
+  checkpointing,
+  configuration,
+  input_pipeline,
+  metric_logging,
+  models,
+  offline,
+  optimizers,
+  rlp,
+  summary,
+)
 
 # PRNG streams derived from config.seed (the heads' streams are in rlp.py). The model's stream never
 # depends on whether RLP heads or probes exist: that is what makes λ = 0 bit-identical to no heads.
@@ -42,27 +52,28 @@ _MODEL_STREAM, _DROPOUT_STREAM = 0, 3
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
-  params: dict[str, Any]          # {'model': θ ∪ φ, 'rlp': ψ, 'probes': probe params}
-  batch_stats: dict[str, Any]     # BatchNorm running statistics of the model (may be empty)
+  params: dict[str, Any]  # {'model': θ ∪ φ, 'rlp': ψ, 'probes': probe params}
+  batch_stats: dict[str, Any]  # BatchNorm running statistics of the model (may be empty)
   opt_state: Any
   loss_sums: dict[str, jax.Array]  # running sums of this epoch's losses: part of the state so a
-                                   # resumed epoch reports exactly what an uninterrupted one would
+  # resumed epoch reports exactly what an uninterrupted one would
 
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
   """Everything static about a run: shapes, graph definitions, layer choices, optimizer, sharding."""
+
   config: ml_collections.ConfigDict
   info: input_pipeline.DataInfo
   model_def: Any
   heads_def: Any | None
   probes_def: Any | None
-  sown_layers: tuple[str, ...]     # every intermediate the model sows, in order
+  sown_layers: tuple[str, ...]  # every intermediate the model sows, in order
   feature_dims: Mapping[str, int]  # pooled feature size per sown layer
   rlp_layers: tuple[str, ...]
   reg_layers: tuple[str, ...]
   probe_layers: tuple[str, ...]
-  num_labels: int                  # n
+  num_labels: int  # n
   tx: optax.GradientTransformation
   steps_per_epoch: int
   total_steps: int
@@ -81,14 +92,16 @@ class Experiment:
 # Model application
 # ----------------------------------------------------------------------------------------------------
 
+
 def _check_divisible(value: int, key: str) -> None:
   n = jax.device_count()
   if value % n:
     raise ValueError(f"config.{key}={value} is not divisible by the {n} devices; use a multiple of {n}.")
 
 
-def build(config: ml_collections.ConfigDict, info: input_pipeline.DataInfo | None = None
-          ) -> tuple[Experiment, TrainState]:
+def build(
+  config: ml_collections.ConfigDict, info: input_pipeline.DataInfo | None = None
+) -> tuple[Experiment, TrainState]:
   """Validates the config against data and model, then creates the initial state. Compiles nothing."""
   configuration.validate(config)
   info = info or input_pipeline.get_info(config)
@@ -103,8 +116,9 @@ def build(config: ml_collections.ConfigDict, info: input_pipeline.DataInfo | Non
     return nnx.split(model, nnx.Param, nnx.BatchStat)
 
   # Initialize under jit: one compilation instead of one eager PRNG kernel per parameter shape.
-  model_def = nnx.eval_shape(lambda: models.create_model(
-      config.model, info.num_classes, info.input_shape, rngs=nnx.Rngs(0)))
+  model_def = nnx.eval_shape(
+    lambda: models.create_model(config.model, info.num_classes, info.input_shape, rngs=nnx.Rngs(0))
+  )
   model_def = nnx.split(model_def, nnx.Param, nnx.BatchStat)[0]
   params, stats = jax.jit(lambda: tuple(s.to_pure_dict() for s in init_model()[1:]))()
 
@@ -112,17 +126,25 @@ def build(config: ml_collections.ConfigDict, info: input_pipeline.DataInfo | Non
   x = jax.ShapeDtypeStruct((2,) + tuple(info.input_shape), jnp.float32)
   sown = jax.eval_shape(lambda p, s, x: models.apply(model_def, p, s, x, train=False)[1], params, stats, x)
   sown_layers = tuple(sown)
-  dims = {k: int(np.prod(v.shape[1:])) if config.rlp.pool == "flatten" and v.ndim > 2 else v.shape[-1]
-          for k, v in sown.items()}
+  dims = {
+    k: int(np.prod(v.shape[1:])) if config.rlp.pool == "flatten" and v.ndim > 2 else v.shape[-1]
+    for k, v in sown.items()
+  }
 
   num_heads = config.rlp.num_heads
-  rlp_layers = tuple(configuration.parse_layers(config.rlp.layers, list(sown_layers), "rlp.layers")
-                     ) if num_heads else ()
-  reg_layers = tuple(configuration.parse_layers(config.rlp.reg_layers, list(rlp_layers), "rlp.reg_layers")
-                     ) if num_heads else ()
+  rlp_layers = (
+    tuple(configuration.parse_layers(config.rlp.layers, list(sown_layers), "rlp.layers")) if num_heads else ()
+  )
+  reg_layers = (
+    tuple(configuration.parse_layers(config.rlp.reg_layers, list(rlp_layers), "rlp.reg_layers"))
+    if num_heads
+    else ()
+  )
   if num_heads and not rlp_layers:
-    raise ValueError("config.rlp.layers is empty but config.rlp.num_heads > 0; name a layer "
-                     f"(one of {list(sown_layers)}) or set config.rlp.num_heads=0.")
+    raise ValueError(
+      "config.rlp.layers is empty but config.rlp.num_heads > 0; name a layer "
+      f"(one of {list(sown_layers)}) or set config.rlp.num_heads=0."
+    )
   probe_layers = tuple(configuration.parse_layers(config.probes.layers, list(sown_layers), "probes.layers"))
   n = input_pipeline.num_labels(config, info)
 
@@ -132,15 +154,36 @@ def build(config: ml_collections.ConfigDict, info: input_pipeline.DataInfo | Non
   probes_def, probe_params = nnx.split(probes) if probes else (None, nnx.State({}))
   all_params = {"model": params, "rlp": head_params.to_pure_dict(), "probes": probe_params.to_pure_dict()}
 
-  tx = optimizers.grouped({"model": config.optimizer, "rlp": config.rlp.optimizer,
-                           "probes": config.probes.optimizer}, steps_per_epoch=spe, total_steps=total)
+  tx = optimizers.grouped(
+    {"model": config.optimizer, "rlp": config.rlp.optimizer, "probes": config.probes.optimizer},
+    steps_per_epoch=spe,
+    total_steps=total,
+  )
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
-  exp = Experiment(config=config, info=info, model_def=model_def, heads_def=heads_def,
-                   probes_def=probes_def, sown_layers=sown_layers, feature_dims=dims,
-                   rlp_layers=rlp_layers, reg_layers=reg_layers, probe_layers=probe_layers, num_labels=n,
-                   tx=tx, steps_per_epoch=spe, total_steps=total, mesh=mesh)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=all_params, batch_stats=stats,
-                     opt_state=tx.init(all_params), loss_sums=_zero_sums(exp))
+  exp = Experiment(
+    config=config,
+    info=info,
+    model_def=model_def,
+    heads_def=heads_def,
+    probes_def=probes_def,
+    sown_layers=sown_layers,
+    feature_dims=dims,
+    rlp_layers=rlp_layers,
+    reg_layers=reg_layers,
+    probe_layers=probe_layers,
+    num_labels=n,
+    tx=tx,
+    steps_per_epoch=spe,
+    total_steps=total,
+    mesh=mesh,
+  )
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=all_params,
+    batch_stats=stats,
+    opt_state=tx.init(all_params),
+    loss_sums=_zero_sums(exp),
+  )
   return exp, jax.device_put(state, exp.replicated)
 
 
@@ -161,17 +204,25 @@ def _zero_sums(exp: Experiment) -> dict[str, jax.Array]:
 # Steps
 # ----------------------------------------------------------------------------------------------------
 
+
 def _losses(exp: Experiment, params, batch_stats, batch, *, train: bool, dropout_key=None):
   cfg = exp.config
-  logits, features, new_stats = models.apply(exp.model_def, params["model"], batch_stats, batch["image"],
-                                        train=train, dropout_key=dropout_key)
+  logits, features, new_stats = models.apply(
+    exp.model_def, params["model"], batch_stats, batch["image"], train=train, dropout_key=dropout_key
+  )
   total, parts = rlp.routed_losses(
-      class_logits=logits, features=features, labels=batch["label"], rlp_labels=batch.get("rlp_labels"),
-      # Test batches carry no random labels (they are defined on training examples only).
-      heads=nnx.merge(exp.heads_def, params["rlp"]) if exp.heads_def and "rlp_labels" in batch else None,
-      probes=nnx.merge(exp.probes_def, params["probes"]) if exp.probes_def else None,
-      reg_layers=exp.reg_layers, reg_lambda=cfg.rlp.reg_lambda if train else 0.0,
-      label_smoothing=cfg.label_smoothing, pool=cfg.rlp.pool)
+    class_logits=logits,
+    features=features,
+    labels=batch["label"],
+    rlp_labels=batch.get("rlp_labels"),
+    # Test batches carry no random labels (they are defined on training examples only).
+    heads=nnx.merge(exp.heads_def, params["rlp"]) if exp.heads_def and "rlp_labels" in batch else None,
+    probes=nnx.merge(exp.probes_def, params["probes"]) if exp.probes_def else None,
+    reg_layers=exp.reg_layers,
+    reg_lambda=cfg.rlp.reg_lambda if train else 0.0,
+    label_smoothing=cfg.label_smoothing,
+    pool=cfg.rlp.pool,
+  )
   return total, (parts, logits, new_stats)
 
 
@@ -182,12 +233,18 @@ def make_train_step(exp: Experiment):
     # The dropout key is a function of (seed, step) only: resumption replays the same masks.
     key = jax.random.fold_in(dropout_base, state.step)
     grad_fn = jax.value_and_grad(
-        lambda p: _losses(exp, p, state.batch_stats, batch, train=True, dropout_key=key), has_aux=True)
+      lambda p: _losses(exp, p, state.batch_stats, batch, train=True, dropout_key=key), has_aux=True
+    )
     (_, (parts, _, new_stats)), grads = grad_fn(state.params)
     updates, opt_state = exp.tx.update(grads, state.opt_state, state.params)
     sums = {k: state.loss_sums[k] + parts[k] for k in state.loss_sums}
-    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         batch_stats=new_stats, opt_state=opt_state, loss_sums=sums)
+    return state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      batch_stats=new_stats,
+      opt_state=opt_state,
+      loss_sums=sums,
+    )
 
   return jax.jit(train_step, donate_argnums=0)
 
@@ -198,8 +255,11 @@ def make_eval_step(exp: Experiment):
   def eval_step(params, batch_stats, batch):
     _, (parts, logits, _) = _losses(exp, params, batch_stats, batch, train=False)
     mask = batch["mask"]
-    out = {"count": mask.sum(), "class_correct": ((jnp.argmax(logits, -1) == batch["label"]) & mask).sum(),
-           "class_loss": (rlp.cross_entropy(logits, batch["label"]) * mask).sum()}
+    out = {
+      "count": mask.sum(),
+      "class_correct": ((jnp.argmax(logits, -1) == batch["label"]) & mask).sum(),
+      "class_loss": (rlp.cross_entropy(logits, batch["label"]) * mask).sum(),
+    }
     for name, s in parts.get("rnd_logits", {}).items():
       out[f"rlp/{name}"] = (rlp.head_correct(s, batch["rlp_labels"]) & mask[:, None]).sum(0)
     for name, s in parts.get("probe_logits", {}).items():
@@ -211,8 +271,9 @@ def make_eval_step(exp: Experiment):
 
 def _device_batch(exp: Experiment, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
   keep = ("image", "label", "rlp_labels", "mask")
-  return {k: jax.make_array_from_process_local_data(exp.data_sharding, v) for k, v in batch.items()
-          if k in keep}
+  return {
+    k: jax.make_array_from_process_local_data(exp.data_sharding, v) for k, v in batch.items() if k in keep
+  }
 
 
 def evaluate(exp: Experiment, eval_step, state: TrainState, epoch: int) -> dict[str, float]:
@@ -255,6 +316,7 @@ def rlp_accuracy_metrics(exp: Experiment, per_head: Mapping[str, np.ndarray]) ->
 # The loop
 # ----------------------------------------------------------------------------------------------------
 
+
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks after each step, so it can checkpoint and exit cleanly."""
 
@@ -286,9 +348,10 @@ def _check_finite(sums: Mapping[str, jax.Array], step: int, last_saved: int | No
   total = float(sums["loss/total"])
   if not np.isfinite(total):
     raise NonFiniteLossError(
-        f"The training loss became {total} by step {step}. Training stopped; the last good checkpoint "
-        f"(step {last_saved}) in {workdir}/checkpoints is intact and nothing after it was saved. Lower "
-        "config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, or lower config.rlp.reg_lambda.")
+      f"The training loss became {total} by step {step}. Training stopped; the last good checkpoint "
+      f"(step {last_saved}) in {workdir}/checkpoints is intact and nothing after it was saved. Lower "
+      "config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, or lower config.rlp.reg_lambda."
+    )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -313,8 +376,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_step, eval_step = make_train_step(exp), make_eval_step(exp)
   spe = exp.steps_per_epoch
   step = int(state.step)
-  progress = periodic_actions.ReportProgress(num_train_steps=exp.total_steps, writer=progress_writer,
-                                             every_steps=config.log_every_steps)
+  progress = periodic_actions.ReportProgress(
+    num_train_steps=exp.total_steps, writer=progress_writer, every_steps=config.log_every_steps
+  )
   last_eval: dict[str, float] = {}
   with _Preemption() as preemption:
     for epoch in range(step // spe, config.num_epochs):
@@ -334,8 +398,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _check_finite(state.loss_sums, step, latest, workdir)
       done = epoch + 1
       if done % config.eval.every_epochs == 0 or done == config.num_epochs:
-        metrics = {"epoch": done, **{k: float(v) / spe for k, v in state.loss_sums.items()},
-                   **evaluate(exp, eval_step, state, epoch)}
+        metrics = {
+          "epoch": done,
+          **{k: float(v) / spe for k, v in state.loss_sums.items()},
+          **evaluate(exp, eval_step, state, epoch),
+        }
         writer.write_scalars(step, metrics)
         writer.flush()
         last_eval = metrics
@@ -354,11 +421,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   head_rows = summary.rows(last_eval, offline_at_init, exp.num_labels, exp.rlp_layers)
   if jax.process_index() == 0:
     summary.write(workdir, last_eval, head_rows)
-  return {"metrics": last_eval, "offline_at_init": offline_at_init, "rlp_heads": head_rows,
-          "table": summary.format_table(last_eval, head_rows), "experiment": exp, "state": state}
+  return {
+    "metrics": last_eval,
+    "offline_at_init": offline_at_init,
+    "rlp_heads": head_rows,
+    "table": summary.format_table(last_eval, head_rows),
+    "experiment": exp,
+    "state": state,
+  }
 
 
 def _short(metrics: Mapping[str, float]) -> str:
-  keys = [k for k in metrics if k in ("train/accuracy", "test/accuracy", "loss/total")
-          or (k.startswith("rlp/") and k.endswith("/accuracy") and "/head_" not in k)]
+  keys = [
+    k
+    for k in metrics
+    if k in ("train/accuracy", "test/accuracy", "loss/total")
+    or (k.startswith("rlp/") and k.endswith("/accuracy") and "/head_" not in k)
+  ]
   return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys)

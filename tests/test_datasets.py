@@ -44,8 +44,10 @@ def digits_builds(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mnist1d_builds(tmp_path_factory):
-  return [_build(tmp_path_factory.mktemp(f"mnist1d{i}"), "mnist1d", Mnist1dConfig(**SMALL_MNIST1D))
-          for i in range(2)]
+  return [
+    _build(tmp_path_factory.mktemp(f"mnist1d{i}"), "mnist1d", Mnist1dConfig(**SMALL_MNIST1D))
+    for i in range(2)
+  ]
 
 
 @pytest.mark.parametrize("split, size", [("train", 1437), ("test", 360)])

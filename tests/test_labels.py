@@ -22,7 +22,19 @@ def test_labels_are_pinned_across_versions():
   # A change of the hash would silently change every saved experiment's labels: pin a few values.
   assert labels.random_labels(0, np.arange(6), 10).ravel().tolist() == [4, 8, 8, 2, 1, 4]
   assert labels.random_labels(0, np.arange(6), 1000, 2).ravel().tolist() == [
-      814, 544, 518, 861, 918, 950, 442, 87, 71, 100, 304, 385]
+    814,
+    544,
+    518,
+    861,
+    918,
+    950,
+    442,
+    87,
+    71,
+    100,
+    304,
+    385,
+  ]
 
 
 @pytest.mark.parametrize("n", [2, 10, 1000])
@@ -51,8 +63,9 @@ def test_shuffled_mode_changes_every_epoch_and_fixed_does_not():
   e1 = labels.random_labels(0, idx, 10, mode="shuffled", epoch=1)
   assert abs((e0 == e1).mean() - 0.1) < 0.02
   np.testing.assert_array_equal(e0, labels.random_labels(0, idx, 10, mode="shuffled", epoch=0))
-  np.testing.assert_array_equal(labels.random_labels(0, idx, 10, epoch=0),
-                                labels.random_labels(0, idx, 10, epoch=5))
+  np.testing.assert_array_equal(
+    labels.random_labels(0, idx, 10, epoch=0), labels.random_labels(0, idx, 10, epoch=5)
+  )
 
 
 @pytest.mark.parametrize("m", [2, 3, 7, 1000, 4097, 65537])
@@ -62,7 +75,7 @@ def test_unique_mode_is_a_bijection(m):
     assert sorted(y[:, k].tolist()) == list(range(m))
   if m > 100:
     assert (y[:, 0] != np.arange(m)).mean() > 0.9  # not the identity
-    assert (y[:, 0] != y[:, 1]).mean() > 0.9      # heads get different permutations
+    assert (y[:, 0] != y[:, 1]).mean() > 0.9  # heads get different permutations
 
 
 def test_unique_mode_requires_n_equal_m():

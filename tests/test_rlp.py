@@ -71,11 +71,16 @@ def test_parallel_heads_are_independent_classifiers():
 # Gradient routing on a real model: each loss alone reaches exactly its parameter group.
 # ---------------------------------------------------------------------------------------------------
 
+
 def _groups(grads):
   """Split the gradient tree into DESIGN §1's groups: θ (backbone), φ (class head), ψ, probes."""
   model = grads["model"]
-  return {"theta": {k: v for k, v in model.items() if k != "head"}, "phi": model["head"],
-          "psi": grads["rlp"], "probes": grads["probes"]}
+  return {
+    "theta": {k: v for k, v in model.items() if k != "head"},
+    "phi": model["head"],
+    "psi": grads["rlp"],
+    "probes": grads["probes"],
+  }
 
 
 def _norm(tree) -> float:
@@ -97,16 +102,32 @@ def test_each_loss_reaches_exactly_its_parameters(tiny_config, model_name):
   batch = {k: jnp.asarray(batch[k]) for k in ("image", "label", "rlp_labels")}
 
   def part(params, name):
-    logits, feats, _ = models.apply(exp.model_def, params["model"], state.batch_stats, batch["image"],
-                                    train=True, dropout_key=jax.random.key(0))
+    logits, feats, _ = models.apply(
+      exp.model_def,
+      params["model"],
+      state.batch_stats,
+      batch["image"],
+      train=True,
+      dropout_key=jax.random.key(0),
+    )
     _, parts = rlp.routed_losses(
-        class_logits=logits, features=feats, labels=batch["label"], rlp_labels=batch["rlp_labels"],
-        heads=nnx.merge(exp.heads_def, params["rlp"]), probes=nnx.merge(exp.probes_def, params["probes"]),
-        reg_layers=exp.reg_layers, reg_lambda=config.rlp.reg_lambda)
+      class_logits=logits,
+      features=feats,
+      labels=batch["label"],
+      rlp_labels=batch["rlp_labels"],
+      heads=nnx.merge(exp.heads_def, params["rlp"]),
+      probes=nnx.merge(exp.probes_def, params["probes"]),
+      reg_layers=exp.reg_layers,
+      reg_lambda=config.rlp.reg_lambda,
+    )
     return parts[name]
 
-  expected = {"loss/class": {"theta", "phi"}, "loss/rnd": {"psi"}, "loss/reg": {"theta"},
-              "loss/probe": {"probes"}}
+  expected = {
+    "loss/class": {"theta", "phi"},
+    "loss/rnd": {"psi"},
+    "loss/reg": {"theta"},
+    "loss/probe": {"probes"},
+  }
   grad = jax.jit(jax.grad(part), static_argnums=1)
   for name, reach in expected.items():
     groups = _groups(grad(state.params, name))

@@ -42,15 +42,17 @@ def test_lambda_zero_is_bit_identical_to_no_heads(tiny_config, model_name):
   config.probes.layers = ""
   without = _run_steps(config, 6)
   assert with_heads.params["rlp"] and not without.params["rlp"]
-  chex_equal = jax.tree.map(lambda a, b: np.array_equal(a, b), with_heads.params["model"],
-                            without.params["model"])
+  chex_equal = jax.tree.map(
+    lambda a, b: np.array_equal(a, b), with_heads.params["model"], without.params["model"]
+  )
   assert all(jax.tree.leaves(chex_equal)), chex_equal
   assert all(jax.tree.leaves(jax.tree.map(np.array_equal, with_heads.batch_stats, without.batch_stats)))
   # ... and the comparison is sharp: a λ > 0 run does move the backbone differently.
   config.rlp.num_heads, config.rlp.reg_lambda = 3, 1.0
   regularized = _run_steps(config, 6)
-  assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, regularized.params["model"],
-                                              without.params["model"])))
+  assert not all(
+    jax.tree.leaves(jax.tree.map(np.array_equal, regularized.params["model"], without.params["model"]))
+  )
 
 
 def _read_jsonl(workdir):
@@ -64,10 +66,22 @@ def test_end_to_end_writes_metrics_checkpoints_and_table(tiny_config, tmp_path):
   records = _read_jsonl(workdir)
   assert [r["epoch"] for r in records] == [1, 2]
   last = records[-1]
-  for key in ("step", "epoch", "train/accuracy", "test/accuracy", "loss/class", "loss/rnd", "loss/reg",
-              "loss/total", "rlp/pre_logits/accuracy", "rlp/pre_logits/chance",
-              "rlp/pre_logits/chance_corrected", "rlp/block_1/accuracy", "probe/block_1/test_accuracy",
-              "probe/pre_logits/train_accuracy"):
+  for key in (
+    "step",
+    "epoch",
+    "train/accuracy",
+    "test/accuracy",
+    "loss/class",
+    "loss/rnd",
+    "loss/reg",
+    "loss/total",
+    "rlp/pre_logits/accuracy",
+    "rlp/pre_logits/chance",
+    "rlp/pre_logits/chance_corrected",
+    "rlp/block_1/accuracy",
+    "probe/block_1/test_accuracy",
+    "probe/pre_logits/train_accuracy",
+  ):
     assert key in last, key
   assert last["rlp/pre_logits/chance"] == pytest.approx(0.1)
   assert last["test/accuracy"] > 0.3  # it learned something in two tiny epochs
@@ -105,8 +119,9 @@ def test_resume_after_sigterm_equals_uninterrupted(tiny_config, tmp_path, monkey
 
   assert resumed["metrics"] == full["metrics"]
   assert _read_jsonl(workdir) == _read_jsonl(str(tmp_path / "full"))
-  same = jax.tree.map(np.array_equal, jax.device_get(resumed["state"].params),
-                      jax.device_get(full["state"].params))
+  same = jax.tree.map(
+    np.array_equal, jax.device_get(resumed["state"].params), jax.device_get(full["state"].params)
+  )
   assert all(jax.tree.leaves(same))
 
 
@@ -123,7 +138,10 @@ def test_rerunning_a_finished_run_changes_nothing(tiny_config, tmp_path):
 # Bad input: each fails before compiling or writing anything, naming the key and the fix.
 # ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("key,value,message", [
+
+@pytest.mark.parametrize(
+  "key,value,message",
+  [
     ("rlp.reg_lambda", -1.0, "config.rlp.reg_lambda"),
     ("rlp.num_labels", 1, "config.rlp.num_labels"),
     ("rlp.layers", "block_9", "config.rlp.layers"),
@@ -135,7 +153,8 @@ def test_rerunning_a_finished_run_changes_nothing(tiny_config, tmp_path):
     ("batch_size", 4096, "config.batch_size"),
     ("optimizer.name", "lion", "config.optimizer.name"),
     ("model.name", "resnet", "config.model.name"),
-])
+  ],
+)
 def test_bad_config_fails_early_with_the_key(tiny_config, tmp_path, key, value, message):
   section, _, leaf = key.rpartition(".")
   target = tiny_config[section] if section else tiny_config
@@ -176,9 +195,20 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 def test_unknown_config_key_on_the_command_line_is_rejected(tmp_path, data_dir):
   proc = subprocess.run(
-      [sys.executable, "-m", "rlp_jax.main", "--config=configs/digits.py:tiny", f"--workdir={tmp_path}",
-       f"--config.data_dir={data_dir}", "--config.rlp.reg_lamda=1.0"],
-      capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "rlp_jax.main",
+      "--config=configs/digits.py:tiny",
+      f"--workdir={tmp_path}",
+      f"--config.data_dir={data_dir}",
+      "--config.rlp.reg_lamda=1.0",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=os.path.dirname(os.path.dirname(__file__)),
+    timeout=300,
+  )
   assert proc.returncode != 0
   assert "reg_lamda" in proc.stderr
   assert not (tmp_path / "checkpoints").exists()

@@ -43,13 +43,15 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(8, 8, 1)),
-            "label": tfds.features.ClassLabel(num_classes=10),
-            "index": tfds.features.Tensor(shape=(), dtype=np.int64),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(8, 8, 1)),
+          "label": tfds.features.ClassLabel(num_classes=10),
+          "index": tfds.features.Tensor(shape=(), dtype=np.int64),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
     )
 
   def _split_generators(self, dl_manager):
@@ -59,8 +61,8 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     order = np.random.default_rng(SPLIT_SEED).permutation(len(images))
     train, test = order[:NUM_TRAIN], order[NUM_TRAIN:]
     return {
-        "train": self._generate_examples(images[train], digits.target[train]),
-        "test": self._generate_examples(images[test], digits.target[test]),
+      "train": self._generate_examples(images[train], digits.target[train]),
+      "test": self._generate_examples(images[test], digits.target[test]),
     }
 
   def _generate_examples(self, images, labels):

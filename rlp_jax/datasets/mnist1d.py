@@ -44,8 +44,8 @@ class Mnist1dConfig(tfds.core.BuilderConfig):
     total = self.num_train + self.num_test
     if self.num_train <= 0 or self.num_test <= 0 or total % NUM_CLASSES:
       raise ValueError(
-          f"num_train and num_test must be positive and sum to a multiple of {NUM_CLASSES}, "
-          f"got num_train={self.num_train}, num_test={self.num_test}."
+        f"num_train and num_test must be positive and sum to a multiple of {NUM_CLASSES}, "
+        f"got num_train={self.num_train}, num_test={self.num_test}."
       )
 
 
@@ -104,21 +104,23 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS: ClassVar[list[Mnist1dConfig]] = [
-      Mnist1dConfig(name="4k", num_train=4000),
-      Mnist1dConfig(name="10k", num_train=10000),
-      Mnist1dConfig(name="100k", num_train=100000),
+    Mnist1dConfig(name="4k", num_train=4000),
+    Mnist1dConfig(name="10k", num_train=10000),
+    Mnist1dConfig(name="100k", num_train=100000),
   ]
   DEFAULT_CONFIG_NAME = "4k"
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(SIGNAL_LENGTH, 1), dtype=np.float32),
-            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-            "index": tfds.features.Tensor(shape=(), dtype=np.int64),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://github.com/greydanus/mnist1d",
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(shape=(SIGNAL_LENGTH, 1), dtype=np.float32),
+          "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+          "index": tfds.features.Tensor(shape=(), dtype=np.int64),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://github.com/greydanus/mnist1d",
     )
 
   def _split_generators(self, dl_manager):
@@ -126,8 +128,8 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
     signals, labels = _generate(self.builder_config)
     num_train = self.builder_config.num_train
     return {
-        "train": self._generate_examples(signals[:num_train], labels[:num_train]),
-        "test": self._generate_examples(signals[num_train:], labels[num_train:]),
+      "train": self._generate_examples(signals[:num_train], labels[:num_train]),
+      "test": self._generate_examples(signals[num_train:], labels[num_train:]),
     }
 
   def _generate_examples(self, signals, labels):
