@@ -82,6 +82,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.offline.batch_size = 128
   c.offline.train_examples = -1  # training examples the offline head fits (-1 = all trained-on ones)
 
+  # Device mesh (DESIGN §4): the batch is split over `data`; large RLP heads' label axis over `model`.
+  # -1 takes the remaining devices. fsdp additionally shards large parameters over `data`.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1, fsdp=False))
+
   c.checkpoint_every_epochs = 1
   c.log_every_steps = 50
   return c
@@ -98,6 +102,9 @@ RESUMABLE_KEYS = (
   "offline.num_epochs",
   "offline.batch_size",
   "offline.train_examples",
+  "mesh.data",
+  "mesh.model",
+  "mesh.fsdp",
 )
 
 

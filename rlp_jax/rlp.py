@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from rlp_jax import sharding
+
 sg = jax.lax.stop_gradient
 
 
@@ -93,14 +95,18 @@ class ParallelHeads(nnx.Module):
     self.kernel = nnx.Param(init(rngs.params(), (num_heads, width, num_labels)))
     self.bias = nnx.Param(jnp.zeros((num_heads, num_labels)))
 
-  def __call__(self, z: jax.Array) -> jax.Array:
+  def inputs(self, z: jax.Array) -> jax.Array:
+    """What the output layer reads: z itself (B, D), or per-head (B, H, D') after norm / hidden layer."""
     x = z.astype(jnp.float32)
     if self.norm:
       x = (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-6)
       x = x[:, None, :] * self.scale[None] + self.shift[None]  # (B, H, D)
     if self.hidden is not None:
       x = jax.nn.relu(_dense(x, self.hidden[...], self.hidden_bias[...]))
-    return _dense(x, self.kernel[...], self.bias[...])
+    return x
+
+  def __call__(self, z: jax.Array) -> jax.Array:
+    return _dense(self.inputs(z), self.kernel[...], self.bias[...])
 
 
 # PRNG streams (folded into config.seed) of the heads and probes: independent of the model's stream.
@@ -207,6 +213,23 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 # ----------------------------------------------------------------------------------------------------
 
 
+def head_stats(head: ParallelHeads, z: jax.Array, labels: jax.Array, mesh=None) -> dict[str, jax.Array]:
+  """Per example and head (B, H): ``ce`` = CE(s, ŷ), ``log1m`` = log(1 - p̂_ŷ), ``correct`` = argmax == ŷ.
+
+  With a mesh whose ``model`` axis has several devices, the head's label axis is sharded and the
+  statistics come from per-shard reductions (sharding.sharded_head_stats): the full logits never exist
+  on one device. Otherwise they come from the full logits. Both are exact; gradients flow as usual.
+  """
+  if sharding.label_sharded(mesh):
+    ce, log1m, correct = sharding.sharded_head_stats(
+      head.inputs(z), head.kernel[...], head.bias[...], labels, mesh
+    )
+  else:
+    s = head(z)
+    ce, log1m, correct = cross_entropy(s, labels), log1m_softmax(s, labels), head_correct(s, labels)
+  return {"ce": ce, "log1m": log1m, "correct": correct}
+
+
 def routed_losses(
   *,
   class_logits: jax.Array,
@@ -219,6 +242,7 @@ def routed_losses(
   reg_lambda: float,
   label_smoothing: float = 0.0,
   pool: str = "mean",
+  mesh=None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Total loss ``L_class + L_rnd + λ·L_reg + L_probe`` and its parts, with DESIGN §1's routing.
 
@@ -231,8 +255,9 @@ def routed_losses(
     reg_layers: names of the layers whose heads regularize (a subset of the heads' layers).
     reg_lambda: λ. λ = 0 is a pure measurement: L_reg is then not built at all, so the backbone's
       gradients are those of L_class alone, bit for bit.
+    mesh: when its ``model`` axis is > 1, the heads' label axis is sharded over it (see head_stats).
   Returns:
-    (total, parts): parts holds the scalar losses and the per-layer logits needed for metrics.
+    (total, parts): the scalar losses, plus per-layer (B, H) ``rnd_correct`` and (B,) ``probe_correct``.
   """
   l_class = cross_entropy(class_logits, labels, label_smoothing).mean()
   parts: dict[str, jax.Array] = {"loss/class": l_class}
@@ -241,24 +266,22 @@ def routed_losses(
   if heads is not None:
     pooled = {name: pool_features(features[name], pool) for name in heads.layers}
     # L_rnd: the heads learn random labels from *detached* features — ψ moves, θ does not.
-    rnd_logits = heads({name: sg(z) for name, z in pooled.items()})
-    l_rnd = jnp.mean(jnp.stack([cross_entropy(s, rlp_labels).mean() for s in rnd_logits.values()]))
+    rnd = {name: head_stats(heads.layers[name], sg(z), rlp_labels, mesh) for name, z in pooled.items()}
+    l_rnd = jnp.mean(jnp.stack([st["ce"].mean() for st in rnd.values()]))
     total = total + l_rnd
     parts["loss/rnd"] = l_rnd
     if reg_lambda > 0 and reg_layers:
       # L_reg: frozen copies of the heads (sg(ψ)) score the *live* features — θ moves, ψ does not.
       graphdef, head_params = nnx.split(heads)
       frozen = nnx.merge(graphdef, jax.tree.map(sg, head_params))
-      reg_logits = frozen({name: pooled[name] for name in reg_layers})
-      l_reg = jnp.mean(jnp.stack([-log1m_softmax(s, rlp_labels).mean() for s in reg_logits.values()]))
+      reg = [head_stats(frozen.layers[name], pooled[name], rlp_labels, mesh) for name in reg_layers]
+      l_reg = jnp.mean(jnp.stack([-st["log1m"].mean() for st in reg]))
       total = total + reg_lambda * l_reg
       parts["loss/reg"] = l_reg
     else:
-      # Reported for the curves only; computed from detached logits, so it cannot move anything.
-      parts["loss/reg"] = jnp.mean(
-        jnp.stack([-log1m_softmax(sg(rnd_logits[n]), rlp_labels).mean() for n in reg_layers or rnd_logits])
-      )
-    parts["rnd_logits"] = rnd_logits
+      # Reported for the curves only; computed from detached statistics, so it cannot move anything.
+      parts["loss/reg"] = jnp.mean(jnp.stack([-sg(rnd[n]["log1m"]).mean() for n in reg_layers or rnd]))
+    parts["rnd_correct"] = {name: st["correct"] for name, st in rnd.items()}
 
   if probes is not None:
     # L_probe: class probes read detached features — only the probes move.
@@ -266,7 +289,7 @@ def routed_losses(
     l_probe = jnp.mean(jnp.stack([cross_entropy(s[:, 0], labels).mean() for s in probe_logits.values()]))
     total = total + l_probe
     parts["loss/probe"] = l_probe
-    parts["probe_logits"] = probe_logits
+    parts["probe_correct"] = {name: jnp.argmax(s[:, 0], -1) == labels for name, s in probe_logits.items()}
 
   parts["loss/total"] = total
   return total, parts

@@ -41,6 +41,7 @@ from rlp_jax import (
   offline,
   optimizers,
   rlp,
+  sharding,
   summary,
 )
 
@@ -78,6 +79,7 @@ class Experiment:
   steps_per_epoch: int
   total_steps: int
   mesh: Mesh
+  state_sharding: Any = None  # NamedShardings of every TrainState leaf
 
   @property
   def data_sharding(self) -> NamedSharding:
@@ -93,38 +95,44 @@ class Experiment:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _check_divisible(value: int, key: str) -> None:
-  n = jax.device_count()
+def _check_divisible(value: int, key: str, mesh: Mesh) -> None:
+  n = mesh.shape["data"]
   if value % n:
-    raise ValueError(f"config.{key}={value} is not divisible by the {n} devices; use a multiple of {n}.")
+    raise ValueError(
+      f"config.{key}={value} is not divisible by the {n} devices of the mesh's data axis; "
+      f"use a multiple of {n}."
+    )
 
 
 def build(
-  config: ml_collections.ConfigDict, info: input_pipeline.DataInfo | None = None
+  config: ml_collections.ConfigDict, info: input_pipeline.DataInfo | None = None, devices=None
 ) -> tuple[Experiment, TrainState]:
-  """Validates the config against data and model, then creates the initial state. Compiles nothing."""
+  """Validates the config against data and model, then creates the initial, sharded state.
+
+  Nothing large is materialized on host: shapes come from ``jax.eval_shape`` and the state is created
+  by one jitted function whose outputs land directly in their shardings (a 1B-parameter head included).
+  ``devices`` (default: all) is the set the mesh is laid over.
+  """
   configuration.validate(config)
   info = info or input_pipeline.get_info(config)
-  _check_divisible(config.batch_size, "batch_size")
-  _check_divisible(config.eval.batch_size, "eval.batch_size")
+  mesh = sharding.make_mesh(config.mesh, devices)
+  _check_divisible(config.batch_size, "batch_size", mesh)
+  _check_divisible(config.eval.batch_size, "eval.batch_size", mesh)
   spe = input_pipeline.steps_per_epoch(config, info)
   total = spe * config.num_epochs
 
-  def init_model():
+  def new_model():
     key = jax.random.fold_in(jax.random.key(config.seed), _MODEL_STREAM)
-    model = models.create_model(config.model, info.num_classes, info.input_shape, rngs=nnx.Rngs(key))
-    return nnx.split(model, nnx.Param, nnx.BatchStat)
+    return models.create_model(config.model, info.num_classes, info.input_shape, rngs=nnx.Rngs(key))
 
-  # Initialize under jit: one compilation instead of one eager PRNG kernel per parameter shape.
-  model_def = nnx.eval_shape(
-    lambda: models.create_model(config.model, info.num_classes, info.input_shape, rngs=nnx.Rngs(0))
-  )
-  model_def = nnx.split(model_def, nnx.Param, nnx.BatchStat)[0]
-  params, stats = jax.jit(lambda: tuple(s.to_pure_dict() for s in init_model()[1:]))()
+  model_def, abs_params, abs_stats = nnx.split(nnx.eval_shape(new_model), nnx.Param, nnx.BatchStat)
+  abs_params, abs_stats = abs_params.to_pure_dict(), abs_stats.to_pure_dict()
 
   # Shapes of every sown intermediate, without running or compiling anything.
   x = jax.ShapeDtypeStruct((2,) + tuple(info.input_shape), jnp.float32)
-  sown = jax.eval_shape(lambda p, s, x: models.apply(model_def, p, s, x, train=False)[1], params, stats, x)
+  sown = jax.eval_shape(
+    lambda p, s, x: models.apply(model_def, p, s, x, train=False)[1], abs_params, abs_stats, x
+  )
   sown_layers = tuple(sown)
   dims = {
     k: int(np.prod(v.shape[1:])) if config.rlp.pool == "flatten" and v.ndim > 2 else v.shape[-1]
@@ -147,19 +155,25 @@ def build(
     )
   probe_layers = tuple(configuration.parse_layers(config.probes.layers, list(sown_layers), "probes.layers"))
   n = input_pipeline.num_labels(config, info)
+  if num_heads and sharding.label_sharded(mesh) and n % mesh.shape["model"]:
+    raise ValueError(
+      f"config.mesh.model={mesh.shape['model']} must divide the number of random labels n={n}; "
+      "change config.rlp.num_labels or config.mesh.model."
+    )
 
-  heads = rlp.build_heads(config, dims, rlp_layers, n)
-  probes = rlp.build_probes(config, dims, probe_layers, info.num_classes)
-  heads_def, head_params = nnx.split(heads) if heads else (None, nnx.State({}))
-  probes_def, probe_params = nnx.split(probes) if probes else (None, nnx.State({}))
-  all_params = {"model": params, "rlp": head_params.to_pure_dict(), "probes": probe_params.to_pure_dict()}
+  def new_heads():
+    return rlp.build_heads(config, dims, rlp_layers, n)
 
+  def new_probes():
+    return rlp.build_probes(config, dims, probe_layers, info.num_classes)
+
+  heads_def = nnx.graphdef(nnx.eval_shape(new_heads)) if rlp_layers else None
+  probes_def = nnx.graphdef(nnx.eval_shape(new_probes)) if probe_layers else None
   tx = optimizers.grouped(
     {"model": config.optimizer, "rlp": config.rlp.optimizer, "probes": config.probes.optimizer},
     steps_per_epoch=spe,
     total_steps=total,
   )
-  mesh = Mesh(np.asarray(jax.devices()), ("data",))
   exp = Experiment(
     config=config,
     info=info,
@@ -177,14 +191,23 @@ def build(
     total_steps=total,
     mesh=mesh,
   )
-  state = TrainState(
-    step=jnp.zeros((), jnp.int32),
-    params=all_params,
-    batch_stats=stats,
-    opt_state=tx.init(all_params),
-    loss_sums=_zero_sums(exp),
-  )
-  return exp, jax.device_put(state, exp.replicated)
+
+  def init_state() -> TrainState:
+    _, params, stats = nnx.split(new_model(), nnx.Param, nnx.BatchStat)
+    pure = lambda module: nnx.state(module).to_pure_dict() if module is not None else {}
+    all_params = {"model": params.to_pure_dict(), "rlp": pure(new_heads()), "probes": pure(new_probes())}
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=all_params,
+      batch_stats=stats.to_pure_dict(),
+      opt_state=tx.init(all_params),
+      loss_sums=_zero_sums(exp),
+    )
+
+  abstract = jax.eval_shape(init_state)
+  shardings = sharding.state_shardings(abstract, mesh, fsdp=config.mesh.fsdp)
+  exp = dataclasses.replace(exp, state_sharding=shardings)
+  return exp, jax.jit(init_state, out_shardings=shardings)()
 
 
 def _loss_names(exp: Experiment) -> list[str]:
@@ -222,6 +245,7 @@ def _losses(exp: Experiment, params, batch_stats, batch, *, train: bool, dropout
     reg_lambda=cfg.rlp.reg_lambda if train else 0.0,
     label_smoothing=cfg.label_smoothing,
     pool=cfg.rlp.pool,
+    mesh=exp.mesh,
   )
   return total, (parts, logits, new_stats)
 
@@ -246,7 +270,13 @@ def make_train_step(exp: Experiment):
       loss_sums=sums,
     )
 
-  return jax.jit(train_step, donate_argnums=0)
+  batch_sharding = exp.data_sharding
+  return jax.jit(
+    train_step,
+    in_shardings=(exp.state_sharding, batch_sharding),
+    out_shardings=exp.state_sharding,
+    donate_argnums=0,
+  )
 
 
 def make_eval_step(exp: Experiment):
@@ -260,10 +290,10 @@ def make_eval_step(exp: Experiment):
       "class_correct": ((jnp.argmax(logits, -1) == batch["label"]) & mask).sum(),
       "class_loss": (rlp.cross_entropy(logits, batch["label"]) * mask).sum(),
     }
-    for name, s in parts.get("rnd_logits", {}).items():
-      out[f"rlp/{name}"] = (rlp.head_correct(s, batch["rlp_labels"]) & mask[:, None]).sum(0)
-    for name, s in parts.get("probe_logits", {}).items():
-      out[f"probe/{name}"] = ((jnp.argmax(s[:, 0], -1) == batch["label"]) & mask).sum()
+    for name, correct in parts.get("rnd_correct", {}).items():
+      out[f"rlp/{name}"] = (correct & mask[:, None]).sum(0)
+    for name, correct in parts.get("probe_correct", {}).items():
+      out[f"probe/{name}"] = (correct & mask).sum()
     return out
 
   return jax.jit(eval_step)
@@ -383,7 +413,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with _Preemption() as preemption:
     for epoch in range(step // spe, config.num_epochs):
       if step == epoch * spe:
-        state = state.replace(loss_sums=jax.device_put(_zero_sums(exp), exp.replicated))
+        state = state.replace(loss_sums=jax.device_put(_zero_sums(exp), exp.state_sharding.loss_sums))
       for batch in input_pipeline.train_batches(config, exp.info, epoch, skip=step - epoch * spe):
         state = train_step(state, _device_batch(exp, batch))
         step += 1
