@@ -46,8 +46,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.label_noise = 0.0  # fraction of training labels replaced by another class (Fig. 7C)
   c.dataset_fraction = 1.0  # train on exactly floor(f * m) examples (Fig. 7A/B)
   c.shuffle_buffer = 50_000
+  c.max_steps_per_epoch = 0  # > 0 caps every epoch at this many steps (smoke tests on real data); 0 = all
 
   c.model = ml_collections.ConfigDict(dict(name="mlp", width=256, depth=2, dropout=0.0))
+  # ViT only (models/vit.py): variant Ti|S|B|L sets width/depth/heads (width, depth, num_heads of 0 = the
+  # variant's; nonzero values override it); 'float32' or 'bfloat16' matmuls (params, logits, losses fp32);
+  # the class token ('token') or global average pooling ('gap') feeds the class head.
+  c.model.variant = "B"
+  c.model.patch_size = 16
+  c.model.num_heads = 0
+  c.model.dtype = "float32"
+  c.model.classifier = "token"
+
+  # Preprocessing and train-time augmentation (input_pipeline.py documents exactly what each does).
+  c.augment = ml_collections.ConfigDict()
+  c.augment.flip = False  # random horizontal flip of training images
+  c.augment.crop = "none"  # train crop: 'none' (the eval resize + center crop) | 'inception' (random-resized)
+  c.augment.image_size = 0  # side of the square model input; 0 = the dataset's own (fixed) image shape
+  c.augment.eval_resize = 0  # eval: resize the shorter side to this, center-crop image_size (0 = image_size)
+  c.augment.normalize = "unit"  # 'unit' [0, 1] | 'symmetric' [-1, 1] | 'cifar100' | 'imagenet' mean/std
 
   c.optimizer = optimizer_config("sgd", 0.1, warmup_epochs=1.0)
 
@@ -75,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.every_epochs = 1
   c.eval.batch_size = 512
   c.eval.train_examples = 10_000  # fixed subset of training examples (unaugmented) for train metrics
+  c.eval.test_split = ""  # the tfds split evaluated as 'test'; '' = 'test', or 'validation' if there is none
 
   c.offline = ml_collections.ConfigDict()
   c.offline.at_init = True  # also train a head on the frozen network at initialization (Fig. 2B)

@@ -95,3 +95,234 @@ def offline_accuracy(exp, model_params, batch_stats, layers=None) -> dict[str, n
   cfg = exp.config.offline
   feats, y = extract_features(exp, model_params, batch_stats, layers, limit=cfg.train_examples)
   return fit_heads(exp, feats, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line: offline heads on every saved checkpoint of a run (Fig. 2B)
+#
+#   python -m rlp_jax.offline --workdir=DIR [--config.offline.num_epochs=100 ...] [--output=offline.jsonl]
+#
+# Writes one JSON line per checkpoint to DIR/offline.jsonl, right after that checkpoint is done, so a
+# killed run resumes after the last written step. The settings used are kept beside it
+# (DIR/offline.config.json); resuming with other settings is refused instead of mixing two curves.
+# ----------------------------------------------------------------------------------------------------
+
+import json  # noqa: E402  (imports of the appended command-line section)
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+OFFLINE_FILE = "offline.jsonl"
+
+
+def _flatten(d, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _merge(base, saved: Mapping) -> None:
+  for k, v in saved.items():
+    if isinstance(v, Mapping) and k in base and hasattr(base[k], "items"):
+      _merge(base[k], v)
+    else:
+      base[k] = v
+
+
+def load_run_config(workdir: str):
+  """The config a run was trained with (``DIR/config.json``), on top of today's defaults, locked.
+
+  Keys added to ``configuration.base_config`` after the run was trained take their defaults, so older
+  runs stay readable.
+  """
+  from rlp_jax import checkpointing, configuration  # here: train.py imports this module
+
+  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+      f"{path} does not exist: --workdir must be the directory of a run trained by rlp_jax.main "
+      "(it writes config.json, metrics.jsonl and checkpoints/ there)."
+    )
+  with open(path) as f:
+    saved = json.load(f)
+  config = configuration.base_config()
+  _merge(config, saved)
+  config.lock()
+  return config
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """Records of a JSONL file; a truncated last line (a run killed while writing it) is ignored."""
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        break
+  return out
+
+
+def _append_jsonl(path: str, record: Mapping) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _rewrite_jsonl(path: str, records: list[dict]) -> None:
+  with open(path + ".tmp", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+  os.replace(path + ".tmp", path)
+
+
+def offline_record(
+  exp, step: int, accuracy: Mapping[str, np.ndarray], online: Mapping | None, *, steps_per_epoch: int
+) -> dict:
+  """One line of offline.jsonl: ``offline/<layer>/{accuracy,chance,chance_corrected,head_k/accuracy}``
+  beside the online head's ``online/<layer>/{accuracy,chance_corrected}`` at the same step, if logged."""
+  rec: dict = {"step": int(step), "epoch": step / steps_per_epoch}
+  chance = 1.0 / exp.num_labels
+  for layer, acc in accuracy.items():
+    acc = np.asarray(acc, np.float64)
+    rec[f"offline/{layer}/accuracy"] = float(acc.mean())
+    rec[f"offline/{layer}/chance"] = chance
+    rec[f"offline/{layer}/chance_corrected"] = float(rlp.chance_corrected(acc.mean(), exp.num_labels))
+    if acc.size > 1:
+      rec.update({f"offline/{layer}/head_{j}/accuracy": float(a) for j, a in enumerate(acc)})
+    if online and f"rlp/{layer}/accuracy" in online:
+      rec[f"online/{layer}/accuracy"] = online[f"rlp/{layer}/accuracy"]
+      rec[f"online/{layer}/chance_corrected"] = online.get(f"rlp/{layer}/chance_corrected")
+  return rec
+
+
+def _check_same_settings(config, path: str) -> None:
+  current = _flatten(json.loads(config.to_json()))
+  current.pop("data_dir", None)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = _flatten(json.load(f))
+    saved.pop("data_dir", None)
+    diffs = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if diffs:
+      detail = ", ".join(f"config.{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in diffs[:8])
+      raise ValueError(
+        f"{path} records other settings than this offline run ({detail}); resuming would mix two curves. "
+        "Pass the saved values, or --output=<another file> for a new curve."
+      )
+  else:
+    with open(path + ".tmp", "w") as f:
+      f.write(config.to_json(indent=2))
+    os.replace(path + ".tmp", path)
+
+
+def run_offline(
+  workdir: str, config=None, *, output: str = OFFLINE_FILE, steps=None, log=print
+) -> list[dict]:
+  """Offline heads on every saved checkpoint of ``workdir`` (step 0 always included); returns all records.
+
+  ``config`` defaults to the run's own; it may differ in the offline settings (``offline.*``), the head
+  (``rlp.*``: layers, number of heads, hidden width, ...) or ``data_dir``, but not in the network: the
+  checkpoints are restored with the run's own config. Steps already in ``DIR/<output>`` are skipped.
+  """
+  from rlp_jax import checkpointing, train  # not at the top: train.py imports this module
+
+  saved = load_run_config(workdir)
+  config = saved if config is None else config
+  exp, fresh = train.build(config)
+  if config.to_dict() == saved.to_dict():
+    run_exp, abstract = exp, fresh
+  else:  # restore with the run's own structure; read its data from where `config` says
+    saved = saved.copy_and_resolve_references()
+    saved.data_dir = config.data_dir
+    run_exp, abstract = train.build(saved)
+  if not exp.rlp_layers:
+    raise ValueError(
+      "config.rlp.num_heads is 0 or config.rlp.layers is empty: there is no head to train offline. "
+      "Pass e.g. --config.rlp.num_heads=1 --config.rlp.layers=pre_logits."
+    )
+  shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
+  if shapes(fresh.params["model"]) != shapes(abstract.params["model"]):
+    raise ValueError(
+      "The config overrides change the network (config.model.* or config.dataset); offline heads read "
+      "the saved network as it is. Drop those overrides."
+    )
+
+  mngr = checkpointing.manager(workdir)
+  all_steps = sorted(set(mngr.all_steps()))
+  if 0 not in all_steps:
+    raise FileNotFoundError(f"{workdir}/checkpoints has no step 0 (initialization), the offline control.")
+  todo = all_steps if steps is None else [s for s in all_steps if s in set(steps) | {0}]
+  path = os.path.join(workdir, output)
+  is_writer = jax.process_index() == 0
+  if is_writer:
+    _check_same_settings(config, os.path.splitext(path)[0] + ".config.json")
+  records = read_jsonl(path)
+  if is_writer and os.path.exists(path):
+    _rewrite_jsonl(path, records)  # drops a line cut short by a kill
+  done = {r["step"] for r in records}
+  online = {r["step"]: r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
+  for step in todo:
+    if step in done:
+      continue
+    start = time.time()
+    state = checkpointing.restore(mngr, step, abstract)
+    acc = offline_accuracy(exp, state.params["model"], state.batch_stats)
+    rec = offline_record(exp, step, acc, online.get(step), steps_per_epoch=run_exp.steps_per_epoch)
+    if is_writer:
+      _append_jsonl(path, rec)
+    records.append(rec)
+    summary = ", ".join(
+      f"{k}={v:.4f}" for k, v in rec.items() if k.endswith("/accuracy") and "head_" not in k
+    )
+    log(f"offline step {step} (epoch {rec['epoch']:g}): {summary}  [{time.time() - start:.1f}s]")
+  return sorted(records, key=lambda r: r["step"])
+
+
+def parse_cli(argv: list[str]):
+  """``(workdir, config, output, steps)`` from the command line, with ``--config.*`` overrides applied to
+  the run's saved config. Uses its own flag registry, so it can be called (and tested) in-process."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  workdir = None
+  for i, arg in enumerate(argv):
+    if arg.startswith("--workdir="):
+      workdir = arg.split("=", 1)[1]
+    elif arg == "--workdir" and i + 1 < len(argv):
+      workdir = argv[i + 1]
+  if not workdir:
+    raise flags.Error("--workdir=DIR is required: the directory of a run trained by rlp_jax.main.")
+  fv = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "Directory of a trained run.", flag_values=fv)
+  flags.DEFINE_string(
+    "output", OFFLINE_FILE, "File name (in the workdir) of the offline curve.", flag_values=fv
+  )
+  flags.DEFINE_list("steps", None, "Only these checkpoint steps (step 0 is always included).", flag_values=fv)
+  config_flags.DEFINE_config_dict("config", load_run_config(workdir), flag_values=fv, sys_argv=list(argv))
+  rest = fv(argv)
+  if len(rest) > 1:
+    raise flags.Error(f"Unexpected arguments: {rest[1:]}")
+  steps = None if fv.steps is None else [int(s) for s in fv.steps]
+  return fv.workdir, fv.config, fv.output, steps
+
+
+def main(argv=None) -> None:
+  from absl import logging
+
+  logging.set_verbosity(logging.WARNING)
+  workdir, config, output, steps = parse_cli(list(sys.argv if argv is None else argv))
+  records = run_offline(workdir, config, output=output, steps=steps, log=lambda s: print(s, flush=True))
+  print(f"{len(records)} checkpoints in {workdir}/{output}", flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -145,15 +145,15 @@ def _local_stats(x, kernel, bias, labels, *, per_head: bool):
   is_target = cols[None, None, :] == local_label[..., None]  # all False on shards not owning y
 
   sg = jax.lax.stop_gradient
-  m = sg(jax.lax.pmax(s.max(-1), MODEL))
+  m = jax.lax.pmax(sg(s.max(-1)), MODEL)
   lse = m + jnp.log(jax.lax.psum(jnp.exp(s - m[..., None]).sum(-1), MODEL))
   target = jax.lax.psum(jnp.where(is_target, s, 0.0).sum(-1), MODEL)
   others = jnp.where(is_target, -jnp.inf, s)
-  m_o = sg(jax.lax.pmax(others.max(-1), MODEL))
+  m_o = jax.lax.pmax(sg(others.max(-1)), MODEL)
   lse_others = m_o + jnp.log(jax.lax.psum(jnp.exp(others - m_o[..., None]).sum(-1), MODEL))
 
-  local_best = s.max(-1)
-  local_arg = jnp.argmax(s, -1) + offset
+  local_best = sg(s.max(-1))
+  local_arg = jnp.argmax(sg(s), -1) + offset
   best = jax.lax.pmax(local_best, MODEL)
   big = jnp.iinfo(jnp.int32).max
   arg = jax.lax.pmin(jnp.where(local_best == best, local_arg, big).astype(jnp.int32), MODEL)

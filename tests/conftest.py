@@ -18,6 +18,10 @@ def data_dir(tmp_path_factory) -> str:
 
 @pytest.fixture
 def tiny_config(data_dir):
+  return make_tiny_config(data_dir)
+
+
+def make_tiny_config(data_dir: str):
   """The digits demo shrunk to seconds: tiny MLP, 2 epochs, both heads and probes on."""
   config = configs.digits.get_config("tiny")
   config.data_dir = data_dir

@@ -4,7 +4,7 @@ Every model shares one calling convention,
 ``model(x, *, train=False, rngs=None) -> logits (B, num_classes)``, keeps only
 ``nnx.Param``/``nnx.BatchStat`` state, names its class head ``head`` and, under
 ``nnx.capture(model, nnx.Intermediate)``, sows flat top-level intermediates
-``block_1 .. block_k`` and ``pre_logits``.
+``block_1 .. block_k`` (ViT: ``block_01 .. block_NN``, zero-padded) and ``pre_logits``.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ from flax import nnx
 
 from rlp_jax.models.cnn import CNN
 from rlp_jax.models.mlp import MLP
+from rlp_jax.models.vit import VisionTransformer
 from rlp_jax.models.wrn import WideResNet
 
-_MODELS = {"mlp": MLP, "cnn": CNN, "wrn": WideResNet}
+_MODELS = {"mlp": MLP, "cnn": CNN, "wrn": WideResNet, "vit": VisionTransformer}
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
+# ViT-only keys of config.model (absent keys take the model's defaults).
+_VIT_KEYS = ("variant", "patch_size", "num_heads", "dtype", "classifier")
 
-__all__ = ["CNN", "MLP", "MODEL_NAMES", "WideResNet", "apply", "create_model"]
+__all__ = ["CNN", "MLP", "MODEL_NAMES", "VisionTransformer", "WideResNet", "apply", "create_model"]
 
 
 def create_model(
@@ -36,12 +39,14 @@ def create_model(
   name = model_config.name
   if name not in _MODELS:
     raise ValueError(f"Unknown config.model.name {name!r}; valid names: {', '.join(MODEL_NAMES)}.")
+  extra = {k: model_config[k] for k in _VIT_KEYS if k in model_config} if name == "vit" else {}
   return _MODELS[name](
     tuple(input_shape),
     num_classes,
     width=int(model_config.width),
     depth=int(model_config.depth),
     dropout=float(model_config.dropout),
+    **extra,
     rngs=rngs,
   )
 

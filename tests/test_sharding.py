@@ -1,0 +1,181 @@
+"""Sharded equals single-device, on 8 simulated CPU devices.
+
+JAX fixes its device count at start-up, so when this process has fewer than 8 devices the whole file is
+re-run in a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (that is the one test
+that runs here); the real tests are skipped in the parent and run in the child.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import make_tiny_config
+from rlp_jax import input_pipeline, rlp, sharding, train
+
+EIGHT = jax.device_count() >= 8
+needs_eight = pytest.mark.skipif(not EIGHT, reason="runs in the 8-device subprocess")
+
+
+@pytest.mark.skipif(EIGHT, reason="this process already has 8 devices")
+def test_sharded_suite_on_8_simulated_cpu_devices():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run(
+    [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
+  assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+  assert " passed" in proc.stdout and "skipped" in proc.stdout  # the real tests ran there
+
+
+def _mesh(data, model):
+  cfg = train.ml_collections.ConfigDict(dict(data=data, model=model))
+  return sharding.make_mesh(cfg)
+
+
+@needs_eight
+@pytest.mark.parametrize("shape,per_head", [((8, 1), False), ((4, 2), True), ((2, 4), False), ((1, 8), True)])
+def test_sharded_head_stats_equal_full_logits(shape, per_head):
+  mesh = _mesh(*shape)
+  b, h, d, n = 16, 3, 5, 64
+  keys = jax.random.split(jax.random.key(0), 4)
+  x = jax.random.normal(keys[0], (b, h, d) if per_head else (b, d))
+  w = jax.random.normal(keys[1], (h, d, n))
+  bias = jax.random.normal(keys[2], (h, n))
+  y = jax.random.randint(keys[3], (b, h), 0, n)
+  x = x.at[0].multiply(300.0)  # saturated rows: p_y ≈ 1 or ≈ 0
+
+  def full(x, w, bias):
+    s = rlp._dense(x, w, bias)
+    return rlp.cross_entropy(s, y), rlp.log1m_softmax(s, y), rlp.head_correct(s, y)
+
+  def sharded(x, w, bias):
+    return sharding.sharded_head_stats(x, w, bias, y, mesh)
+
+  for a, e in zip(jax.jit(sharded)(x, w, bias), full(x, w, bias)):
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=2e-5, atol=2e-4)
+
+  def scalar(fn):
+    return lambda *args: (lambda ce, l1m, _: ce.mean() - 0.3 * l1m.mean())(*fn(*args))
+
+  g_full = jax.grad(scalar(full), argnums=(0, 1, 2))(x, w, bias)
+  g_shard = jax.jit(jax.grad(scalar(sharded), argnums=(0, 1, 2)))(x, w, bias)
+  for a, e in zip(g_shard, g_full):
+    assert np.all(np.isfinite(a))
+    np.testing.assert_allclose(a, e, rtol=2e-4, atol=2e-5)
+
+
+def _tiny(config):
+  config.rlp.num_labels = 16
+  config.rlp.num_heads = 2
+  config.rlp.layers = "all"
+  config.rlp.reg_lambda = 0.5
+  config.probes.layers = "pre_logits"
+  config.model.dropout = 0.0
+  config.optimizer.grad_clip_norm = 1.0
+  return config
+
+
+def _steps(config, devices, num_steps=3):
+  exp, state = train.build(config, devices=devices)
+  step = train.make_train_step(exp)
+  eval_step = train.make_eval_step(exp)
+  batches = input_pipeline.train_batches(config, exp.info, epoch=0)
+  for _ in range(num_steps):
+    batch = next(batches)
+    state = step(state, train._device_batch(exp, batch))
+  ev = next(input_pipeline.eval_batches(config, exp.info, "train_eval"))
+  metrics = eval_step(state.params, state.batch_stats, train._device_batch(exp, ev))
+  return exp, state, jax.device_get(metrics)
+
+
+@pytest.fixture(scope="module")
+def single_device_run(data_dir):
+  config = _tiny(make_tiny_config(data_dir))
+  return _steps(config, jax.devices()[:1])
+
+
+@needs_eight
+@pytest.mark.parametrize("shape,fsdp", [((8, 1), False), ((4, 2), True), ((2, 4), False)])
+def test_sharded_train_steps_equal_single_device(tiny_config, single_device_run, shape, fsdp):
+  config = _tiny(tiny_config)
+  _, single, single_metrics = single_device_run
+  config.mesh.data, config.mesh.model, config.mesh.fsdp = shape[0], shape[1], fsdp
+  exp, sharded, sharded_metrics = _steps(config, None)
+  assert exp.mesh.shape == {"data": shape[0], "model": shape[1]}
+  for k in single.loss_sums:
+    np.testing.assert_allclose(sharded.loss_sums[k], single.loss_sums[k], rtol=1e-5)
+  close = jax.tree.map(
+    lambda a, b: np.allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
+    jax.device_get(sharded.params),
+    jax.device_get(single.params),
+  )
+  assert all(jax.tree.leaves(close)), close
+  for k in single_metrics:
+    np.testing.assert_array_equal(sharded_metrics[k], single_metrics[k])
+
+
+@needs_eight
+@pytest.mark.parametrize("model_axis", [1, 2, 4, 8])
+def test_head_memory_per_device_shrinks_with_the_model_axis(tiny_config, model_axis):
+  config = _tiny(tiny_config)
+  config.rlp.num_labels = 1024
+  config.mesh.data, config.mesh.model = 8 // model_axis, model_axis
+  _, state = train.build(config)
+  kernel = state.params["rlp"]["layers"]["pre_logits"]["kernel"]
+  assert kernel.shape[-1] == 1024
+  assert {s.data.shape[-1] for s in kernel.addressable_shards} == {1024 // model_axis}
+  # The heads' optimizer moments are sharded like the heads.
+  moments = [x for x in jax.tree.leaves(state.opt_state) if getattr(x, "shape", None) == kernel.shape]
+  assert moments and all(m.sharding.shard_shape(m.shape)[-1] == 1024 // model_axis for m in moments)
+
+
+@needs_eight
+def test_mesh_errors_name_the_key(tiny_config):
+  config = _tiny(tiny_config)
+  config.mesh.data, config.mesh.model = 3, 2
+  with pytest.raises(ValueError, match=r"config\.mesh"):
+    train.build(config)
+  config.mesh.data, config.mesh.model = -1, 8
+  config.rlp.num_labels = 12
+  with pytest.raises(ValueError, match=r"config\.mesh\.model=8 must divide"):
+    train.build(config)
+  config.mesh.data, config.mesh.model = -1, 1
+  config.batch_size = 12
+  with pytest.raises(ValueError, match=r"config\.batch_size=12"):
+    train.build(config)
+
+
+@needs_eight
+def test_sharded_rlp_loss_is_used_and_matches_in_routed_losses():
+  mesh = _mesh(2, 4)
+  heads = rlp.LayerHeads({"pre_logits": 6}, 32, 2, norm=True, hidden_dim=0, rngs=rlp.nnx.Rngs(0))
+  z = jax.random.normal(jax.random.key(1), (8, 6))
+  y = jax.random.randint(jax.random.key(2), (8, 2), 0, 32)
+  kw = dict(
+    class_logits=jnp.zeros((8, 3)),
+    features={"pre_logits": z},
+    labels=jnp.zeros((8,), jnp.int32),
+    rlp_labels=y,
+    heads=heads,
+    probes=None,
+    reg_layers=("pre_logits",),
+    reg_lambda=2.0,
+  )
+  total_full, parts_full = rlp.routed_losses(**kw)
+  total_sharded, parts_sharded = jax.jit(lambda: rlp.routed_losses(**kw, mesh=mesh))()
+  np.testing.assert_allclose(total_sharded, total_full, rtol=1e-5)
+  np.testing.assert_allclose(parts_sharded["loss/reg"], parts_full["loss/reg"], rtol=1e-5)
+  np.testing.assert_array_equal(
+    parts_sharded["rnd_correct"]["pre_logits"], parts_full["rnd_correct"]["pre_logits"]
+  )
