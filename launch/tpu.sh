@@ -115,7 +115,9 @@ VALUE_OPTS='--name|--zone|--project|--type|--version|--config|--workdir|--worker
 while (($#)); do
   case $1 in
     -h | --help) usage; exit 0 ;;
-    --) shift; EXTRA=("$@"); break ;;
+    --) shift; EXTRA=("$@")
+      for a in "$@"; do [[ $a != --dry-run ]] || die "--dry-run after -- would go to rlp_jax.main: put it before --"; done
+      break ;;
     --spot) SPOT=1 ;;
     --queued) QUEUED=1 ;;
     --detach) DETACH=1 ;;
@@ -161,7 +163,7 @@ TPU=(gcloud compute tpus tpu-vm)
 QR=(gcloud compute tpus queued-resources)
 RDIR=$(shq "$REMOTE_DIR")
 
-# ssh_all WORKER COMMAND: run the shell COMMAND on WORKER (all, 0, 1, ...) of the TPU.
+# ssh_on WORKER COMMAND: run the shell COMMAND on WORKER (all, 0, 1, ...) of the TPU.
 ssh_on() {
   run_cmd "${TPU[@]}" ssh "$NAME" "${SCOPE[@]}" --worker="$1" --command="$2"
 }

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import make_tiny_config
+
 from rlp_jax import input_pipeline, rlp, sharding, train
 
 EIGHT = jax.device_count() >= 8
