@@ -4,7 +4,9 @@ Re-running the same command resumes from the latest checkpoint in DIR.
 """
 
 import logging as pylogging
+import os
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -19,6 +21,16 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _is_multihost() -> bool:
+  """True on a multi-process launch: a TPU pod slice, a SLURM job with several tasks, or explicit env."""
+  env = os.environ
+  return (
+    "JAX_COORDINATOR_ADDRESS" in env
+    or int(env.get("SLURM_NTASKS", "1")) > 1
+    or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+  )
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -26,6 +38,15 @@ def main(argv):
   # Keep the console to our progress and metrics: Orbax and tfds narrate every file they touch at INFO.
   for handler in pylogging.getLogger().handlers:
     handler.addFilter(lambda r: r.levelno >= pylogging.WARNING or not any(m in r.pathname for m in _CHATTY))
+  if _is_multihost():
+    # Auto-detects the coordinator on Cloud TPU and SLURM (launch/tpu.sh, launch/slurm.sh).
+    jax.distributed.initialize()
+    logging.info(
+      "Process %d of %d, %d local devices.",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+    )
   result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   print(result["table"], flush=True)
 

@@ -29,6 +29,7 @@ import optax
 from absl import logging
 from clu import periodic_actions
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -365,6 +366,14 @@ class _Preemption:
     logging.warning("SIGTERM received: saving a checkpoint and stopping.")
     self.requested = True
 
+  def stop_now(self, step: int) -> bool:
+    """Whether to checkpoint and exit after ``step``. On several hosts all must stop at the same step (a
+    host leaving alone would deadlock the others' collectives), so JAX's preemption sync point — fed by
+    the coordination service, which sees SIGTERM on any host — decides there."""
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
@@ -420,7 +429,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         progress(step, time.time())
         if step % config.log_every_steps == 0:
           _check_finite(state.loss_sums, step, latest, workdir)
-        if preemption.requested:
+        if preemption.stop_now(step):
           _check_finite(state.loss_sums, step, latest, workdir)
           checkpointing.save(mngr, step, state, force=True)
           writer.flush()
