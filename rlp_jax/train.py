@@ -27,7 +27,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import periodic_actions
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
@@ -37,7 +36,6 @@ from rlp_jax import (
   checkpointing,
   configuration,
   input_pipeline,
-  metric_logging,
   models,
   offline,
   optimizers,
@@ -400,6 +398,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   exp, state = build(config)
   checkpointing.write_config(config, workdir)
   mngr = checkpointing.manager(workdir)
+  # Imported here, not at the top: clu's writers pull in TensorFlow, which the train *step* (and so the
+  # benchmark on an accelerator machine that has only JAX) does not need.
+  from clu import periodic_actions
+
+  from rlp_jax import metric_logging
+
   writer, progress_writer, jsonl = metric_logging.create_writers(workdir)
 
   latest = mngr.latest_step()
