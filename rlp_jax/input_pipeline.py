@@ -58,13 +58,15 @@ from collections.abc import Iterator
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+from etils import epy
 
 from rlp_jax import labels
 
-# Keep TensorFlow off the accelerators: it only feeds the input pipeline.
-tf.config.set_visible_devices([], "GPU")
+# TensorFlow is loaded on first use, not on import: the train step and the benchmark need no data
+# pipeline, and accelerator machines may have JAX without TensorFlow.
+with epy.lazy_imports():
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
 
 # (mean, std) per channel, applied to pixels scaled to [0, 1].
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -97,6 +99,8 @@ class DataInfo:
 def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   import rlp_jax.datasets  # noqa: F401  (registers the embedded builders with tfds)
 
+  # Keep TensorFlow off the accelerators: it only feeds the input pipeline.
+  tf.config.set_visible_devices([], "GPU")
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
   except tfds.core.registered.DatasetNotFoundError as e:

@@ -133,6 +133,11 @@ def _merge(base, saved: Mapping) -> None:
       base[k] = v
 
 
+def _to_dict(value):
+  """ConfigDict equality also compares lock state and field types; compare the values only."""
+  return value.to_dict() if hasattr(value, "to_dict") else value
+
+
 def load_run_config(workdir: str):
   """The config a run was trained with (``DIR/config.json``), on top of today's defaults, locked.
 
@@ -237,6 +242,34 @@ def run_offline(
 
   saved = load_run_config(workdir)
   config = saved if config is None else config
+  changed = [k for k in ("dataset", "model") if _to_dict(config[k]) != _to_dict(saved[k])]
+  if changed:
+    raise ValueError(
+      f"The config overrides change the network (config.{changed[0]}); offline heads read the saved "
+      "network as it is. Drop those overrides."
+    )
+  if not (config.rlp.num_heads and config.rlp.layers):
+    raise ValueError(
+      "config.rlp.num_heads is 0 or config.rlp.layers is empty: there is no head to train offline. "
+      "Pass e.g. --config.rlp.num_heads=1 --config.rlp.layers=pre_logits."
+    )
+  path = os.path.join(workdir, output)
+  is_writer = jax.process_index() == 0
+  if is_writer:
+    _check_same_settings(config, os.path.splitext(path)[0] + ".config.json")
+  mngr = checkpointing.manager(workdir)
+  all_steps = sorted(set(mngr.all_steps()))
+  if 0 not in all_steps:
+    raise FileNotFoundError(f"{workdir}/checkpoints has no step 0 (initialization), the offline control.")
+  todo = all_steps if steps is None else [s for s in all_steps if s in set(steps) | {0}]
+  records = read_jsonl(path)
+  if is_writer and os.path.exists(path):
+    _rewrite_jsonl(path, records)  # drops a line cut short by a kill
+  done = {r["step"] for r in records}
+  todo = [s for s in todo if s not in done]
+  if not todo:
+    return sorted(records, key=lambda r: r["step"])
+
   exp, fresh = train.build(config)
   if config.to_dict() == saved.to_dict():
     run_exp, abstract = exp, fresh
@@ -244,35 +277,8 @@ def run_offline(
     saved = saved.copy_and_resolve_references()
     saved.data_dir = config.data_dir
     run_exp, abstract = train.build(saved)
-  if not exp.rlp_layers:
-    raise ValueError(
-      "config.rlp.num_heads is 0 or config.rlp.layers is empty: there is no head to train offline. "
-      "Pass e.g. --config.rlp.num_heads=1 --config.rlp.layers=pre_logits."
-    )
-  shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
-  if shapes(fresh.params["model"]) != shapes(abstract.params["model"]):
-    raise ValueError(
-      "The config overrides change the network (config.model.* or config.dataset); offline heads read "
-      "the saved network as it is. Drop those overrides."
-    )
-
-  mngr = checkpointing.manager(workdir)
-  all_steps = sorted(set(mngr.all_steps()))
-  if 0 not in all_steps:
-    raise FileNotFoundError(f"{workdir}/checkpoints has no step 0 (initialization), the offline control.")
-  todo = all_steps if steps is None else [s for s in all_steps if s in set(steps) | {0}]
-  path = os.path.join(workdir, output)
-  is_writer = jax.process_index() == 0
-  if is_writer:
-    _check_same_settings(config, os.path.splitext(path)[0] + ".config.json")
-  records = read_jsonl(path)
-  if is_writer and os.path.exists(path):
-    _rewrite_jsonl(path, records)  # drops a line cut short by a kill
-  done = {r["step"] for r in records}
   online = {r["step"]: r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
   for step in todo:
-    if step in done:
-      continue
     start = time.time()
     state = checkpointing.restore(mngr, step, abstract)
     acc = offline_accuracy(exp, state.params["model"], state.batch_stats)

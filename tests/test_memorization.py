@@ -1,0 +1,279 @@
+"""Per-example memorization scores: alignment to the dataset index, the statistics against hand-computed
+values, the capacity estimate, external scores, the image grid, and a real tiny run."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from scipy import stats
+
+import configs.digits
+from rlp_jax import input_pipeline, labels, memorization, train
+
+
+def tiny_run(tmp_path_factory, data_dir):
+  """The tiny run the analysis tests share (see test_offline.tiny_run: the same config and directory)."""
+  config = configs.digits.get_config("cnn,tiny")
+  config.data_dir = data_dir
+  config.eval.batch_size = 256
+  config.num_epochs = 6
+  config.model.width = 32
+  config.rlp.num_heads = 2
+  config.rlp.num_labels = 200
+  config.rlp.optimizer.learning_rate = 1e-2
+  config.checkpoint_every_epochs = 3
+  config.offline.at_init = False
+  config.offline.num_epochs = 3
+  config.offline.batch_size = 64
+  workdir = str(tmp_path_factory.getbasetemp() / "analysis_tiny_run")
+  if not os.path.exists(os.path.join(workdir, "summary.json")):
+    train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+# ---------------------------------------------------------------------------------------------------
+# Statistics against hand-computed values
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_spearman_matches_hand_computed_values():
+  # Ranks of b (ties averaged): 5->1, 6->2, 7->3.5, 8->5, 7->3.5. Centered: a (-2,-1,0,1,2),
+  # b (-2,-1,.5,2,.5); sum of products 8, sums of squares 10 and 9.5: rho = 8 / sqrt(95).
+  assert memorization.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / np.sqrt(95))
+  assert memorization.spearman([1, 2, 3], [10, 20, 1000]) == pytest.approx(1.0)  # monotone, not linear
+  assert memorization.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+  # NaN pairs are dropped: the same as without them.
+  assert memorization.spearman([1, np.nan, 2, 3], [3, 0, 2, 1]) == pytest.approx(-1.0)
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=200), rng.integers(0, 5, 200)  # with many ties
+  assert memorization.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic)
+
+
+def test_roc_auc_matches_hand_computed_values():
+  # Positives 0.9, 0.4; negatives 0.5, 0.1, 0.4. Pairs won: 0.9 beats all three (3); 0.4 beats 0.1 (1),
+  # ties 0.4 (1/2), loses to 0.5: (3 + 1.5) / 6 = 0.75.
+  assert memorization.roc_auc([0.9, 0.4, 0.5, 0.1, 0.4], [1, 1, 0, 0, 0]) == pytest.approx(0.75)
+  assert memorization.roc_auc([3, 2, 1], [1, 0, 0]) == 1.0
+  assert memorization.roc_auc([3, 2, 1], [0, 0, 1]) == 0.0
+  assert memorization.roc_auc([1, 1, 1, 1], [1, 0, 1, 0]) == 0.5
+  assert np.isnan(memorization.roc_auc([1, 2], [1, 1]))
+
+
+def test_scores_from_logits_by_hand():
+  logits = np.array([[[2.0, 0.0, 1.0], [0.0, 3.0, 3.0]]])  # one example, two heads, n = 3
+  out = memorization.scores_from_logits(logits, np.array([[0, 2]]))
+  np.testing.assert_allclose(
+    out["p_own"][0], [np.e**2 / (np.e**2 + 1 + np.e), np.e**3 / (1 + 2 * np.e**3)], 1e-6
+  )
+  np.testing.assert_allclose(out["margin"][0], [1.0, 0.0])
+  np.testing.assert_array_equal(out["correct"][0], [True, False])  # a tie goes to the first max
+  assert memorization.scores_from_logits(np.array([[[1e4, 0.0]]]), np.array([[0]]))["p_own"][0, 0] == 1.0
+
+
+def test_capacity_estimate_and_bootstrap_interval():
+  rng = np.random.default_rng(0)
+  m, k, n = 2000, 4, 10
+  # Every head gets exactly 55% right: chance-corrected (0.55 - 0.1) / 0.9 = 0.5.
+  correct = np.zeros((m, k), bool)
+  for j in range(k):
+    correct[rng.permutation(m)[: int(0.55 * m)], j] = True
+  cap = memorization.capacity(correct, n, num_boot=400)
+  assert cap["estimate"] == pytest.approx(0.5) and cap["accuracy"] == pytest.approx(0.55)
+  assert cap["ci_low"] < 0.5 < cap["ci_high"] and cap["ci_high"] - cap["ci_low"] < 0.08
+  assert cap["chance"] == 0.1 and cap["num_heads"] == k
+  # Guessing at chance: the estimate is ~0 and its interval covers 0.
+  guess = rng.integers(0, n, (m, k)) == rng.integers(0, n, (m, k))
+  cap = memorization.capacity(guess, n, num_boot=400)
+  assert abs(cap["estimate"]) < 0.03 and cap["ci_low"] < 0 < cap["ci_high"]
+  # More label draws narrow the interval.
+  wide = memorization.capacity(correct[:200, :1], n, num_boot=400)
+  assert wide["ci_high"] - wide["ci_low"] > cap["ci_high"] - cap["ci_low"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Alignment to the dataset index, through the real input pipeline
+# ---------------------------------------------------------------------------------------------------
+
+
+def _dataset_labels(config):
+  builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+  ds = tfds.as_numpy(builder.as_dataset(split="train"))
+  out = {int(ex["index"]): int(ex["label"]) for ex in ds}
+  return np.array([out[i] for i in range(len(out))])
+
+
+@pytest.mark.parametrize("variant", ["plain", "noise_and_fraction"])
+def test_a_planted_memorizable_example_ranks_first_at_its_own_index(tiny_config, variant):
+  """Scores travel with their example: the pipeline reads examples out of index order, and the one example
+  whose own random label gets a large logit must come out at its own row, ranked first."""
+  config = tiny_config
+  config.rlp.num_heads = 2
+  if variant == "noise_and_fraction":
+    config.label_noise, config.dataset_fraction = 0.3, 0.5
+  info = input_pipeline.get_info(config)
+  planted = (
+    1000 if variant == "plain" else int(np.flatnonzero(labels.fraction_mask(config.seed, 1437, 0.5))[-3])
+  )
+  order = []
+
+  def logits_fn(batch):
+    idx = batch["index"]
+    order.extend(idx[batch["mask"]].tolist())
+    logits = np.random.default_rng(idx[:, None] * 7 + np.arange(2)).normal(size=(len(idx), 2, 10))
+    own = batch["rlp_labels"]
+    rows = np.flatnonzero(idx == planted)
+    logits[rows, :, :] = 0.0
+    logits[rows[:, None], np.arange(2), own[rows]] = 20.0  # this example's own labels, on both heads
+    return {"pre_logits": logits}
+
+  batches = input_pipeline.eval_batches(config, info, "train_eval", limit=-1)
+  data = memorization.collect(batches, logits_fn, info.num_train)
+  assert order != sorted(order)  # the pipeline really did read out of index order
+
+  # As compute() stores it: one checkpoint, one layer.
+  stored = {**data, "layers": np.array(["pre_logits"]), "steps": np.array([0])}
+  stored.update({k: v[None] for k, v in data.items() if "/" in k})
+  values = memorization.score(stored, "p_own")
+  assert np.nanargmax(values) == planted and values[planted] > 0.99
+  assert np.nanargmax(memorization.score(stored, "margin")) == planted
+  np.testing.assert_array_equal(data["index"], np.arange(1437))
+
+  m = info.num_train
+  scored = data["scored"]
+  expected_scored = np.ones(m, bool) if variant == "plain" else labels.fraction_mask(config.seed, m, 0.5)
+  np.testing.assert_array_equal(scored, expected_scored)
+  assert np.isnan(values[~scored]).all() and np.isfinite(values[scored]).all()
+  clean = _dataset_labels(config)
+  np.testing.assert_array_equal(data["label"][scored], clean[scored])
+  noisy, is_noisy = labels.noisy_labels(config.seed, np.arange(m), clean, 10, config.label_noise)
+  np.testing.assert_array_equal(data["train_label"][scored], noisy[scored])
+  np.testing.assert_array_equal(data["is_noisy"][scored], is_noisy[scored])
+  assert data["is_noisy"].any() == (variant != "plain")
+  np.testing.assert_array_equal(
+    data["rlp_labels"][scored], labels.random_labels(config.seed, np.arange(m), 10, 2)[scored]
+  )
+
+
+# ---------------------------------------------------------------------------------------------------
+# External scores and the image grid
+# ---------------------------------------------------------------------------------------------------
+
+
+def _synthetic(m=60, num_classes=3, seed=0):
+  rng = np.random.default_rng(seed)
+  label = np.arange(m) % num_classes
+  p_own = rng.uniform(size=(1, m, 1)).astype(np.float32)
+  scored = np.ones(m, bool)
+  scored[5] = False
+  p_own[0, 5] = np.nan
+  return {
+    "index": np.arange(m),
+    "scored": scored,
+    "label": label,
+    "is_noisy": np.zeros(m, bool),
+    "layers": np.array(["pre_logits"]),
+    "steps": np.array([10]),
+    "num_labels": np.array(10),
+    "p_own/pre_logits": p_own,
+    "margin/pre_logits": p_own - 0.5,
+    "correct/pre_logits": p_own > 0.5,
+  }
+
+
+def test_external_scores_are_aligned_by_index_and_order_is_checked_by_labels(tmp_path):
+  data = _synthetic()
+  ours = memorization.score(data)
+  m = len(ours)
+  rng = np.random.default_rng(1)
+  theirs = 2 * np.nan_to_num(ours) + rng.normal(scale=0.3, size=m)  # related, not identical
+  perm = rng.permutation(m)  # the file lists examples in another order, with an index column
+  path = str(tmp_path / "external.npz")
+  np.savez(path, index=perm, tr_mem=theirs[perm], tr_labels=data["label"][perm])
+  index, score, ext_labels = memorization.load_external(path, "tr_mem", "tr_labels")
+  out = memorization.correlate_external(data, ours, index, score, ext_labels)
+  ok = np.arange(m) != 5
+  assert out["spearman"] == pytest.approx(stats.spearmanr(ours[ok], theirs[ok]).statistic)
+  assert out["label_agreement"] == 1.0 and out["num_examples"] == m - 1
+
+  # The same scores in index order without an index array (Feldman-Zhang style) give the same result ...
+  np.savez(path, tr_mem=theirs, tr_labels=data["label"])
+  index, score, ext_labels = memorization.load_external(path, "tr_mem", "tr_labels")
+  assert memorization.correlate_external(data, ours, index, score, ext_labels)["spearman"] == out["spearman"]
+  # ... and a CSV keyed by index too.
+  csv_path = tmp_path / "external.csv"
+  csv_path.write_text("index,score,label\n" + "".join(f"{i},{theirs[i]},{data['label'][i]}\n" for i in perm))
+  index, score, ext_labels = memorization.load_external(str(csv_path))
+  assert memorization.correlate_external(data, ours, index, score, ext_labels)["spearman"] == pytest.approx(
+    out["spearman"]
+  )
+  # A file in another order (its labels disagree) is refused before correlating.
+  np.savez(path, tr_mem=theirs[perm], tr_labels=data["label"][perm])
+  with pytest.raises(ValueError, match="order"):
+    memorization.correlate_external(data, ours, *memorization.load_external(path, "tr_mem", "tr_labels"))
+
+
+def test_select_per_class_and_image_grid(tmp_path):
+  data = _synthetic()
+  values = memorization.score(data)
+  sel = memorization.select_per_class(values, data["label"], k=3)
+  assert sorted(sel) == [0, 1, 2]
+  for c, (most, least) in sel.items():
+    members = [i for i in range(60) if data["label"][i] == c and i != 5]
+    ranked = sorted(members, key=lambda i: -values[i])
+    assert list(most) == ranked[:3] and list(least) == ranked[::-1][:3]
+    assert 5 not in most and 5 not in least  # unscored examples are never shown
+  images = np.random.default_rng(0).uniform(size=(60, 8, 8, 1))
+  path = str(tmp_path / "grid.png")
+  mosaic = memorization.save_image_grid(path, images, sel, values, title="test")
+  assert os.path.getsize(path) > 1000 and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  assert mosaic.shape == (3 * 9, 2 * 3 * 9 + 4, 3)
+  # The first tile of row 0 is the most memorized example of class 0 (min-max scaled).
+  tile = images[sel[0][0][0], ..., 0]
+  np.testing.assert_allclose(mosaic[:8, :8, 0], (tile - tile.min()) / (tile.max() - tile.min()), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A real tiny run
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_scores_of_a_trained_run_match_its_logged_random_label_accuracy(tmp_path_factory, data_dir):
+  config, workdir = tiny_run(tmp_path_factory, data_dir)
+  data = memorization.compute(workdir, steps=[66, 132], log=lambda s: None)
+  loaded = memorization.load(os.path.join(workdir, memorization.SCORE_FILE))
+  assert sorted(loaded) == sorted(data)
+  m = 1437
+  assert list(loaded["steps"]) == [66, 132] and list(loaded["epochs"]) == [3.0, 6.0]
+  assert list(loaded["layers"]) == ["block_1", "pre_logits"] and int(loaded["num_labels"]) == 200
+  assert loaded["p_own/pre_logits"].shape == (2, m, 2) and loaded["correct/block_1"].dtype == bool
+  assert loaded["scored"].all() and not loaded["is_noisy"].any()
+
+  # The per-example file reproduces the logged metric: mean of `correct` = online random-label accuracy.
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    logged = {r["step"]: r for r in map(json.loads, f)}
+  for c, step in enumerate((66, 132)):
+    for layer in ("block_1", "pre_logits"):
+      for h in range(2):
+        acc = loaded[f"correct/{layer}"][c, :, h].mean()
+        assert acc == pytest.approx(logged[step][f"rlp/{layer}/head_{h}/accuracy"], abs=1e-9)
+  assert (loaded["margin/pre_logits"] > 0).mean() == pytest.approx(
+    loaded["correct/pre_logits"].mean(), abs=1e-3
+  )
+
+  images = memorization.load_train_images(config)
+  assert images.shape == (m, 8, 8, 1)
+  out = memorization.analyze(workdir, loaded, k=4, images=images, num_boot=200)
+  cap = out["capacity"]["pre_logits"]
+  acc = np.mean([logged[132][f"rlp/pre_logits/head_{h}/accuracy"] for h in range(2)])
+  assert cap["accuracy"] == pytest.approx(acc) and cap["num_heads"] == 2
+  assert (
+    cap["estimate"] == pytest.approx((acc - 0.005) / 0.995)
+    and cap["ci_low"] < cap["estimate"] < cap["ci_high"]
+  )
+  assert os.path.getsize(out["image_grid"]) > 1000
+  with open(os.path.join(workdir, "memorization.json")) as f:
+    assert json.load(f)["capacity"]["pre_logits"]["estimate"] == cap["estimate"]
