@@ -1,4 +1,4 @@
-r"""scikit-learn digits (embedded, offline): a small CNN with RLP heads on block_1 and its penultimate features.
+r"""scikit-learn digits (embedded, offline): a small CNN with RLP heads on block_1 and pre_logits.
 
 The README's demo. Trains in about a minute on an idle 2-core CPU (30 epochs) and prints, per RLP head, the
 random-label accuracy beside chance and beside the same head trained offline on the frozen network at
@@ -19,8 +19,9 @@ random labels better than its trained, class-collapsed features do (with ``mlp``
 vs offline @ init 0.85). A large n keeps a linear head from fitting random labels from generic features,
 and the heads' Adam lr 1e-2 (rather than 1e-3) lets them track the features within 30 epochs. Part of
 the gap is scale: the pooled features grow ~15x in norm during training, and a scale-free head
-(``rlp.norm=True``) trained offline fits the initial features at least as well as the trained ones. If you override ``num_epochs`` or ``batch_size``, override
-``offline.num_epochs`` / ``offline.batch_size`` too to keep the budgets equal.
+(``rlp.norm=True``) trained offline fits the initial features at least as well as the trained ones.
+If you override ``num_epochs`` or ``batch_size``, override ``offline.num_epochs`` / ``offline.batch_size``
+too to keep the budgets equal.
 
 Args (``--config=configs/digits.py:ARG``): ``mlp`` uses the MLP (width 512) instead of the CNN; ``cnn``
 is accepted for compatibility (the CNN is the default); ``tiny`` shrinks everything to a few steps (what
