@@ -90,6 +90,7 @@ def get_config(arg: str = ""):
   c.batch_size = 256
   c.model.update(name="vit", variant="S", patch_size=4, width=0, depth=0, num_heads=0, dropout=0.0)
   c.model.update(dtype="bfloat16", classifier="token")
+  c.rlp.dtype = "bfloat16"  # the heads' matmuls too (float32 accumulation, logits and losses)
   c.optimizer = configuration.optimizer_config(
     "adamw", 1e-3, warmup_epochs=8.0, weight_decay=0.1, grad_clip_norm=1.0
   )

@@ -68,6 +68,9 @@ class ParallelHeads(nnx.Module):
   Variants (DESIGN §1): linear (default); ``norm=True`` puts a LayerNorm (own scale/bias per head) before
   the dense layer, as the paper does for transformer blocks; ``hidden_dim > 0`` adds one ReLU hidden layer
   of that width (A.6). Output logits have shape (B, num_heads, num_labels) and are float32.
+
+  ``dtype`` is the matmuls' input type ('bfloat16' halves their cost on accelerators); parameters,
+  accumulation, logits and everything downstream (softmax, losses) stay float32.
   """
 
   def __init__(
@@ -78,10 +81,12 @@ class ParallelHeads(nnx.Module):
     *,
     norm: bool = False,
     hidden_dim: int = 0,
+    dtype: str = "float32",
     rngs: nnx.Rngs,
   ):
     init = nnx.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
     self.norm = norm
+    self.dtype = dtype
     if norm:
       self.scale = nnx.Param(jnp.ones((num_heads, in_features)))
       self.shift = nnx.Param(jnp.zeros((num_heads, in_features)))
@@ -102,11 +107,11 @@ class ParallelHeads(nnx.Module):
       x = (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-6)
       x = x[:, None, :] * self.scale[None] + self.shift[None]  # (B, H, D)
     if self.hidden is not None:
-      x = jax.nn.relu(_dense(x, self.hidden[...], self.hidden_bias[...]))
+      x = jax.nn.relu(_dense(x, self.hidden[...], self.hidden_bias[...], self.dtype))
     return x
 
   def __call__(self, z: jax.Array) -> jax.Array:
-    return _dense(self.inputs(z), self.kernel[...], self.bias[...])
+    return _dense(self.inputs(z), self.kernel[...], self.bias[...], self.dtype)
 
 
 # PRNG streams (folded into config.seed) of the heads and probes: independent of the model's stream.
@@ -126,6 +131,7 @@ def build_heads(
     config.rlp.num_heads,
     norm=config.rlp.norm,
     hidden_dim=config.rlp.hidden_dim,
+    dtype=config.rlp.dtype,
     rngs=rngs,
   )
 
@@ -142,10 +148,13 @@ def build_probes(
   )
 
 
-def _dense(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
-  """Per-head dense layer: x (B, D) shared by all heads, or (B, H, D) per head; w (H, D, E)."""
+def _dense(x: jax.Array, w: jax.Array, b: jax.Array, dtype: str = "float32") -> jax.Array:
+  """Per-head dense layer: x (B, D) shared by all heads, or (B, H, D) per head; w (H, D, E).
+
+  Inputs are cast to ``dtype``; the product accumulates and returns in float32.
+  """
   eq = "bd,hde->bhe" if x.ndim == 2 else "bhd,hde->bhe"
-  return jnp.einsum(eq, x, w) + b
+  return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32) + b
 
 
 class LayerHeads(nnx.Module):
@@ -159,6 +168,7 @@ class LayerHeads(nnx.Module):
     *,
     norm: bool,
     hidden_dim: int,
+    dtype: str = "float32",
     rngs: nnx.Rngs,
   ):
     # Each layer's init key depends only on its own name and the seed, so adding or removing a layer
@@ -172,6 +182,7 @@ class LayerHeads(nnx.Module):
           num_heads,
           norm=norm,
           hidden_dim=hidden_dim,
+          dtype=dtype,
           rngs=nnx.Rngs(jax.random.fold_in(key, zlib.crc32(name.encode()) >> 1)),
         )
         for name, dim in feature_dims.items()
@@ -222,7 +233,7 @@ def head_stats(head: ParallelHeads, z: jax.Array, labels: jax.Array, mesh=None) 
   """
   if sharding.label_sharded(mesh):
     ce, log1m, correct = sharding.sharded_head_stats(
-      head.inputs(z), head.kernel[...], head.bias[...], labels, mesh
+      head.inputs(z), head.kernel[...], head.bias[...], labels, mesh, dtype=head.dtype
     )
   else:
     s = head(z)

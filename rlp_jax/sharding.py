@@ -117,14 +117,16 @@ def opt_state_shardings(opt_state, params, params_sharding, mesh: Mesh):
 # ----------------------------------------------------------------------------------------------------
 
 
-def sharded_head_stats(x: jax.Array, kernel: jax.Array, bias: jax.Array, labels: jax.Array, mesh: Mesh):
+def sharded_head_stats(
+  x: jax.Array, kernel: jax.Array, bias: jax.Array, labels: jax.Array, mesh: Mesh, dtype: str = "float32"
+):
   """(ce, log1m, correct), each (B, H), for logits ``x @ kernel + bias`` whose label axis is sharded.
 
   x: (B, D) shared by all heads or (B, H, D) per head; kernel (H, D, n) and bias (H, n) sharded over
   ``model`` on n; labels (B, H). The batch is split over ``data``.
   """
   x_spec = P(DATA, *([None] * (x.ndim - 1)))
-  fn = functools.partial(_local_stats, per_head=x.ndim == 3)
+  fn = functools.partial(_local_stats, per_head=x.ndim == 3, dtype=dtype)
   mapped = _shard_map(
     fn,
     mesh=mesh,
@@ -135,9 +137,9 @@ def sharded_head_stats(x: jax.Array, kernel: jax.Array, bias: jax.Array, labels:
   return mapped(x, kernel, bias, labels)
 
 
-def _local_stats(x, kernel, bias, labels, *, per_head: bool):
+def _local_stats(x, kernel, bias, labels, *, per_head: bool, dtype: str):
   eq = "bhd,hdn->bhn" if per_head else "bd,hdn->bhn"
-  s = (jnp.einsum(eq, x.astype(jnp.float32), kernel) + bias).astype(jnp.float32)  # (b, H, n_local)
+  s = jnp.einsum(eq, x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32) + bias
   n_local = s.shape[-1]
   offset = jax.lax.axis_index(MODEL) * n_local
   local_label = labels - offset
