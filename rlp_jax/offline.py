@@ -51,7 +51,9 @@ def fit_heads(
   online heads' optimizer settings, for ``num_epochs`` over the examples in a seeded order.
   """
   layers = list(features)
-  heads = rlp.build_heads(exp.config, exp.feature_dims, layers, exp.num_labels)
+  heads = rlp.build_heads(
+    exp.config, exp.feature_dims, layers, exp.num_labels, label_multiple=exp.label_multiple
+  )
   graphdef, params = nnx.split(heads)
   params = params.to_pure_dict()
   m = len(rlp_labels)

@@ -82,11 +82,15 @@ class ParallelHeads(nnx.Module):
     norm: bool = False,
     hidden_dim: int = 0,
     dtype: str = "float32",
+    num_valid: int | None = None,
     rngs: nnx.Rngs,
   ):
     init = nnx.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
     self.norm = norm
     self.dtype = dtype
+    # Labels >= num_valid are padding (so a prime n can be split evenly over devices): their logits
+    # are -inf, so they take no probability mass and are never predicted.
+    self.num_valid = num_labels if num_valid is None else num_valid
     if norm:
       self.scale = nnx.Param(jnp.ones((num_heads, in_features)))
       self.shift = nnx.Param(jnp.zeros((num_heads, in_features)))
@@ -97,7 +101,9 @@ class ParallelHeads(nnx.Module):
       width = hidden_dim
     else:
       self.hidden = None
-    self.kernel = nnx.Param(init(rngs.params(), (num_heads, width, num_labels)))
+    # The valid labels' weights are drawn exactly as without padding; padded columns are zeros.
+    kernel = init(rngs.params(), (num_heads, width, self.num_valid))
+    self.kernel = nnx.Param(jnp.pad(kernel, ((0, 0), (0, 0), (0, num_labels - self.num_valid))))
     self.bias = nnx.Param(jnp.zeros((num_heads, num_labels)))
 
   def inputs(self, z: jax.Array) -> jax.Array:
@@ -111,7 +117,20 @@ class ParallelHeads(nnx.Module):
     return x
 
   def __call__(self, z: jax.Array) -> jax.Array:
-    return _dense(self.inputs(z), self.kernel[...], self.bias[...], self.dtype)
+    return mask_padding(_dense(self.inputs(z), self.kernel[...], self.bias[...], self.dtype), self.num_valid)
+
+
+def mask_padding(logits: jax.Array, num_valid: int, offset=None) -> jax.Array:
+  """-inf for label columns ``offset + j >= num_valid`` (padding of the label axis).
+
+  ``offset`` is the first column's global label (a traced value inside shard_map); None means 0.
+  """
+  if offset is None:
+    if logits.shape[-1] <= num_valid:
+      return logits
+    offset = 0
+  cols = offset + jnp.arange(logits.shape[-1])
+  return jnp.where(cols < num_valid, logits, -jnp.inf)
 
 
 # PRNG streams (folded into config.seed) of the heads and probes: independent of the model's stream.
@@ -119,19 +138,25 @@ RLP_STREAM, PROBE_STREAM = 1, 2
 
 
 def build_heads(
-  config, feature_dims: Mapping[str, int], layers: Sequence[str], num_labels: int
+  config, feature_dims: Mapping[str, int], layers: Sequence[str], num_labels: int, *, label_multiple: int = 1
 ) -> LayerHeads | None:
-  """The RLP heads of a run, with their fixed initialization: online and offline heads start identical."""
+  """The RLP heads of a run, with their fixed initialization: online and offline heads start identical.
+
+  ``label_multiple``: pad the label axis to a multiple of this (the mesh's ``model`` axis) with masked
+  labels, so that any n — ImageNet's prime m = 1,281,167 included — can be sharded evenly.
+  """
   if not layers:
     return None
+  padded = -(-num_labels // label_multiple) * label_multiple
   rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(config.seed), RLP_STREAM))
   return LayerHeads(
     {k: feature_dims[k] for k in layers},
-    num_labels,
+    padded,
     config.rlp.num_heads,
     norm=config.rlp.norm,
     hidden_dim=config.rlp.hidden_dim,
     dtype=config.rlp.dtype,
+    num_valid=num_labels,
     rngs=rngs,
   )
 
@@ -169,6 +194,7 @@ class LayerHeads(nnx.Module):
     norm: bool,
     hidden_dim: int,
     dtype: str = "float32",
+    num_valid: int | None = None,
     rngs: nnx.Rngs,
   ):
     # Each layer's init key depends only on its own name and the seed, so adding or removing a layer
@@ -183,6 +209,7 @@ class LayerHeads(nnx.Module):
           norm=norm,
           hidden_dim=hidden_dim,
           dtype=dtype,
+          num_valid=num_valid,
           rngs=nnx.Rngs(jax.random.fold_in(key, zlib.crc32(name.encode()) >> 1)),
         )
         for name, dim in feature_dims.items()
@@ -233,7 +260,13 @@ def head_stats(head: ParallelHeads, z: jax.Array, labels: jax.Array, mesh=None) 
   """
   if sharding.label_sharded(mesh):
     ce, log1m, correct = sharding.sharded_head_stats(
-      head.inputs(z), head.kernel[...], head.bias[...], labels, mesh, dtype=head.dtype
+      head.inputs(z),
+      head.kernel[...],
+      head.bias[...],
+      labels,
+      mesh,
+      dtype=head.dtype,
+      num_valid=head.num_valid,
     )
   else:
     s = head(z)

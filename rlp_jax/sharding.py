@@ -118,7 +118,13 @@ def opt_state_shardings(opt_state, params, params_sharding, mesh: Mesh):
 
 
 def sharded_head_stats(
-  x: jax.Array, kernel: jax.Array, bias: jax.Array, labels: jax.Array, mesh: Mesh, dtype: str = "float32"
+  x: jax.Array,
+  kernel: jax.Array,
+  bias: jax.Array,
+  labels: jax.Array,
+  mesh: Mesh,
+  dtype: str = "float32",
+  num_valid: int | None = None,
 ):
   """(ce, log1m, correct), each (B, H), for logits ``x @ kernel + bias`` whose label axis is sharded.
 
@@ -126,7 +132,8 @@ def sharded_head_stats(
   ``model`` on n; labels (B, H). The batch is split over ``data``.
   """
   x_spec = P(DATA, *([None] * (x.ndim - 1)))
-  fn = functools.partial(_local_stats, per_head=x.ndim == 3, dtype=dtype)
+  n = kernel.shape[-1] if num_valid is None else num_valid
+  fn = functools.partial(_local_stats, per_head=x.ndim == 3, dtype=dtype, num_valid=n)
   mapped = _shard_map(
     fn,
     mesh=mesh,
@@ -137,11 +144,14 @@ def sharded_head_stats(
   return mapped(x, kernel, bias, labels)
 
 
-def _local_stats(x, kernel, bias, labels, *, per_head: bool, dtype: str):
+def _local_stats(x, kernel, bias, labels, *, per_head: bool, dtype: str, num_valid: int):
+  from rlp_jax.rlp import mask_padding  # rlp imports this module
+
   eq = "bhd,hdn->bhn" if per_head else "bd,hdn->bhn"
   s = jnp.einsum(eq, x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32) + bias
   n_local = s.shape[-1]
   offset = jax.lax.axis_index(MODEL) * n_local
+  s = mask_padding(s, num_valid, offset)  # padded labels (a prime n split over devices) never count
   local_label = labels - offset
   cols = jnp.arange(n_local)
   is_target = cols[None, None, :] == local_label[..., None]  # all False on shards not owning y

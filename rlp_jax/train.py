@@ -79,6 +79,7 @@ class Experiment:
   total_steps: int
   mesh: Mesh
   state_sharding: Any = None  # NamedShardings of every TrainState leaf
+  label_multiple: int = 1  # the heads' label axis is padded to a multiple of this (rlp.build_heads)
 
   @property
   def data_sharding(self) -> NamedSharding:
@@ -154,14 +155,11 @@ def build(
     )
   probe_layers = tuple(configuration.parse_layers(config.probes.layers, list(sown_layers), "probes.layers"))
   n = input_pipeline.num_labels(config, info)
-  if num_heads and sharding.label_sharded(mesh) and n % mesh.shape["model"]:
-    raise ValueError(
-      f"config.mesh.model={mesh.shape['model']} must divide the number of random labels n={n}; "
-      "change config.rlp.num_labels or config.mesh.model."
-    )
+  # A label axis that the model axis does not divide is padded with masked labels (rlp.build_heads).
+  label_multiple = mesh.shape["model"] if sharding.label_sharded(mesh) else 1
 
   def new_heads():
-    return rlp.build_heads(config, dims, rlp_layers, n)
+    return rlp.build_heads(config, dims, rlp_layers, n, label_multiple=label_multiple)
 
   def new_probes():
     return rlp.build_probes(config, dims, probe_layers, info.num_classes)
@@ -189,6 +187,7 @@ def build(
     steps_per_epoch=spe,
     total_steps=total,
     mesh=mesh,
+    label_multiple=label_multiple,
   )
 
   def init_state() -> TrainState:

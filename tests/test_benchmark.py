@@ -35,3 +35,9 @@ def test_peak_flops_table():
   assert benchmark.peak_flops(dev("TPU v5 lite")) == 197e12
   assert benchmark.peak_flops(dev("TPU v4")) == 275e12
   assert benchmark.peak_flops(dev("cpu")) is None
+
+
+def test_input_pipeline_throughput_and_label_share(tiny_config):
+  r = benchmark.input_throughput(tiny_config, num_batches=6)
+  assert r["examples"] == 5 * tiny_config.batch_size
+  assert r["examples_per_s"] > 0 and 0 < r["label_share"] < 1
