@@ -179,7 +179,14 @@ def _dense(x: jax.Array, w: jax.Array, b: jax.Array, dtype: str = "float32") -> 
   Inputs are cast to ``dtype``; the product accumulates and returns in float32.
   """
   eq = "bd,hde->bhe" if x.ndim == 2 else "bhd,hde->bhe"
+  dtype = matmul_dtype(dtype)
   return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32) + b
+
+
+def matmul_dtype(dtype: str):
+  """The heads' matmul input type. XLA:CPU has no bf16 x bf16 -> f32 dot (and no bf16 speed-up to
+  gain), so there it computes in float32; accelerators use the configured type."""
+  return jnp.float32 if jax.default_backend() == "cpu" else jnp.dtype(dtype)
 
 
 class LayerHeads(nnx.Module):

@@ -145,9 +145,10 @@ def sharded_head_stats(
 
 
 def _local_stats(x, kernel, bias, labels, *, per_head: bool, dtype: str, num_valid: int):
-  from rlp_jax.rlp import mask_padding  # rlp imports this module
+  from rlp_jax.rlp import mask_padding, matmul_dtype  # rlp imports this module
 
   eq = "bhd,hdn->bhn" if per_head else "bd,hdn->bhn"
+  dtype = matmul_dtype(dtype)
   s = jnp.einsum(eq, x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32) + bias
   n_local = s.shape[-1]
   offset = jax.lax.axis_index(MODEL) * n_local
