@@ -18,7 +18,7 @@ Fig. A.2 is the λ sweep: ``--config.rlp.reg_lambda=L`` for L in 0, 1e-2, 1e-1, 
 for λ > 1e-1 in the paper). The README maps every figure to its command.
 """
 
-from rlp_jax import configuration
+from rlp_jax import config_args, configuration
 from rlp_jax.models import vit
 
 ARGS = (
@@ -36,54 +36,14 @@ ARGS = (
 )
 
 
-def parse_args(arg: str, valid: tuple[str, ...], path: str) -> set[str]:
-  args = {a.strip() for a in arg.split(",") if a.strip()}
-  unknown = sorted(args - set(valid))
-  if unknown:
-    raise ValueError(f"{path}: unknown arg(s) {unknown}; valid args: {', '.join(valid)}.")
-  return args
-
-
-def apply_vit_args(config, args: set[str]) -> None:
-  """The figure args (the same as configs/vit_imagenet.py's); call after the model's depth is final."""
+def vit_blocks(config) -> list[str]:
+  """The ViT's sown block names; call after the model's depth is final (``runlocal`` shrinks it)."""
   depth = config.model.depth or vit.VARIANTS[config.model.variant][1]
-  blocks = [vit.block_name(i, depth) for i in range(1, depth + 1)]
-  if args & {"all_blocks", "reg_last", "reg_all", "reg_block8"}:
-    config.rlp.layers = ",".join(blocks)
-    config.rlp.reg_layers = "all"
-  if "reg_last" in args:
-    config.rlp.reg_layers = blocks[-1]
-  if "reg_block8" in args:
-    config.rlp.reg_layers = blocks[min(8, depth) - 1]
-  if "probes" in args:
-    config.probes.layers = ",".join(blocks)
-  if "shuffled" in args:
-    config.rlp.label_mode = "shuffled"
-  if "unique" in args:
-    config.rlp.label_mode = "unique"
-  if "two_layer" in args:
-    config.rlp.num_labels, config.rlp.hidden_dim = 10, 1024
-  if "multihead" in args:
-    config.rlp.num_heads = 10
-
-
-def shrink(config) -> None:
-  """``runlocal``: a few small steps; the model is shrunk before the args (they name its blocks)."""
-  config.num_epochs = 2
-  config.max_steps_per_epoch = 2
-  config.batch_size = 8
-  config.shuffle_buffer = 256
-  config.eval.batch_size = 8
-  config.eval.train_examples = 16
-  config.rlp.num_labels = min(config.rlp.num_labels, 100)
-  config.rlp.hidden_dim = min(config.rlp.hidden_dim, 16)
-  config.offline.update(num_epochs=1, batch_size=8, train_examples=16)
-  config.log_every_steps = 1
-  config.checkpoint_every_epochs = 1
+  return [vit.block_name(i, depth) for i in range(1, depth + 1)]
 
 
 def get_config(arg: str = ""):
-  args = parse_args(arg, ARGS, "configs/vit_cifar100.py")
+  args = config_args.parse(arg, ARGS, "configs/vit_cifar100.py")
   c = configuration.base_config()
   c.dataset = "cifar100"
   c.num_epochs = 200
@@ -102,7 +62,7 @@ def get_config(arg: str = ""):
   c.log_every_steps = 100
   if "runlocal" in args:
     c.model.update(width=32, depth=2, num_heads=2, patch_size=8)
-  apply_vit_args(c, args)
+  config_args.apply_figure_args(c, args, vit_blocks(c))
   if "runlocal" in args:
-    shrink(c)
+    config_args.shrink_for_runlocal(c)
   return c

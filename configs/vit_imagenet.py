@@ -41,7 +41,7 @@ The λ sweeps (Fig. 4, 7, 8, A.1, A.4, A.8, A.10) add ``--config.rlp.reg_lambda=
 maps every figure to its command. Offline heads (Fig. 2B): ``python -m rlp_jax.offline --workdir=$WORKDIR``.
 """
 
-from rlp_jax import configuration
+from rlp_jax import config_args, configuration
 from rlp_jax.models import vit
 
 ARGS = (
@@ -59,54 +59,14 @@ ARGS = (
 )
 
 
-def parse_args(arg: str, valid: tuple[str, ...], path: str) -> set[str]:
-  args = {a.strip() for a in arg.split(",") if a.strip()}
-  unknown = sorted(args - set(valid))
-  if unknown:
-    raise ValueError(f"{path}: unknown arg(s) {unknown}; valid args: {', '.join(valid)}.")
-  return args
-
-
-def apply_vit_args(config, args: set[str]) -> None:
-  """The figure args; call after the model's depth is final."""
+def vit_blocks(config) -> list[str]:
+  """The ViT's sown block names; call after the model's depth is final (``runlocal`` shrinks it)."""
   depth = config.model.depth or vit.VARIANTS[config.model.variant][1]
-  blocks = [vit.block_name(i, depth) for i in range(1, depth + 1)]
-  if args & {"all_blocks", "reg_last", "reg_all", "reg_block8"}:
-    config.rlp.layers = ",".join(blocks)
-    config.rlp.reg_layers = "all"
-  if "reg_last" in args:
-    config.rlp.reg_layers = blocks[-1]
-  if "reg_block8" in args:
-    config.rlp.reg_layers = blocks[min(8, depth) - 1]
-  if "probes" in args:
-    config.probes.layers = ",".join(blocks)
-  if "shuffled" in args:
-    config.rlp.label_mode = "shuffled"
-  if "unique" in args:
-    config.rlp.label_mode = "unique"
-  if "two_layer" in args:
-    config.rlp.num_labels, config.rlp.hidden_dim = 10, 1024
-  if "multihead" in args:
-    config.rlp.num_heads = 10
-
-
-def shrink(config) -> None:
-  """``runlocal``: a few small steps; the model is shrunk before the args (they name its blocks)."""
-  config.num_epochs = 2
-  config.max_steps_per_epoch = 2
-  config.batch_size = 8
-  config.shuffle_buffer = 256
-  config.eval.batch_size = 8
-  config.eval.train_examples = 16
-  config.rlp.num_labels = min(config.rlp.num_labels, 100)
-  config.rlp.hidden_dim = min(config.rlp.hidden_dim, 16)
-  config.offline.update(num_epochs=1, batch_size=8, train_examples=16)
-  config.log_every_steps = 1
-  config.checkpoint_every_epochs = 1
+  return [vit.block_name(i, depth) for i in range(1, depth + 1)]
 
 
 def get_config(arg: str = ""):
-  args = parse_args(arg, ARGS, "configs/vit_imagenet.py")
+  args = config_args.parse(arg, ARGS, "configs/vit_imagenet.py")
   c = configuration.base_config()
   c.dataset = "imagenet2012"
   c.num_epochs = 90
@@ -130,7 +90,7 @@ def get_config(arg: str = ""):
   if "runlocal" in args:
     c.model.update(width=32, depth=2, num_heads=2, patch_size=8)
     c.augment.update(image_size=32, eval_resize=36)
-  apply_vit_args(c, args)
+  config_args.apply_figure_args(c, args, vit_blocks(c))
   if "runlocal" in args:
-    shrink(c)
+    config_args.shrink_for_runlocal(c)
   return c

@@ -27,7 +27,7 @@ Figures with this config (the README has the exact commands): Fig. 3 (``--config
 with ``--config.dataset_fraction``), A.9 (width sweep, ``--config.model.width``).
 """
 
-from rlp_jax import configuration
+from rlp_jax import config_args, configuration
 
 ARGS = (
   "all_blocks",
@@ -43,10 +43,7 @@ ARGS = (
 
 
 def get_config(arg: str = ""):
-  args = {a.strip() for a in arg.split(",") if a.strip()}
-  unknown = sorted(args - set(ARGS))
-  if unknown:
-    raise ValueError(f"configs/wrn_cifar100.py: unknown arg(s) {unknown}; valid args: {', '.join(ARGS)}.")
+  args = config_args.parse(arg, ARGS, "configs/wrn_cifar100.py")
   c = configuration.base_config()
   c.dataset = "cifar100"
   c.num_epochs = 200
@@ -60,31 +57,10 @@ def get_config(arg: str = ""):
   c.checkpoint_every_epochs = 1
   c.log_every_steps = 100
 
-  if args & {"all_blocks", "reg_last"}:
-    c.rlp.layers = "all"
-  if "reg_last" in args:
-    c.rlp.reg_layers = "pre_logits"
-  if "probes" in args:
-    c.probes.layers = "all"
-  if "shuffled" in args:
-    c.rlp.label_mode = "shuffled"
-  if "unique" in args:
-    c.rlp.label_mode = "unique"
-  if "two_layer" in args:
-    c.rlp.num_labels, c.rlp.hidden_dim = 10, 1024
-  if "multihead" in args:
-    c.rlp.num_heads = 10
   if "runlocal" in args:
     c.model.update(depth=10, width=1)
-    c.num_epochs = 2
-    c.max_steps_per_epoch = 2
-    c.batch_size = 8
-    c.shuffle_buffer = 256
-    c.eval.batch_size = 8
-    c.eval.train_examples = 16
-    c.rlp.num_labels = min(c.rlp.num_labels, 100)
-    c.rlp.hidden_dim = min(c.rlp.hidden_dim, 16)
-    c.offline.update(num_epochs=1, batch_size=8, train_examples=16)
-    c.log_every_steps = 1
-    c.checkpoint_every_epochs = 1
+  # A WRN sows one block per group (3 groups at any depth) and pre_logits.
+  config_args.apply_figure_args(c, args, ["block_1", "block_2", "block_3", "pre_logits"])
+  if "runlocal" in args:
+    config_args.shrink_for_runlocal(c)
   return c

@@ -160,7 +160,8 @@ def test_args_select_layers_and_modes():
   assert (tiny.model.depth, tiny.rlp.layers, tiny.rlp.reg_layers) == (2, "block_01,block_02", "block_02")
   assert get_config("vit_cifar100", "no_flip").augment.flip is False
   wrn = get_config("wrn_cifar100", "all_blocks,reg_last,flip")
-  assert (wrn.rlp.layers, wrn.rlp.reg_layers, wrn.augment.flip) == ("all", "pre_logits", True)
+  wrn_layers = "block_1,block_2,block_3,pre_logits"
+  assert (wrn.rlp.layers, wrn.rlp.reg_layers, wrn.augment.flip) == (wrn_layers, "pre_logits", True)
 
 
 @pytest.mark.parametrize("name", CONFIGS)

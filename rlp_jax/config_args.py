@@ -1,0 +1,66 @@
+"""The ``:arg`` vocabulary shared by the paper's config files (``configs/*.py``).
+
+Each experiment file lists the args it accepts; their meaning lives here, once:
+
+  all_blocks  an RLP head on every listed layer (Fig. 2C), all of them regularizing when λ > 0
+  reg_last    heads on every layer, only the last one regularizes (Fig. 8A)
+  reg_all     heads on every layer, all regularize (Fig. 8B/C)
+  reg_block8  heads on every layer, only the 8th regularizes (A.10)
+  probes      a linear class probe on every layer (Fig. 9)
+  shuffled    new random labels every epoch (A.2)
+  unique      one label per training example, n = m (A.5)
+  two_layer   heads with one hidden layer of 1024 and n = 10 (A.6)
+  multihead   10 parallel heads, each with its own labels (A.8)
+  runlocal    shrink to a CPU smoke test (see ``shrink_for_runlocal``)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+LAYER_ARGS = ("all_blocks", "reg_last", "reg_all", "reg_block8")
+
+
+def parse(arg: str, valid: Sequence[str], path: str) -> set[str]:
+  """Comma-separated args; an unknown one fails naming the config file and the valid ones."""
+  args = {a.strip() for a in arg.split(",") if a.strip()}
+  unknown = sorted(args - set(valid))
+  if unknown:
+    raise ValueError(f"{path}: unknown arg(s) {unknown}; valid args: {', '.join(valid)}.")
+  return args
+
+
+def apply_figure_args(config, args: set[str], layers: Sequence[str]) -> None:
+  """Sets the heads, probes and label mode that the figure args ask for, over ``layers`` (in order)."""
+  if args & set(LAYER_ARGS):
+    config.rlp.layers = ",".join(layers)
+    config.rlp.reg_layers = "all"
+  if "reg_last" in args:
+    config.rlp.reg_layers = layers[-1]
+  if "reg_block8" in args:
+    config.rlp.reg_layers = layers[min(8, len(layers)) - 1]
+  if "probes" in args:
+    config.probes.layers = ",".join(layers)
+  if "shuffled" in args:
+    config.rlp.label_mode = "shuffled"
+  if "unique" in args:
+    config.rlp.label_mode = "unique"
+  if "two_layer" in args:
+    config.rlp.num_labels, config.rlp.hidden_dim = 10, 1024
+  if "multihead" in args:
+    config.rlp.num_heads = 10
+
+
+def shrink_for_runlocal(config) -> None:
+  """``runlocal``: 2 epochs of 2 steps at batch 8 and n <= 100 (shrink the model separately, first)."""
+  config.num_epochs = 2
+  config.max_steps_per_epoch = 2
+  config.batch_size = 8
+  config.shuffle_buffer = 256
+  config.eval.batch_size = 8
+  config.eval.train_examples = 16
+  config.rlp.num_labels = min(config.rlp.num_labels, 100)
+  config.rlp.hidden_dim = min(config.rlp.hidden_dim, 16)
+  config.offline.update(num_epochs=1, batch_size=8, train_examples=16)
+  config.log_every_steps = 1
+  config.checkpoint_every_epochs = 1
