@@ -29,20 +29,6 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
 
-def _flat(config: ml_collections.ConfigDict) -> dict:
-  out = {}
-
-  def walk(d, prefix):
-    for k, v in d.items():
-      if isinstance(v, dict):
-        walk(v, f"{prefix}{k}.")
-      else:
-        out[f"{prefix}{k}"] = v
-
-  walk(json.loads(config.to_json()), "")
-  return out
-
-
 def check_same_experiment(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses a workdir whose saved config differs in any key that changes the experiment.
 
@@ -61,8 +47,8 @@ def check_same_experiment(config: ml_collections.ConfigDict, workdir: str) -> No
         f"{path} is not valid JSON ({e}); it is the config of the run in that workdir. "
         "Restore it, or use a new --workdir."
       ) from None
-    saved = _flat(ml_collections.ConfigDict(saved_cfg))
-  current = _flat(config)
+    saved = configuration.flatten(saved_cfg)
+  current = configuration.flatten(json.loads(config.to_json()))
   diffs = [
     k
     for k in sorted(set(saved) | set(current))

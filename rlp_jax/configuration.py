@@ -127,6 +127,17 @@ RESUMABLE_KEYS = (
 )
 
 
+def flatten(tree, prefix: str = "") -> dict:
+  """Nested dicts (a config's JSON) -> one dict with dotted keys, e.g. ``{"rlp.reg_lambda": 1e4}``."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
 def parse_layers(spec: str, available: list[str], key: str) -> list[str]:
   """'all' | '' | 'a,b' -> validated list of names, in the model's order."""
   spec = spec.strip()

@@ -67,6 +67,21 @@ class JsonlWriter(metric_writers.MetricWriter):
     pass
 
 
+def read_jsonl(path: str) -> list[dict]:
+  """Records of a JSONL file; a truncated last line (a run killed while writing it) ends the list."""
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        try:
+          out.append(json.loads(line))
+        except json.JSONDecodeError:
+          break
+  return out
+
+
 def create_writers(
   workdir: str,
 ) -> tuple[metric_writers.MetricWriter, metric_writers.MetricWriter, JsonlWriter | None]:

@@ -114,17 +114,9 @@ import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
+from rlp_jax import configuration, metric_logging  # noqa: E402
+
 OFFLINE_FILE = "offline.jsonl"
-
-
-def _flatten(d, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def _merge(base, saved: Mapping) -> None:
@@ -162,22 +154,6 @@ def load_run_config(workdir: str):
   return config
 
 
-def read_jsonl(path: str) -> list[dict]:
-  """Records of a JSONL file; a truncated last line (a run killed while writing it) is ignored."""
-  if not os.path.exists(path):
-    return []
-  out = []
-  with open(path) as f:
-    for line in f:
-      if not line.strip():
-        continue
-      try:
-        out.append(json.loads(line))
-      except json.JSONDecodeError:
-        break
-  return out
-
-
 def _append_jsonl(path: str, record: Mapping) -> None:
   with open(path, "a") as f:
     f.write(json.dumps(record) + "\n")
@@ -212,11 +188,11 @@ def offline_record(
 
 
 def _check_same_settings(config, path: str) -> None:
-  current = _flatten(json.loads(config.to_json()))
+  current = configuration.flatten(json.loads(config.to_json()))
   current.pop("data_dir", None)
   if os.path.exists(path):
     with open(path) as f:
-      saved = _flatten(json.load(f))
+      saved = configuration.flatten(json.load(f))
     saved.pop("data_dir", None)
     diffs = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
     if diffs:
@@ -264,7 +240,7 @@ def run_offline(
   if 0 not in all_steps:
     raise FileNotFoundError(f"{workdir}/checkpoints has no step 0 (initialization), the offline control.")
   todo = all_steps if steps is None else [s for s in all_steps if s in set(steps) | {0}]
-  records = read_jsonl(path)
+  records = metric_logging.read_jsonl(path)
   if is_writer and os.path.exists(path):
     _rewrite_jsonl(path, records)  # drops a line cut short by a kill
   done = {r["step"] for r in records}
@@ -279,7 +255,7 @@ def run_offline(
     saved = saved.copy_and_resolve_references()
     saved.data_dir = config.data_dir
     run_exp, abstract = train.build(saved)
-  online = {r["step"]: r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
+  online = {r["step"]: r for r in metric_logging.read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
   for step in todo:
     start = time.time()
     state = checkpointing.restore(mngr, step, abstract)

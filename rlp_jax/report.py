@@ -31,22 +31,12 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-# Keys that never make two runs different experiments (where the data lives, how often it logs).
-_IGNORED_KEYS = (
-  "data_dir",
-  "log_every_steps",
-  "checkpoint_every_epochs",
-  "eval.batch_size",
-  "shuffle_buffer",
-  "offline.at_init",
-  "offline.num_epochs",
-  "offline.batch_size",
-  "offline.train_examples",
-)
+from rlp_jax import configuration, metric_logging
+
 LAMBDA = "rlp.reg_lambda"
 _SHORT = {LAMBDA: "λ", "rlp.num_labels": "n", "rlp.num_heads": "heads"}
 
@@ -54,30 +44,6 @@ _SHORT = {LAMBDA: "λ", "rlp.num_labels": "n", "rlp.num_heads": "heads"}
 # ----------------------------------------------------------------------------------------------------
 # Logs
 # ----------------------------------------------------------------------------------------------------
-
-
-def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  out = []
-  with open(path) as f:
-    for line in f:
-      if line.strip():
-        try:
-          out.append(json.loads(line))
-        except json.JSONDecodeError:
-          break
-  return out
-
-
-def _flat(d: Mapping, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, Mapping):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 @dataclasses.dataclass
@@ -96,7 +62,7 @@ class RunLogs:
     config = {}
     if os.path.exists(os.path.join(workdir, "config.json")):
       with open(os.path.join(workdir, "config.json")) as f:
-        config = _flat(json.load(f))
+        config = configuration.flatten(json.load(f))
     mem = None
     if os.path.exists(os.path.join(workdir, "memorization.json")):
       with open(os.path.join(workdir, "memorization.json")) as f:
@@ -105,8 +71,10 @@ class RunLogs:
       workdir=workdir,
       name=name or os.path.basename(os.path.normpath(workdir)),
       config=config,
-      metrics=_read_jsonl(os.path.join(workdir, "metrics.jsonl")),
-      offline=sorted(_read_jsonl(os.path.join(workdir, "offline.jsonl")), key=lambda r: r["step"]),
+      metrics=metric_logging.read_jsonl(os.path.join(workdir, "metrics.jsonl")),
+      offline=sorted(
+        metric_logging.read_jsonl(os.path.join(workdir, "offline.jsonl")), key=lambda r: r["step"]
+      ),
       memorization=mem,
     )
 
@@ -160,7 +128,7 @@ def find_runs(paths: Sequence[str]) -> list[RunLogs]:
 
 def differing_keys(runs: Sequence[RunLogs]) -> list[str]:
   """Config keys whose values differ between the runs (what a sweep varied), λ first."""
-  keys = sorted({k for r in runs for k in r.config} - set(_IGNORED_KEYS))
+  keys = sorted({k for r in runs for k in r.config} - set(configuration.RESUMABLE_KEYS))
   diff = [k for k in keys if len({json.dumps(r.config.get(k)) for r in runs}) > 1]
   return sorted(diff, key=lambda k: (k != LAMBDA, k))
 

@@ -35,7 +35,6 @@ import dataclasses
 import importlib.util
 import io
 import itertools
-import json
 import math
 import os
 import shlex
@@ -44,6 +43,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
+
+from rlp_jax import metric_logging
 
 MAIN = "python -m rlp_jax.main"
 LAUNCHERS = {"tpu": "launch/tpu.sh run", "slurm": "launch/slurm.sh"}
@@ -186,23 +187,9 @@ def make_runs(config, root: str, points) -> list[Run]:
   return [Run(run_name(p), dict(p), os.path.join(root, run_name(p)), apply_point(config, p)) for p in points]
 
 
-def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  out = []
-  with open(path) as f:
-    for line in f:
-      if line.strip():
-        try:
-          out.append(json.loads(line))
-        except json.JSONDecodeError:
-          break
-  return out
-
-
 def final_record(run: Run) -> dict | None:
   """The metrics.jsonl record of the run's final epoch, or None."""
-  records = _read_jsonl(os.path.join(run.workdir, "metrics.jsonl"))
+  records = metric_logging.read_jsonl(os.path.join(run.workdir, "metrics.jsonl"))
   final = [r for r in records if r.get("epoch", 0) >= run.config.num_epochs]
   return final[-1] if final else None
 

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 import configs.digits
-from rlp_jax import checkpointing, input_pipeline, labels, offline, rlp, train
+from rlp_jax import checkpointing, input_pipeline, labels, metric_logging, offline, rlp, train
 
 
 def tiny_run(tmp_path_factory, data_dir):
@@ -72,8 +72,8 @@ def test_cli_records_every_checkpoint_beside_online_and_leaves_the_network_untou
 
   assert [r["step"] for r in records] == [0, 66, 132]  # step 0 (initialization) included
   assert [r["epoch"] for r in records] == [0.0, 3.0, 6.0]
-  assert offline.read_jsonl(os.path.join(workdir, "offline.jsonl")) == records
-  online = {r["step"]: r for r in offline.read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
+  assert metric_logging.read_jsonl(os.path.join(workdir, "offline.jsonl")) == records
+  online = {r["step"]: r for r in metric_logging.read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
   for r in records:
     for layer in ("block_1", "pre_logits"):
       assert 0.0 <= r[f"offline/{layer}/accuracy"] <= 1.0
@@ -150,7 +150,7 @@ def test_a_killed_offline_run_resumes_after_its_last_written_step(run, workdir, 
   monkeypatch.setattr(offline, "offline_accuracy", killed_at_second_checkpoint)
   with pytest.raises(KeyboardInterrupt):
     offline.run_offline(workdir, log=lambda s: None)
-  (first,) = offline.read_jsonl(path)
+  (first,) = metric_logging.read_jsonl(path)
   assert first["step"] == 0
   with open(path, "a") as f:  # and a line cut short, as by a kill while writing it
     f.write('{"step": 66, "epoch": 3.0, "offline/blo')
@@ -160,7 +160,7 @@ def test_a_killed_offline_run_resumes_after_its_last_written_step(run, workdir, 
   resumed = offline.run_offline(workdir, steps=[66], log=lambda s: None)
   assert len(calls) == 1  # only step 66: step 0 was written before the kill
   assert [r["step"] for r in resumed] == [0, 66] and resumed[0] == first
-  assert offline.read_jsonl(path) == resumed
+  assert metric_logging.read_jsonl(path) == resumed
   with open(path) as f:
     assert len(f.read().splitlines()) == 2  # the cut line is gone
   assert offline.run_offline(workdir, steps=[66], log=lambda s: None) == resumed and len(calls) == 1

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from rlp_jax import checkpointing, input_pipeline, train
+from rlp_jax import checkpointing, input_pipeline, metric_logging, train
 
 
 def _run_steps(config, num_steps: int):
@@ -56,8 +56,7 @@ def test_lambda_zero_is_bit_identical_to_no_heads(tiny_config, model_name):
 
 
 def _read_jsonl(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+  return metric_logging.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
 
 
 def test_end_to_end_writes_metrics_checkpoints_and_table(tiny_config, tmp_path):
