@@ -29,3 +29,31 @@ def make_tiny_config(data_dir: str):
   config.eval.batch_size = 256
   config.offline.num_epochs = 2
   return config
+
+
+@pytest.fixture(scope="session")
+def analysis_run(tmp_path_factory, data_dir):
+  """The trained tiny run the analysis tests share (offline heads, memorization scores, report).
+
+  Digits, the demo's CNN at width 32 for 6 epochs, two RLP heads (two label draws) with n = 200 on
+  block_1 and pre_logits, checkpoints at steps 0, 66 and 132: the demo's regime, where the trained
+  network's features carry example-specific information that its initial ones do not. Returns
+  ``(config, workdir)``.
+  """
+  from rlp_jax import train
+
+  config = configs.digits.get_config("cnn,tiny")
+  config.data_dir = data_dir
+  config.eval.batch_size = 256
+  config.num_epochs = 6
+  config.model.width = 32
+  config.rlp.num_heads = 2
+  config.rlp.num_labels = 200
+  config.rlp.optimizer.learning_rate = 1e-2
+  config.checkpoint_every_epochs = 3
+  config.offline.at_init = False
+  config.offline.num_epochs = 3
+  config.offline.batch_size = 64
+  workdir = str(tmp_path_factory.getbasetemp() / "analysis_tiny_run")
+  train.train_and_evaluate(config, workdir)
+  return config, workdir

@@ -11,29 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 from scipy import stats
 
-import configs.digits
-from rlp_jax import input_pipeline, labels, memorization, train
-
-
-def tiny_run(tmp_path_factory, data_dir):
-  """The tiny run the analysis tests share (see test_offline.tiny_run: the same config and directory)."""
-  config = configs.digits.get_config("cnn,tiny")
-  config.data_dir = data_dir
-  config.eval.batch_size = 256
-  config.num_epochs = 6
-  config.model.width = 32
-  config.rlp.num_heads = 2
-  config.rlp.num_labels = 200
-  config.rlp.optimizer.learning_rate = 1e-2
-  config.checkpoint_every_epochs = 3
-  config.offline.at_init = False
-  config.offline.num_epochs = 3
-  config.offline.batch_size = 64
-  workdir = str(tmp_path_factory.getbasetemp() / "analysis_tiny_run")
-  if not os.path.exists(os.path.join(workdir, "summary.json")):
-    train.train_and_evaluate(config, workdir)
-  return config, workdir
-
+from rlp_jax import input_pipeline, labels, memorization
 
 # ---------------------------------------------------------------------------------------------------
 # Statistics against hand-computed values
@@ -241,8 +219,8 @@ def test_select_per_class_and_image_grid(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_scores_of_a_trained_run_match_its_logged_random_label_accuracy(tmp_path_factory, data_dir):
-  config, workdir = tiny_run(tmp_path_factory, data_dir)
+def test_scores_of_a_trained_run_match_its_logged_random_label_accuracy(analysis_run):
+  config, workdir = analysis_run
   data = memorization.compute(workdir, steps=[66, 132], log=lambda s: None)
   loaded = memorization.load(os.path.join(workdir, memorization.SCORE_FILE))
   assert sorted(loaded) == sorted(data)

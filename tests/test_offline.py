@@ -12,37 +12,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import configs.digits
 from rlp_jax import checkpointing, input_pipeline, labels, metric_logging, offline, rlp, train
 
 
-def tiny_run(tmp_path_factory, data_dir):
-  """The tiny run the analysis tests share (the same in test_offline/test_memorization/test_report: the
-  first module to need it trains it, the others find it finished): digits, the demo's CNN at width 32 for 6
-  epochs, two RLP heads (two label draws) with n = 200 on block_1 and pre_logits, checkpoints at steps 0, 66
-  and 132. The demo's regime, where the trained network's features carry example-specific information that
-  its initial ones do not (configs/digits.py)."""
-  config = configs.digits.get_config("cnn,tiny")
-  config.data_dir = data_dir
-  config.eval.batch_size = 256
-  config.num_epochs = 6
-  config.model.width = 32
-  config.rlp.num_heads = 2
-  config.rlp.num_labels = 200
-  config.rlp.optimizer.learning_rate = 1e-2
-  config.checkpoint_every_epochs = 3
-  config.offline.at_init = False
-  config.offline.num_epochs = 3
-  config.offline.batch_size = 64
-  workdir = str(tmp_path_factory.getbasetemp() / "analysis_tiny_run")
-  if not os.path.exists(os.path.join(workdir, "summary.json")):
-    train.train_and_evaluate(config, workdir)
-  return config, workdir
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, data_dir):
-  return tiny_run(tmp_path_factory, data_dir)
+def run(analysis_run):
+  return analysis_run
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import configs.digits
-from rlp_jax import report, train
+from rlp_jax import report
 
 LAYERS = ("block_1", "block_2", "block_10", "pre_logits")  # block_10 after block_2: model order, not text
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -190,24 +190,8 @@ def test_runs_differing_in_two_keys_give_one_lambda_line_per_other_setting(tmp_p
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory, data_dir):
-  """The tiny run the analysis tests share (see test_offline.tiny_run: the same config and directory)."""
-  config = configs.digits.get_config("cnn,tiny")
-  config.data_dir = data_dir
-  config.eval.batch_size = 256
-  config.num_epochs = 6
-  config.model.width = 32
-  config.rlp.num_heads = 2
-  config.rlp.num_labels = 200
-  config.rlp.optimizer.learning_rate = 1e-2
-  config.checkpoint_every_epochs = 3
-  config.offline.at_init = False
-  config.offline.num_epochs = 3
-  config.offline.batch_size = 64
-  workdir = str(tmp_path_factory.getbasetemp() / "analysis_tiny_run")
-  if not os.path.exists(os.path.join(workdir, "summary.json")):
-    train.train_and_evaluate(config, workdir)
-  return workdir
+def real_run(analysis_run):
+  return analysis_run[1]
 
 
 def test_report_of_a_real_tiny_run_from_the_command_line(real_run, tmp_path):
