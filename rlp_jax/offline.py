@@ -23,7 +23,7 @@ from rlp_jax import input_pipeline, models, optimizers, rlp
 
 
 def extract_features(exp, model_params, batch_stats, layers, *, limit: int = -1, epoch: int = 0):
-  """Pooled eval-mode features of the selected training examples, in index order.
+  """Pooled eval-mode features of the selected training examples, in the order tfds reads them.
 
   Returns ``({layer: (M, D) float32}, rlp_labels (M, num_heads))`` as NumPy arrays on host.
   """
