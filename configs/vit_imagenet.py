@@ -59,12 +59,6 @@ ARGS = (
 )
 
 
-def vit_blocks(config) -> list[str]:
-  """The ViT's sown block names; call after the model's depth is final (``runlocal`` shrinks it)."""
-  depth = config.model.depth or vit.VARIANTS[config.model.variant][1]
-  return [vit.block_name(i, depth) for i in range(1, depth + 1)]
-
-
 def get_config(arg: str = ""):
   args = config_args.parse(arg, ARGS, "configs/vit_imagenet.py")
   c = configuration.base_config()
@@ -90,7 +84,8 @@ def get_config(arg: str = ""):
   if "runlocal" in args:
     c.model.update(width=32, depth=2, num_heads=2, patch_size=8)
     c.augment.update(image_size=32, eval_resize=36)
-  config_args.apply_figure_args(c, args, vit_blocks(c))
+  # After runlocal shrank the model: the args name its blocks.
+  config_args.apply_figure_args(c, args, vit.block_names(c.model))
   if "runlocal" in args:
     config_args.shrink_for_runlocal(c)
   return c

@@ -55,6 +55,12 @@ def block_name(i: int, depth: int) -> str:
   return f"block_{i:0{max(2, len(str(depth)))}d}"
 
 
+def block_names(model_config) -> list[str]:
+  """The sown block names of the ViT that ``model_config`` describes (its depth or its variant's)."""
+  depth = model_config.depth or VARIANTS[model_config.variant][1]
+  return [block_name(i, depth) for i in range(1, depth + 1)]
+
+
 class Attention(nnx.Module):
   """Multi-head self-attention; logits and softmax in float32 whatever the compute dtype."""
 
