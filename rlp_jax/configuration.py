@@ -78,6 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.rlp.hidden_dim = 0  # 0 = linear head; >0 = one hidden ReLU layer of this width (A.6)
   c.rlp.norm = False  # LayerNorm before the dense layer (the paper's heads on ViT blocks)
   c.rlp.dtype = "float32"  # head matmul inputs: float32 | bfloat16 (logits and losses stay float32)
+  # > 0: compute the heads' losses this many labels at a time, recomputing each block's logits in the
+  # backward pass, so a huge head's (batch x n) logits never exist whole (one device; meshes with a
+  # `model` axis > 1 shard the labels instead). 0 = full logits.
+  c.rlp.label_chunk = 0
   c.rlp.pool = "mean"  # how spatial/token maps become vectors: mean | flatten
   # The heads have their own optimizer. Default: Adam, constant lr 1e-3, no weight decay, no clipping.
   # Why: the head is a measuring instrument. It must keep tracking the features when the backbone's
@@ -175,6 +179,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("rlp.hidden_dim", f"must be >= 0 (0 = linear head), got {config.rlp.hidden_dim}.")
   if config.rlp.dtype not in ("float32", "bfloat16"):
     fail("rlp.dtype", f"must be 'float32' or 'bfloat16', got {config.rlp.dtype!r}.")
+  if config.rlp.label_chunk < 0:
+    fail("rlp.label_chunk", f"must be >= 0 (0 = full logits), got {config.rlp.label_chunk}.")
   if config.rlp.pool not in ("mean", "flatten"):
     fail("rlp.pool", f"must be 'mean' or 'flatten', got {config.rlp.pool!r}.")
   if not 0.0 <= config.label_noise < 1.0:

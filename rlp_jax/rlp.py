@@ -258,12 +258,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 # ----------------------------------------------------------------------------------------------------
 
 
-def head_stats(head: ParallelHeads, z: jax.Array, labels: jax.Array, mesh=None) -> dict[str, jax.Array]:
+def head_stats(
+  head: ParallelHeads, z: jax.Array, labels: jax.Array, mesh=None, chunk: int = 0
+) -> dict[str, jax.Array]:
   """Per example and head (B, H): ``ce`` = CE(s, ŷ), ``log1m`` = log(1 - p̂_ŷ), ``correct`` = argmax == ŷ.
 
   With a mesh whose ``model`` axis has several devices, the head's label axis is sharded and the
   statistics come from per-shard reductions (sharding.sharded_head_stats): the full logits never exist
-  on one device. Otherwise they come from the full logits. Both are exact; gradients flow as usual.
+  on one device. Otherwise, with ``chunk > 0``, from ``chunk`` labels at a time with rematerialization
+  (sharding.chunked_head_stats: the logits never exist whole); else from the full logits. All are exact.
   """
   if sharding.label_sharded(mesh):
     ce, log1m, correct = sharding.sharded_head_stats(
@@ -274,6 +277,16 @@ def head_stats(head: ParallelHeads, z: jax.Array, labels: jax.Array, mesh=None) 
       mesh,
       dtype=head.dtype,
       num_valid=head.num_valid,
+    )
+  elif chunk:
+    ce, log1m, correct = sharding.chunked_head_stats(
+      head.inputs(z),
+      head.kernel[...],
+      head.bias[...],
+      labels,
+      chunk=chunk,
+      num_valid=head.num_valid,
+      dtype=head.dtype,
     )
   else:
     s = head(z)
@@ -294,6 +307,7 @@ def routed_losses(
   label_smoothing: float = 0.0,
   pool: str = "mean",
   mesh=None,
+  label_chunk: int = 0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Total loss ``L_class + L_rnd + λ·L_reg + L_probe`` and its parts, with DESIGN §1's routing.
 
@@ -307,6 +321,7 @@ def routed_losses(
     reg_lambda: λ. λ = 0 is a pure measurement: L_reg is then not built at all, so the backbone's
       gradients are those of L_class alone, bit for bit.
     mesh: when its ``model`` axis is > 1, the heads' label axis is sharded over it (see head_stats).
+    label_chunk: > 0 computes the heads' statistics that many labels at a time (see head_stats).
   Returns:
     (total, parts): the scalar losses, plus per-layer (B, H) ``rnd_correct`` and (B,) ``probe_correct``.
   """
@@ -317,7 +332,9 @@ def routed_losses(
   if heads is not None:
     pooled = {name: pool_features(features[name], pool) for name in heads.layers}
     # L_rnd: the heads learn random labels from *detached* features — ψ moves, θ does not.
-    rnd = {name: head_stats(heads.layers[name], sg(z), rlp_labels, mesh) for name, z in pooled.items()}
+    rnd = {
+      name: head_stats(heads.layers[name], sg(z), rlp_labels, mesh, label_chunk) for name, z in pooled.items()
+    }
     l_rnd = jnp.mean(jnp.stack([st["ce"].mean() for st in rnd.values()]))
     total = total + l_rnd
     parts["loss/rnd"] = l_rnd
@@ -325,7 +342,9 @@ def routed_losses(
       # L_reg: frozen copies of the heads (sg(ψ)) score the *live* features — θ moves, ψ does not.
       graphdef, head_params = nnx.split(heads)
       frozen = nnx.merge(graphdef, jax.tree.map(sg, head_params))
-      reg = [head_stats(frozen.layers[name], pooled[name], rlp_labels, mesh) for name in reg_layers]
+      reg = [
+        head_stats(frozen.layers[name], pooled[name], rlp_labels, mesh, label_chunk) for name in reg_layers
+      ]
       l_reg = jnp.mean(jnp.stack([-st["log1m"].mean() for st in reg]))
       total = total + reg_lambda * l_reg
       parts["loss/reg"] = l_reg

@@ -185,3 +185,85 @@ def state_shardings(abstract_state, mesh: Mesh, *, fsdp: bool):
     opt_state=opt_state_shardings(abstract_state.opt_state, abstract_state.params, params, mesh),
     loss_sums=jax.tree.map(lambda _: replicated, abstract_state.loss_sums),
   )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Label-chunked head statistics (one device): the logits are never materialized whole
+# ----------------------------------------------------------------------------------------------------
+
+
+def _partial_stats(s, labels, offset, num_valid):
+  """Statistics of one block of logits s (B, H, c) whose first column is label ``offset``."""
+  from rlp_jax.rlp import mask_padding  # rlp imports this module
+
+  sg = jax.lax.stop_gradient
+  s = mask_padding(s, num_valid, offset)
+  is_target = (offset + jnp.arange(s.shape[-1]))[None, None, :] == labels[..., None]
+  others = jnp.where(is_target, -jnp.inf, s)
+  m, m_o = sg(s.max(-1)), sg(others.max(-1))
+  return dict(
+    m=m,
+    se=jnp.exp(s - m[..., None]).sum(-1),
+    t=jnp.where(is_target, s, 0.0).sum(-1),
+    m_o=m_o,
+    se_o=jnp.exp(others - jnp.where(jnp.isfinite(m_o), m_o, 0.0)[..., None]).sum(-1),
+    best=sg(s.max(-1)),
+    arg=(jnp.argmax(sg(s), -1) + offset).astype(jnp.int32),
+  )
+
+
+def _combine(a, b):
+  """Merges the statistics of two label blocks (online logsumexp; ties in argmax keep block a)."""
+
+  def merge(m1, se1, m2, se2):
+    m = jnp.maximum(m1, m2)
+    w1 = jnp.where(jnp.isfinite(m1), jnp.exp(m1 - jnp.where(jnp.isfinite(m), m, 0.0)), 0.0)
+    w2 = jnp.where(jnp.isfinite(m2), jnp.exp(m2 - jnp.where(jnp.isfinite(m), m, 0.0)), 0.0)
+    return m, se1 * w1 + se2 * w2
+
+  m, se = merge(a["m"], a["se"], b["m"], b["se"])
+  m_o, se_o = merge(a["m_o"], a["se_o"], b["m_o"], b["se_o"])
+  take_b = b["best"] > a["best"]
+  return dict(
+    m=m,
+    se=se,
+    t=a["t"] + b["t"],
+    m_o=m_o,
+    se_o=se_o,
+    best=jnp.where(take_b, b["best"], a["best"]),
+    arg=jnp.where(take_b, b["arg"], a["arg"]),
+  )
+
+
+def chunked_head_stats(x, kernel, bias, labels, *, chunk: int, num_valid: int, dtype: str = "float32"):
+  """(ce, log1m, correct), each (B, H), computed ``chunk`` labels at a time.
+
+  A ``lax.scan`` over label blocks keeps running (max, sum-exp) pairs, the target logit and the argmax;
+  its body is rematerialized (``jax.checkpoint``), so the backward pass recomputes each block's logits
+  instead of storing them: peak memory holds one (B, H, chunk) block, not the (B, H, n) matrix.
+  """
+  from rlp_jax.rlp import matmul_dtype  # rlp imports this module
+
+  n = kernel.shape[-1]
+  if n % chunk:
+    raise ValueError(f"config.rlp.label_chunk={chunk} must divide the (padded) number of labels {n}.")
+  eq = "bhd,hdn->bhn" if x.ndim == 3 else "bd,hdn->bhn"
+  dt = matmul_dtype(dtype)
+  w_blocks = kernel.reshape(kernel.shape[:-1] + (n // chunk, chunk)).transpose(2, 0, 1, 3)
+  b_blocks = bias.reshape(bias.shape[0], n // chunk, chunk).transpose(1, 0, 2)
+
+  @jax.checkpoint
+  def block_stats(w, b, offset):
+    s = jnp.einsum(eq, x.astype(dt), w.astype(dt), preferred_element_type=jnp.float32) + b
+    return _partial_stats(s, labels, offset, num_valid)
+
+  def body(carry, block):
+    w, b, offset = block
+    return _combine(carry, block_stats(w, b, offset)), None
+
+  first = block_stats(w_blocks[0], b_blocks[0], 0)
+  offsets = jnp.arange(1, n // chunk, dtype=jnp.int32) * chunk
+  acc, _ = jax.lax.scan(body, first, (w_blocks[1:], b_blocks[1:], offsets))
+  lse = acc["m"] + jnp.log(acc["se"])
+  lse_o = jnp.where(jnp.isfinite(acc["m_o"]), acc["m_o"], 0.0) + jnp.log(acc["se_o"])
+  return lse - acc["t"], lse_o - lse, acc["arg"] == labels

@@ -155,8 +155,11 @@ def build(
     )
   probe_layers = tuple(configuration.parse_layers(config.probes.layers, list(sown_layers), "probes.layers"))
   n = input_pipeline.num_labels(config, info)
-  # A label axis that the model axis does not divide is padded with masked labels (rlp.build_heads).
-  label_multiple = mesh.shape["model"] if sharding.label_sharded(mesh) else 1
+  # A label axis that the model axis (or the label chunk) does not divide is padded with masked labels.
+  if sharding.label_sharded(mesh):
+    label_multiple = mesh.shape["model"]
+  else:
+    label_multiple = max(1, config.rlp.label_chunk)
 
   def new_heads():
     return rlp.build_heads(config, dims, rlp_layers, n, label_multiple=label_multiple)
@@ -244,6 +247,7 @@ def _losses(exp: Experiment, params, batch_stats, batch, *, train: bool, dropout
     label_smoothing=cfg.label_smoothing,
     pool=cfg.rlp.pool,
     mesh=exp.mesh,
+    label_chunk=cfg.rlp.label_chunk,
   )
   return total, (parts, logits, new_stats)
 
