@@ -42,6 +42,17 @@ run_cmd() {
 }
 
 # need_value OPTION VALUE: fail unless VALUE is non-empty (for "--opt VALUE" options given without a value).
+# --env VAR=VALUE: refuse anything that is not an assignment.
+check_env_assignment() {
+  [[ $1 == [A-Za-z_]*=* ]] || die "--env expects VAR=VALUE, got '$1'"
+}
+
+# Arguments after -- go to rlp_jax.main; a --dry-run there would really launch, so refuse it.
+check_no_dry_run_after_dashdash() {
+  local a
+  for a in "$@"; do [[ $a != --dry-run ]] || die "--dry-run after -- would go to rlp_jax.main: put it before --"; done
+}
+
 need_value() {
   [[ -n ${2:-} ]] || die "option $1 needs a value"
 }

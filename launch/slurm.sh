@@ -109,7 +109,7 @@ set_opt() {
     --setup) SETUP+=("$2") ;;
     --sbatch-arg) SBATCH_ARGS+=("$2") ;;
     --env)
-      [[ $2 == [A-Za-z_]*=* ]] || die "--env expects VAR=VALUE, got '$2'"
+      check_env_assignment "$2"
       ENVS+=("$2") ;;
   esac
 }
@@ -119,7 +119,7 @@ while (($#)); do
   case $1 in
     -h | --help) usage; exit 0 ;;
     --) shift; EXTRA=("$@")
-      for a in "$@"; do [[ $a != --dry-run ]] || die "--dry-run after -- would go to rlp_jax.main: put it before --"; done
+      check_no_dry_run_after_dashdash "$@"
       break ;;
     --exclusive) EXCLUSIVE=1 ;;
     --requeue) REQUEUE=1 ;;

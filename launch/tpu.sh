@@ -106,7 +106,7 @@ set_opt() {
     --python) PYTHON_VERSION=$2 ;;
     --create-flag) CREATE_FLAGS+=("$2") ;;
     --env)
-      [[ $2 == [A-Za-z_]*=* ]] || die "--env expects VAR=VALUE, got '$2'"
+      check_env_assignment "$2"
       ENVS+=("$2") ;;
   esac
 }
@@ -116,7 +116,7 @@ while (($#)); do
   case $1 in
     -h | --help) usage; exit 0 ;;
     --) shift; EXTRA=("$@")
-      for a in "$@"; do [[ $a != --dry-run ]] || die "--dry-run after -- would go to rlp_jax.main: put it before --"; done
+      check_no_dry_run_after_dashdash "$@"
       break ;;
     --spot) SPOT=1 ;;
     --queued) QUEUED=1 ;;

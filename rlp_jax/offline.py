@@ -173,14 +173,8 @@ def offline_record(
   """One line of offline.jsonl: ``offline/<layer>/{accuracy,chance,chance_corrected,head_k/accuracy}``
   beside the online head's ``online/<layer>/{accuracy,chance_corrected}`` at the same step, if logged."""
   rec: dict = {"step": int(step), "epoch": step / steps_per_epoch}
-  chance = 1.0 / exp.num_labels
-  for layer, acc in accuracy.items():
-    acc = np.asarray(acc, np.float64)
-    rec[f"offline/{layer}/accuracy"] = float(acc.mean())
-    rec[f"offline/{layer}/chance"] = chance
-    rec[f"offline/{layer}/chance_corrected"] = float(rlp.chance_corrected(acc.mean(), exp.num_labels))
-    if acc.size > 1:
-      rec.update({f"offline/{layer}/head_{j}/accuracy": float(a) for j, a in enumerate(acc)})
+  rec.update(rlp.accuracy_metrics(accuracy, exp.num_labels, prefix="offline"))
+  for layer in accuracy:
     if online and f"rlp/{layer}/accuracy" in online:
       rec[f"online/{layer}/accuracy"] = online[f"rlp/{layer}/accuracy"]
       rec[f"online/{layer}/chance_corrected"] = online.get(f"rlp/{layer}/chance_corrected")

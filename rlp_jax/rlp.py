@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -373,6 +374,20 @@ def routed_losses(
 def head_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """(B, H) bool: does head h's argmax equal its random label?"""
   return jnp.argmax(logits, axis=-1) == labels
+
+
+def accuracy_metrics(per_head: Mapping[str, np.ndarray], num_labels: int, prefix: str = "rlp") -> dict:
+  """``<prefix>/<layer>/{accuracy,chance,chance_corrected}`` (mean over heads) and, with several heads,
+  ``<prefix>/<layer>/head_<k>/accuracy``."""
+  out = {}
+  for name, acc in per_head.items():
+    acc = np.asarray(acc, np.float64)
+    out[f"{prefix}/{name}/accuracy"] = float(acc.mean())
+    out[f"{prefix}/{name}/chance"] = 1.0 / num_labels
+    out[f"{prefix}/{name}/chance_corrected"] = float(chance_corrected(acc.mean(), num_labels))
+    if acc.size > 1:
+      out.update({f"{prefix}/{name}/head_{j}/accuracy": float(a) for j, a in enumerate(acc)})
+  return out
 
 
 def chance_corrected(accuracy, num_labels: int):

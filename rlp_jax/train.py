@@ -326,21 +326,8 @@ def evaluate(exp: Experiment, eval_step, state: TrainState, epoch: int) -> dict[
     for name in exp.probe_layers:
       out[f"probe/{name}/{prefix}_accuracy"] = float(sums[f"probe/{name}"]) / count
     if split == "train_eval":
-      out.update(rlp_accuracy_metrics(exp, {n: sums[f"rlp/{n}"] / count for n in exp.rlp_layers}))
-  return out
-
-
-def rlp_accuracy_metrics(exp: Experiment, per_head: Mapping[str, np.ndarray]) -> dict[str, float]:
-  """``rlp/<layer>/{accuracy,chance,chance_corrected}`` (mean over heads) and per-head accuracies."""
-  out = {}
-  chance = 1.0 / exp.num_labels
-  for name, acc in per_head.items():
-    acc = np.asarray(acc, np.float64)
-    out[f"rlp/{name}/accuracy"] = float(acc.mean())
-    out[f"rlp/{name}/chance"] = chance
-    out[f"rlp/{name}/chance_corrected"] = float(rlp.chance_corrected(acc.mean(), exp.num_labels))
-    if acc.size > 1:
-      out.update({f"rlp/{name}/head_{j}/accuracy": float(a) for j, a in enumerate(acc)})
+      per_head = {n: sums[f"rlp/{n}"] / count for n in exp.rlp_layers}
+      out.update(rlp.accuracy_metrics(per_head, exp.num_labels))
   return out
 
 
