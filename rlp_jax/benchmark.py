@@ -62,7 +62,7 @@ def data_info(config) -> input_pipeline.DataInfo:
   return input_pipeline.get_info(config)
 
 
-def synthetic_batch(exp, seed: int = 0) -> dict[str, jax.Array]:
+def synthetic_batch(exp, seed: int = 0, *, abstract: bool = False) -> dict[str, jax.Array]:
   cfg, info = exp.config, exp.info
   rng = np.random.default_rng(seed)
   b = cfg.batch_size // jax.process_count()
@@ -72,24 +72,57 @@ def synthetic_batch(exp, seed: int = 0) -> dict[str, jax.Array]:
   }
   if exp.rlp_layers:
     batch["rlp_labels"] = rng.integers(0, exp.num_labels, (b, cfg.rlp.num_heads)).astype(np.int32)
+  if abstract:
+    sh = exp.data_sharding
+    return {
+      k: jax.ShapeDtypeStruct((cfg.batch_size,) + v.shape[1:], v.dtype, sharding=sh) for k, v in batch.items()
+    }
   return train._device_batch(exp, batch)
 
 
-def _flops(compiled) -> float | None:
+def compiled_costs(compiled) -> dict[str, float]:
+  """FLOPs and bytes accessed per step (XLA's cost analysis of the per-device program) and the
+  program's device memory: arguments + outputs - donated aliases + temporaries."""
   cost = compiled.cost_analysis()
   if isinstance(cost, list | tuple):  # older JAX returns one dict per device program
     cost = cost[0] if cost else None
-  return float(cost["flops"]) if cost and "flops" in cost else None
+  cost = cost or {}
+  out = {
+    "flops_per_step": float(cost["flops"]) if "flops" in cost else None,
+    "bytes_per_step": float(cost["bytes accessed"]) if "bytes accessed" in cost else None,
+  }
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    out["device_memory_bytes"] = float(
+      mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    )
+  return out
 
 
-def measure(config, info, *, steps: int, warmup: int = 2, repeats: int = 3) -> dict[str, float]:
-  """Compile and time one variant; the step time is the best of ``repeats`` means over ``steps`` steps."""
-  exp, state = train.build(config, info)
-  batch = synthetic_batch(exp)
+def compile_step(config, info, *, abstract: bool = False):
+  """(exp, state, batch, compiled train step, compile seconds); ``abstract`` allocates nothing."""
+  exp, state = train.build(config, info, abstract=abstract)
+  batch = synthetic_batch(exp, abstract=abstract)
   step = train.make_train_step(exp)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t0
+  return exp, state, batch, compiled, time.perf_counter() - t0
+
+
+def measure(config, info, *, steps: int, warmup: int = 2, repeats: int = 3, compile_only: bool = False):
+  """Compile and time one variant; the step time is the best of ``repeats`` means over ``steps`` steps.
+
+  ``compile_only``: compile from abstract shapes and report the compiled program's costs without running
+  it — how to size a configuration (a 1B-parameter head, say) on a machine that cannot hold it.
+  """
+  exp, state, batch, compiled, compile_s = compile_step(config, info, abstract=compile_only)
+  out = {
+    "compile_s": compile_s,
+    "rlp_params": float(sum(x.size for x in jax.tree.leaves(state.params["rlp"]))),
+    **compiled_costs(compiled),
+  }
+  if compile_only:
+    return out
   for _ in range(warmup):
     state = compiled(state, batch)
   jax.block_until_ready(state)
@@ -101,14 +134,8 @@ def measure(config, info, *, steps: int, warmup: int = 2, repeats: int = 3) -> d
     jax.block_until_ready(state)
     means.append((time.perf_counter() - t0) / steps)
   step_s = min(means)
-  flops = _flops(compiled)
-  out = {
-    "compile_s": compile_s,
-    "step_s": step_s,
-    "images_per_s": config.batch_size / step_s,
-    "flops_per_step": flops,
-    "rlp_params": float(sum(x.size for x in jax.tree.leaves(state.params["rlp"]))),
-  }
+  out.update(step_s=step_s, images_per_s=config.batch_size / step_s)
+  flops = out["flops_per_step"]
   peak = peak_flops(jax.devices()[0])
   if flops is not None:
     # cost_analysis counts the FLOPs of the per-device program.
@@ -131,41 +158,59 @@ def variants(config):
   return [("rlp_off", off), ("measure", measure_only), ("regularize", reg)]
 
 
-def run(config, *, steps: int = 20, only: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
+def run(
+  config, *, steps: int = 20, only: tuple[str, ...] = (), compile_only: bool = False
+) -> dict[str, dict[str, float]]:
   """Measures every variant (or those named in ``only``; ratios need ``rlp_off`` among them)."""
   info = data_info(config)
   results = {
-    name: measure(cfg, info, steps=steps) for name, cfg in variants(config) if not only or name in only
+    name: measure(cfg, info, steps=steps, compile_only=compile_only)
+    for name, cfg in variants(config)
+    if not only or name in only
   }
   base = results.get("rlp_off")
   if base is None:
     return results
   for r in results.values():
-    r["step_time_ratio"] = r["step_s"] / base["step_s"]
-    if r["flops_per_step"] and base["flops_per_step"]:
-      # The FLOP share of the heads: the step-time ratio should stay close to this.
-      r["flops_ratio"] = r["flops_per_step"] / base["flops_per_step"]
+    if "step_s" in r:
+      r["step_time_ratio"] = r["step_s"] / base["step_s"]
+    # The heads' share of the work: the step-time ratio should stay close to these.
+    for key, ratio in (("flops_per_step", "flops_ratio"), ("bytes_per_step", "bytes_ratio")):
+      if r.get(key) and base.get(key):
+        r[ratio] = r[key] / base[key]
   return results
+
+
+def _fmt(r, key, spec, scale=1.0, suffix=""):
+  return format(scale * r[key], spec) + suffix if r.get(key) is not None else "-"
 
 
 def format_results(config, results) -> str:
   dev = jax.devices()[0]
   n = train.input_pipeline.num_labels(config, data_info(config))
+  columns = (  # header, key, format, scale, suffix
+    ("compile s", "compile_s", ".2f", 1, ""),
+    ("step ms", "step_s", ".2f", 1e3, ""),
+    ("images/s", "images_per_s", ".1f", 1, ""),
+    ("time ratio", "step_time_ratio", ".3f", 1, ""),
+    ("FLOP ratio", "flops_ratio", ".3f", 1, ""),
+    ("byte ratio", "bytes_ratio", ".3f", 1, ""),
+    ("GFLOP", "flops_per_step", ".1f", 1e-9, ""),
+    ("GB moved", "bytes_per_step", ".2f", 1e-9, ""),
+    ("memory GB", "device_memory_bytes", ".2f", 1e-9, ""),
+    ("TFLOP/s/dev", "tflops_per_s_per_device", ".3f", 1, ""),
+    ("MFU", "mfu", ".1f", 100, "%"),
+  )
   lines = [
     f"{config.model.name} on {config.dataset}, global batch {config.batch_size}, n = {n}, "
     f"{config.rlp.num_heads} head(s)/layer on {config.rlp.layers!r}; "
     f"{jax.device_count()} x {getattr(dev, 'device_kind', dev.platform)}",
-    f"{'variant':<12}{'compile s':>11}{'step ms':>10}{'images/s':>11}{'time ratio':>12}{'FLOP ratio':>12}"
-    f"{'TFLOP/s/dev':>13}{'MFU':>8}",
+    f"{'variant':<12}" + "".join(f"{h:>{max(len(h) + 2, 10)}}" for h, *_ in columns),
   ]
   for name, r in results.items():
-    mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
-    tf = f"{r['tflops_per_s_per_device']:.3f}" if "tflops_per_s_per_device" in r else "-"
-    fr = f"{r['flops_ratio']:.3f}" if "flops_ratio" in r else "-"
-    ratio = f"{r['step_time_ratio']:.3f}" if "step_time_ratio" in r else "-"
     lines.append(
-      f"{name:<12}{r['compile_s']:>11.2f}{1e3 * r['step_s']:>10.2f}{r['images_per_s']:>11.1f}"
-      f"{ratio:>12}{fr:>12}{tf:>13}{mfu:>8}"
+      f"{name:<12}"
+      + "".join(f"{_fmt(r, k, f, sc, sf):>{max(len(h) + 2, 10)}}" for h, k, f, sc, sf in columns)
     )
   return "\n".join(lines)
 
@@ -198,6 +243,12 @@ flags.DEFINE_integer("steps", 20, "Timed steps per repeat.")
 flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
 flags.DEFINE_list("variants", [], "Measure only these of rlp_off, measure, regularize (default: all).")
 flags.DEFINE_integer("input_batches", 0, "If > 0, measure the input pipeline over this many batches instead.")
+flags.DEFINE_bool(
+  "compile_only",
+  False,
+  "Compile from abstract shapes and report FLOPs, bytes moved and device memory without running a step "
+  "(sizes a configuration this machine cannot hold).",
+)
 
 
 def main(argv):
@@ -210,7 +261,7 @@ def main(argv):
       flush=True,
     )
     return
-  results = run(FLAGS.config, steps=FLAGS.steps, only=tuple(FLAGS.variants))
+  results = run(FLAGS.config, steps=FLAGS.steps, only=tuple(FLAGS.variants), compile_only=FLAGS.compile_only)
   print(format_results(FLAGS.config, results), flush=True)
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:

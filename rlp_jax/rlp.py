@@ -38,7 +38,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from rlp_jax import sharding
+from rlp_jax import head_loss, sharding
+from rlp_jax.head_loss import matmul_dtype
 
 sg = jax.lax.stop_gradient
 
@@ -107,18 +108,30 @@ class ParallelHeads(nnx.Module):
     self.kernel = nnx.Param(jnp.pad(kernel, ((0, 0), (0, 0), (0, num_labels - self.num_valid))))
     self.bias = nnx.Param(jnp.zeros((num_heads, num_labels)))
 
-  def inputs(self, z: jax.Array) -> jax.Array:
-    """What the output layer reads: z itself (B, D), or per-head (B, H, D') after norm / hidden layer."""
+  def standardize(self, z: jax.Array) -> jax.Array:
+    """The parameter-free half of the LayerNorm (identity without ``norm``), in float32.
+
+    Split from ``inputs`` so that routed_losses computes it once, before the stop_gradient: the L_rnd
+    and L_reg evaluations of the head then read the very same array, and XLA shares their matmuls.
+    """
     x = z.astype(jnp.float32)
     if self.norm:
       x = (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-6)
+    return x
+
+  def inputs(self, u: jax.Array) -> jax.Array:
+    """What the output layer reads, from standardized features u: u itself (B, D), or per head
+    (B, H, D') after the LayerNorm's scale and shift and / or the hidden layer."""
+    x = u
+    if self.norm:
       x = x[:, None, :] * self.scale[None] + self.shift[None]  # (B, H, D)
     if self.hidden is not None:
       x = jax.nn.relu(_dense(x, self.hidden[...], self.hidden_bias[...], self.dtype))
     return x
 
   def __call__(self, z: jax.Array) -> jax.Array:
-    return mask_padding(_dense(self.inputs(z), self.kernel[...], self.bias[...], self.dtype), self.num_valid)
+    x = self.inputs(self.standardize(z))
+    return mask_padding(_dense(x, self.kernel[...], self.bias[...], self.dtype), self.num_valid)
 
 
 def mask_padding(logits: jax.Array, num_valid: int, offset=None) -> jax.Array:
@@ -182,12 +195,6 @@ def _dense(x: jax.Array, w: jax.Array, b: jax.Array, dtype: str = "float32") -> 
   eq = "bd,hde->bhe" if x.ndim == 2 else "bhd,hde->bhe"
   dtype = matmul_dtype(dtype)
   return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32) + b
-
-
-def matmul_dtype(dtype: str):
-  """The heads' matmul input type. XLA:CPU has no bf16 x bf16 -> f32 dot (and no bf16 speed-up to
-  gain), so there it computes in float32; accelerators use the configured type."""
-  return jnp.float32 if jax.default_backend() == "cpu" else jnp.dtype(dtype)
 
 
 class LayerHeads(nnx.Module):
@@ -260,38 +267,25 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 def head_stats(
-  head: ParallelHeads, z: jax.Array, labels: jax.Array, mesh=None, chunk: int = 0
+  head: ParallelHeads, u: jax.Array, labels: jax.Array, mesh=None, chunk: int = 0
 ) -> dict[str, jax.Array]:
-  """Per example and head (B, H): ``ce`` = CE(s, ŷ), ``log1m`` = log(1 - p̂_ŷ), ``correct`` = argmax == ŷ.
+  """Per example and head (B, H): ``ce`` = CE(s, ŷ), ``log1m`` = log(1 - p̂_ŷ), ``correct`` = argmax == ŷ,
+  for the head's logits s on standardized features ``u = head.standardize(z)``.
 
-  With a mesh whose ``model`` axis has several devices, the head's label axis is sharded and the
-  statistics come from per-shard reductions (sharding.sharded_head_stats): the full logits never exist
-  on one device. Otherwise, with ``chunk > 0``, from ``chunk`` labels at a time with rematerialization
-  (sharding.chunked_head_stats: the logits never exist whole); else from the full logits. All are exact.
+  From head_loss.head_stats, exact in value and gradient (tested against autodiff of full logits):
+  label-sharded over the mesh's ``model`` axis when it has several devices, ``chunk`` labels at a time
+  when chunk > 0, and with a backward pass that touches the (B, H, n) logits once.
   """
-  if sharding.label_sharded(mesh):
-    ce, log1m, correct = sharding.sharded_head_stats(
-      head.inputs(z),
-      head.kernel[...],
-      head.bias[...],
-      labels,
-      mesh,
-      dtype=head.dtype,
-      num_valid=head.num_valid,
-    )
-  elif chunk:
-    ce, log1m, correct = sharding.chunked_head_stats(
-      head.inputs(z),
-      head.kernel[...],
-      head.bias[...],
-      labels,
-      chunk=chunk,
-      num_valid=head.num_valid,
-      dtype=head.dtype,
-    )
-  else:
-    s = head(z)
-    ce, log1m, correct = cross_entropy(s, labels), log1m_softmax(s, labels), head_correct(s, labels)
+  ce, log1m, correct = head_loss.head_stats(
+    head.inputs(u),
+    head.kernel[...],
+    head.bias[...],
+    labels,
+    num_valid=head.num_valid,
+    dtype=head.dtype,
+    chunk=chunk,
+    mesh=mesh if sharding.label_sharded(mesh) else None,
+  )
   return {"ce": ce, "log1m": log1m, "correct": correct}
 
 
@@ -331,10 +325,12 @@ def routed_losses(
   total = l_class
 
   if heads is not None:
-    pooled = {name: pool_features(features[name], pool) for name in heads.layers}
+    pooled = {
+      name: heads.layers[name].standardize(pool_features(features[name], pool)) for name in heads.layers
+    }
     # L_rnd: the heads learn random labels from *detached* features — ψ moves, θ does not.
     rnd = {
-      name: head_stats(heads.layers[name], sg(z), rlp_labels, mesh, label_chunk) for name, z in pooled.items()
+      name: head_stats(heads.layers[name], sg(u), rlp_labels, mesh, label_chunk) for name, u in pooled.items()
     }
     l_rnd = jnp.mean(jnp.stack([st["ce"].mean() for st in rnd.values()]))
     total = total + l_rnd

@@ -1,26 +1,16 @@
-"""Device mesh, shardings of the train state, and the label-sharded RLP head loss.
+"""Device mesh and the shardings of the train state.
 
 Mesh axes (DESIGN §4): ``data`` splits the batch; ``model`` splits the *label* axis of large RLP heads.
 With one label per example (ImageNet, n = m = 1,281,167) a head is ~1B parameters and its logits a
-B × 1.28M matrix per step; sharding the label axis over ``model`` devices divides both, and the loss is
-computed from per-shard statistics so the full logits never exist on one device:
-
-  lse      = M + log Σ_shards Σ_j exp(s_j - M),     M = pmax of the shard maxima
-  s_y      = psum of the target logit (only the shard owning label y contributes)
-  lse_{≠y} = same as lse over the entries j ≠ y (own max, so it stays exact when p_y → 1)
-  argmax   = pmin over shards of the first index achieving the global max
-
-From these, CE = lse - s_y, log(1 - p_y) = lse_{≠y} - lse, and the accuracy, exactly as rlp.py computes
-them from full logits. Maxima enter only through stop_gradient (they are shifts), so gradients are exact.
+B × 1.28M matrix per step; sharding the label axis over ``model`` devices divides both. The head's loss
+is then computed from per-shard statistics (head_loss.py), so the full logits never exist on one device.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
@@ -112,65 +102,13 @@ def opt_state_shardings(opt_state, params, params_sharding, mesh: Mesh):
   return jax.tree_util.tree_map_with_path(pick, opt_state)
 
 
-# ----------------------------------------------------------------------------------------------------
-# The label-sharded head statistics
-# ----------------------------------------------------------------------------------------------------
+def shard_map(f, *, mesh: Mesh, in_specs, out_specs):
+  """``jax.shard_map`` without the replication check (its keyword differs across JAX versions).
 
-
-def sharded_head_stats(
-  x: jax.Array,
-  kernel: jax.Array,
-  bias: jax.Array,
-  labels: jax.Array,
-  mesh: Mesh,
-  dtype: str = "float32",
-  num_valid: int | None = None,
-):
-  """(ce, log1m, correct), each (B, H), for logits ``x @ kernel + bias`` whose label axis is sharded.
-
-  x: (B, D) shared by all heads or (B, H, D) per head; kernel (H, D, n) and bias (H, n) sharded over
-  ``model`` on n; labels (B, H). The batch is split over ``data``.
+  Used only for functions that are never differentiated through (head_loss has its own VJP, itself a
+  shard_map), so the check's autodiff semantics do not matter.
   """
-  x_spec = P(DATA, *([None] * (x.ndim - 1)))
-  n = kernel.shape[-1] if num_valid is None else num_valid
-  fn = functools.partial(_local_stats, per_head=x.ndim == 3, dtype=dtype, num_valid=n)
-  mapped = _shard_map(
-    fn,
-    mesh=mesh,
-    in_specs=(x_spec, P(None, None, MODEL), P(None, MODEL), P(DATA, None)),
-    out_specs=(P(DATA, None), P(DATA, None), P(DATA, None)),
-    **{_CHECK_KW: False},
-  )
-  return mapped(x, kernel, bias, labels)
-
-
-def _local_stats(x, kernel, bias, labels, *, per_head: bool, dtype: str, num_valid: int):
-  from rlp_jax.rlp import mask_padding, matmul_dtype  # rlp imports this module
-
-  eq = "bhd,hdn->bhn" if per_head else "bd,hdn->bhn"
-  dtype = matmul_dtype(dtype)
-  s = jnp.einsum(eq, x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32) + bias
-  n_local = s.shape[-1]
-  offset = jax.lax.axis_index(MODEL) * n_local
-  s = mask_padding(s, num_valid, offset)  # padded labels (a prime n split over devices) never count
-  local_label = labels - offset
-  cols = jnp.arange(n_local)
-  is_target = cols[None, None, :] == local_label[..., None]  # all False on shards not owning y
-
-  sg = jax.lax.stop_gradient
-  m = jax.lax.pmax(sg(s.max(-1)), MODEL)
-  lse = m + jnp.log(jax.lax.psum(jnp.exp(s - m[..., None]).sum(-1), MODEL))
-  target = jax.lax.psum(jnp.where(is_target, s, 0.0).sum(-1), MODEL)
-  others = jnp.where(is_target, -jnp.inf, s)
-  m_o = jax.lax.pmax(sg(others.max(-1)), MODEL)
-  lse_others = m_o + jnp.log(jax.lax.psum(jnp.exp(others - m_o[..., None]).sum(-1), MODEL))
-
-  local_best = sg(s.max(-1))
-  local_arg = jnp.argmax(sg(s), -1) + offset
-  best = jax.lax.pmax(local_best, MODEL)
-  big = jnp.iinfo(jnp.int32).max
-  arg = jax.lax.pmin(jnp.where(local_best == best, local_arg, big).astype(jnp.int32), MODEL)
-  return lse - target, lse_others - lse, arg == labels
+  return _shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, **{_CHECK_KW: False})
 
 
 def state_shardings(abstract_state, mesh: Mesh, *, fsdp: bool):
@@ -185,85 +123,3 @@ def state_shardings(abstract_state, mesh: Mesh, *, fsdp: bool):
     opt_state=opt_state_shardings(abstract_state.opt_state, abstract_state.params, params, mesh),
     loss_sums=jax.tree.map(lambda _: replicated, abstract_state.loss_sums),
   )
-
-
-# ----------------------------------------------------------------------------------------------------
-# Label-chunked head statistics (one device): the logits are never materialized whole
-# ----------------------------------------------------------------------------------------------------
-
-
-def _partial_stats(s, labels, offset, num_valid):
-  """Statistics of one block of logits s (B, H, c) whose first column is label ``offset``."""
-  from rlp_jax.rlp import mask_padding  # rlp imports this module
-
-  sg = jax.lax.stop_gradient
-  s = mask_padding(s, num_valid, offset)
-  is_target = (offset + jnp.arange(s.shape[-1]))[None, None, :] == labels[..., None]
-  others = jnp.where(is_target, -jnp.inf, s)
-  m, m_o = sg(s.max(-1)), sg(others.max(-1))
-  return dict(
-    m=m,
-    se=jnp.exp(s - m[..., None]).sum(-1),
-    t=jnp.where(is_target, s, 0.0).sum(-1),
-    m_o=m_o,
-    se_o=jnp.exp(others - jnp.where(jnp.isfinite(m_o), m_o, 0.0)[..., None]).sum(-1),
-    best=sg(s.max(-1)),
-    arg=(jnp.argmax(sg(s), -1) + offset).astype(jnp.int32),
-  )
-
-
-def _combine(a, b):
-  """Merges the statistics of two label blocks (online logsumexp; ties in argmax keep block a)."""
-
-  def merge(m1, se1, m2, se2):
-    m = jnp.maximum(m1, m2)
-    w1 = jnp.where(jnp.isfinite(m1), jnp.exp(m1 - jnp.where(jnp.isfinite(m), m, 0.0)), 0.0)
-    w2 = jnp.where(jnp.isfinite(m2), jnp.exp(m2 - jnp.where(jnp.isfinite(m), m, 0.0)), 0.0)
-    return m, se1 * w1 + se2 * w2
-
-  m, se = merge(a["m"], a["se"], b["m"], b["se"])
-  m_o, se_o = merge(a["m_o"], a["se_o"], b["m_o"], b["se_o"])
-  take_b = b["best"] > a["best"]
-  return dict(
-    m=m,
-    se=se,
-    t=a["t"] + b["t"],
-    m_o=m_o,
-    se_o=se_o,
-    best=jnp.where(take_b, b["best"], a["best"]),
-    arg=jnp.where(take_b, b["arg"], a["arg"]),
-  )
-
-
-def chunked_head_stats(x, kernel, bias, labels, *, chunk: int, num_valid: int, dtype: str = "float32"):
-  """(ce, log1m, correct), each (B, H), computed ``chunk`` labels at a time.
-
-  A ``lax.scan`` over label blocks keeps running (max, sum-exp) pairs, the target logit and the argmax;
-  its body is rematerialized (``jax.checkpoint``), so the backward pass recomputes each block's logits
-  instead of storing them: peak memory holds one (B, H, chunk) block, not the (B, H, n) matrix.
-  """
-  from rlp_jax.rlp import matmul_dtype  # rlp imports this module
-
-  n = kernel.shape[-1]
-  if n % chunk:
-    raise ValueError(f"config.rlp.label_chunk={chunk} must divide the (padded) number of labels {n}.")
-  eq = "bhd,hdn->bhn" if x.ndim == 3 else "bd,hdn->bhn"
-  dt = matmul_dtype(dtype)
-  w_blocks = kernel.reshape(kernel.shape[:-1] + (n // chunk, chunk)).transpose(2, 0, 1, 3)
-  b_blocks = bias.reshape(bias.shape[0], n // chunk, chunk).transpose(1, 0, 2)
-
-  @jax.checkpoint
-  def block_stats(w, b, offset):
-    s = jnp.einsum(eq, x.astype(dt), w.astype(dt), preferred_element_type=jnp.float32) + b
-    return _partial_stats(s, labels, offset, num_valid)
-
-  def body(carry, block):
-    w, b, offset = block
-    return _combine(carry, block_stats(w, b, offset)), None
-
-  first = block_stats(w_blocks[0], b_blocks[0], 0)
-  offsets = jnp.arange(1, n // chunk, dtype=jnp.int32) * chunk
-  acc, _ = jax.lax.scan(body, first, (w_blocks[1:], b_blocks[1:], offsets))
-  lse = acc["m"] + jnp.log(acc["se"])
-  lse_o = jnp.where(jnp.isfinite(acc["m_o"]), acc["m_o"], 0.0) + jnp.log(acc["se_o"])
-  return lse - acc["t"], lse_o - lse, acc["arg"] == labels

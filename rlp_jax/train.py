@@ -105,13 +105,19 @@ def _check_divisible(value: int, key: str, mesh: Mesh) -> None:
 
 
 def build(
-  config: ml_collections.ConfigDict, info: input_pipeline.DataInfo | None = None, devices=None
+  config: ml_collections.ConfigDict,
+  info: input_pipeline.DataInfo | None = None,
+  devices=None,
+  *,
+  abstract: bool = False,
 ) -> tuple[Experiment, TrainState]:
   """Validates the config against data and model, then creates the initial, sharded state.
 
   Nothing large is materialized on host: shapes come from ``jax.eval_shape`` and the state is created
   by one jitted function whose outputs land directly in their shardings (a 1B-parameter head included).
-  ``devices`` (default: all) is the set the mesh is laid over.
+  ``devices`` (default: all) is the set the mesh is laid over. ``abstract=True`` returns the state as
+  ``jax.ShapeDtypeStruct``s with their shardings instead, allocating nothing (to compile and inspect a
+  step that would not fit here).
   """
   configuration.validate(config)
   info = info or input_pipeline.get_info(config)
@@ -205,9 +211,13 @@ def build(
       loss_sums=_zero_sums(exp),
     )
 
-  abstract = jax.eval_shape(init_state)
-  shardings = sharding.state_shardings(abstract, mesh, fsdp=config.mesh.fsdp)
+  shapes = jax.eval_shape(init_state)
+  shardings = sharding.state_shardings(shapes, mesh, fsdp=config.mesh.fsdp)
   exp = dataclasses.replace(exp, state_sharding=shardings)
+  if abstract:
+    return exp, jax.tree.map(
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), shapes, shardings
+    )
   return exp, jax.jit(init_state, out_shardings=shardings)()
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import types
 
+import pytest
+
 from rlp_jax import benchmark
 
 
@@ -41,3 +43,24 @@ def test_input_pipeline_throughput_and_label_share(tiny_config):
   r = benchmark.input_throughput(tiny_config, num_batches=6)
   assert r["examples"] == 5 * tiny_config.batch_size
   assert r["examples_per_s"] > 0 and 0 < r["label_share"] < 1
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_regularizing_reuses_the_measurements_head_matmuls(tiny_config, norm):
+  """L_reg's gradient is a per-row multiple of L_rnd's logit gradient (head_loss.py): with λ > 0 the step
+  does one head matmul more than with λ = 0 (dx into the features) — none more when the measuring step
+  already computes it for the LayerNorm's scale and shift. Counted in the compiled programs."""
+  c = tiny_config
+  c.rlp.update(num_labels=8192, norm=norm, layers="pre_logits", num_heads=1)
+  c.probes.layers = ""
+  info = benchmark.data_info(c)
+  flops = {}
+  for name, cfg in benchmark.variants(c)[1:]:
+    exp, *_, compiled, _ = benchmark.compile_step(cfg, info, abstract=True)
+    flops[name] = benchmark.compiled_costs(compiled)["flops_per_step"]
+  one_matmul = 2 * c.batch_size * exp.feature_dims["pre_logits"] * exp.num_labels
+  extra = (flops["regularize"] - flops["measure"]) / one_matmul
+  if norm:
+    assert extra < 0.1, extra
+  else:
+    assert 0.9 < extra < 1.2, extra

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import make_tiny_config
 
-from rlp_jax import input_pipeline, rlp, sharding, train
+from rlp_jax import head_loss, input_pipeline, rlp, sharding, train
 
 EIGHT = jax.device_count() >= 8
 needs_eight = pytest.mark.skipif(not EIGHT, reason="runs in the 8-device subprocess")
@@ -44,26 +44,32 @@ def _mesh(data, model):
 
 
 @needs_eight
-@pytest.mark.parametrize("shape,per_head", [((8, 1), False), ((4, 2), True), ((2, 4), False), ((1, 8), True)])
-def test_sharded_head_stats_equal_full_logits(shape, per_head):
+@pytest.mark.parametrize(
+  "shape,per_head,chunk", [((8, 1), False, 0), ((4, 2), True, 0), ((2, 4), False, 4), ((1, 8), True, 8)]
+)
+def test_sharded_head_stats_equal_full_logits(shape, per_head, chunk):
+  """Values and gradients of the label-sharded (and, within a device, chunked) statistics."""
   mesh = _mesh(*shape)
-  b, h, d, n = 16, 3, 5, 64
+  b, h, d, n, valid = 16, 3, 5, 64, 61  # 3 padded labels, all on the last shard
   keys = jax.random.split(jax.random.key(0), 4)
   x = jax.random.normal(keys[0], (b, h, d) if per_head else (b, d))
   w = jax.random.normal(keys[1], (h, d, n))
   bias = jax.random.normal(keys[2], (h, n))
-  y = jax.random.randint(keys[3], (b, h), 0, n)
+  y = jax.random.randint(keys[3], (b, h), 0, valid)
   x = x.at[0].multiply(300.0)  # saturated rows: p_y ≈ 1 or ≈ 0
+  y = y.at[1:5].set(jnp.argmax(rlp.mask_padding(rlp._dense(x, w, bias), valid)[1:5], -1))  # some correct
 
   def full(x, w, bias):
-    s = rlp._dense(x, w, bias)
+    s = rlp.mask_padding(rlp._dense(x, w, bias), valid)
     return rlp.cross_entropy(s, y), rlp.log1m_softmax(s, y), rlp.head_correct(s, y)
 
   def sharded(x, w, bias):
-    return sharding.sharded_head_stats(x, w, bias, y, mesh)
+    return head_loss.head_stats(x, w, bias, y, num_valid=valid, chunk=chunk, mesh=mesh)
 
-  for a, e in zip(jax.jit(sharded)(x, w, bias), full(x, w, bias)):
+  got = jax.jit(sharded)(x, w, bias)
+  for a, e in zip(got, full(x, w, bias)):
     np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=2e-5, atol=2e-4)
+  assert np.asarray(got[2]).any()
 
   def scalar(fn):
     return lambda *args: (lambda ce, l1m, _: ce.mean() - 0.3 * l1m.mean())(*fn(*args))

@@ -1,0 +1,277 @@
+"""The statistics of an RLP head's softmax over its label axis, and their exact hand-written gradient.
+
+For logits ``s = x @ W + b`` over n labels and a random label y, per example and head:
+
+  ce      = lse(s) - s_y                      (L_rnd's cross-entropy)
+  log1m   = lse(s_{j≠y}) - lse(s)             (log(1 - p_y), L_reg = -log1m; stable when p_y → 1)
+  correct = argmax(s) == y
+
+The label axis may be *chunked* (``chunk`` labels at a time: the (B, H, n) logits never exist whole) and
+*sharded* over the mesh's ``model`` axis (each device owns n / model labels; statistics are merged with
+pmax / psum, DESIGN §4). Both are exact; everything is float32 past the matmuls.
+
+Why a custom VJP: autodiff of the two log-sum-exps writes and reads several (B, H, n) float32 matrices in
+the backward pass — for one label per example (n = 1.28M, B = 1024) each is 5 GB, and they, not the
+matmuls, dominated the step. Both gradients are multiples of one matrix. With p = softmax(s),
+q = softmax(s_{j≠y}) (q_y = 0) and V = q - e_y:
+
+  d ce / ds    = p - e_y      = (1 - p_y) V
+  d log1m / ds = q - p  (j≠y), -p_y (j=y)  =  p_y V
+
+so for cotangents (g_ce, g_log1m) the logit gradient is ``c ⊙ V`` with ``c = g_ce (1 - p_y) + g_log1m p_y``,
+a per-row scale. The backward pass builds V once (in the matmul dtype), then
+
+  dW = (c ⊙ x)ᵀ V,   db = cᵀ V,   dx = c ⊙ (V Wᵀ).
+
+Both factors are exact and cancellation-free: 1 - p_y = exp(log1m), p_y = exp(-ce). The gradient routing
+of DESIGN §1 is *not* decided here: ``rlp.routed_losses`` calls this function once on ``sg(x)`` (L_rnd)
+and once with ``sg(W), sg(b)`` (L_reg); JAX drops the cotangents that the stop_gradients cut, and because
+V and V Wᵀ do not depend on the cotangents, XLA computes them once for both calls.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from rlp_jax.sharding import DATA, MODEL, shard_map
+
+
+def matmul_dtype(dtype: str):
+  """The heads' matmul input type. XLA:CPU has no bf16 x bf16 -> f32 dot (and no bf16 speed-up to
+  gain), so there it computes in float32; accelerators use the configured type."""
+  return jnp.float32 if jax.default_backend() == "cpu" else jnp.dtype(dtype)
+
+
+def head_stats(
+  x: jax.Array,
+  kernel: jax.Array,
+  bias: jax.Array,
+  labels: jax.Array,
+  *,
+  num_valid: int | None = None,
+  dtype: str = "float32",
+  chunk: int = 0,
+  mesh=None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(ce, log1m, correct), each (B, H), for logits ``x @ kernel + bias``.
+
+  Args:
+    x: (B, D) features shared by all heads, or (B, H, D) per head.
+    kernel, bias: (H, D, n) and (H, n); labels >= ``num_valid`` are padding (logit -inf).
+    labels: (B, H) int random labels.
+    dtype: the matmuls' input type ('bfloat16' on accelerators; CPU falls back to float32).
+    chunk: > 0 processes that many labels at a time (it must divide n, or n / model when sharded);
+      the backward pass then recomputes each block's logits instead of storing them.
+    mesh: when its ``model`` axis has several devices, kernel/bias are sharded over it on n and the batch
+      over ``data``; the full logits never exist on one device.
+  """
+  n = kernel.shape[-1]
+  model = mesh.shape[MODEL] if mesh is not None else 1
+  n_local = n // model
+  if chunk and n_local % chunk:
+    raise ValueError(
+      f"config.rlp.label_chunk={chunk} must divide the labels per device ({n} labels / {model} devices); "
+      f"pick a divisor of {n_local}."
+    )
+  spec = _Spec(
+    num_valid=n if num_valid is None else num_valid,
+    dt=matmul_dtype(dtype),
+    chunk=chunk or n_local,
+    per_head=x.ndim == 3,
+    axis=MODEL if model > 1 else None,
+    store_logits=not chunk,
+  )
+  if model == 1:
+    fwd = functools.partial(_forward, spec=spec)
+    bwd = functools.partial(_backward, spec=spec)
+  else:
+    fwd, bwd = _shard_mapped(spec, mesh)
+
+  @jax.custom_vjp
+  def stats(x, kernel, bias, labels):
+    return fwd(x, kernel, bias, labels)[0]
+
+  def stats_fwd(x, kernel, bias, labels):
+    out, extras = fwd(x, kernel, bias, labels)
+    return out, (x, kernel, bias, labels, out[0], out[1], extras)
+
+  def stats_bwd(res, cts):
+    g_ce, g_log1m, _ = cts  # ``correct`` is boolean: no cotangent
+    dx, dk, db = bwd(*res, g_ce, g_log1m)
+    return dx, dk, db, None
+
+  stats.defvjp(stats_fwd, stats_bwd)
+  return stats(x, kernel, bias, labels)
+
+
+class _Spec:
+  """Static settings of one head_stats call."""
+
+  def __init__(self, *, num_valid, dt, chunk, per_head, axis, store_logits):
+    self.num_valid, self.dt, self.chunk, self.per_head = num_valid, dt, chunk, per_head
+    self.axis, self.store_logits = axis, store_logits
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-device pieces (``spec.axis`` names the mesh axis the label axis is sharded over, or is None)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _offset(spec: _Spec, n_local: int):
+  """The first global label of this device's shard."""
+  return 0 if spec.axis is None else jax.lax.axis_index(spec.axis) * n_local
+
+
+def _logits(x, kernel, bias, start, spec: _Spec):
+  """Columns [start, start + chunk) of this device's logits, float32."""
+  w = jax.lax.dynamic_slice_in_dim(kernel, start, spec.chunk, axis=-1)
+  b = jax.lax.dynamic_slice_in_dim(bias, start, spec.chunk, axis=-1)
+  eq = "bhd,hdn->bhn" if spec.per_head else "bd,hdn->bhn"
+  return jnp.einsum(eq, x.astype(spec.dt), w.astype(spec.dt), preferred_element_type=jnp.float32) + b
+
+
+def _masked(s, labels, first, spec: _Spec):
+  """(s with padding labels at -inf, is_target) for a block whose first column is global label ``first``."""
+  cols = first + jnp.arange(s.shape[-1])
+  s = jnp.where(cols < spec.num_valid, s, -jnp.inf)
+  return s, cols[None, None, :] == labels[..., None]
+
+
+def _safe(m):
+  """A finite shift for exp(): the max of an all-masked row (-inf) shifts by 0 instead."""
+  return jnp.where(jnp.isfinite(m), m, 0.0)
+
+
+def _block_stats(s, is_target, first):
+  others = jnp.where(is_target, -jnp.inf, s)
+  m, m_o = s.max(-1), others.max(-1)
+  return dict(
+    m=m,
+    se=jnp.exp(s - _safe(m)[..., None]).sum(-1),
+    m_o=m_o,
+    se_o=jnp.exp(others - _safe(m_o)[..., None]).sum(-1),
+    t=jnp.where(is_target, s, 0.0).sum(-1),
+    arg=(jnp.argmax(s, -1) + first).astype(jnp.int32),
+  )
+
+
+def _rescale(m, se, m_new):
+  """A sum of exp(s - m) re-expressed as a sum of exp(s - m_new), m_new >= m."""
+  return jnp.where(jnp.isfinite(m), se * jnp.exp(m - _safe(m_new)), 0.0)
+
+
+def _merge(a, b):
+  """Statistics of two label blocks, b's labels after a's (online logsumexp; argmax ties keep a's)."""
+  m, m_o = jnp.maximum(a["m"], b["m"]), jnp.maximum(a["m_o"], b["m_o"])
+  return dict(
+    m=m,
+    se=_rescale(a["m"], a["se"], m) + _rescale(b["m"], b["se"], m),
+    m_o=m_o,
+    se_o=_rescale(a["m_o"], a["se_o"], m_o) + _rescale(b["m_o"], b["se_o"], m_o),
+    t=a["t"] + b["t"],
+    arg=jnp.where(b["m"] > a["m"], b["arg"], a["arg"]),
+  )
+
+
+def _merge_devices(st, axis):
+  """Statistics over all devices' shards: pmax of maxima, psum of rescaled sums, the lowest argmax."""
+  m, m_o = jax.lax.pmax(st["m"], axis), jax.lax.pmax(st["m_o"], axis)
+  big = jnp.iinfo(jnp.int32).max
+  return dict(
+    m=m,
+    se=jax.lax.psum(_rescale(st["m"], st["se"], m), axis),
+    m_o=m_o,
+    se_o=jax.lax.psum(_rescale(st["m_o"], st["se_o"], m_o), axis),
+    t=jax.lax.psum(st["t"], axis),
+    arg=jax.lax.pmin(jnp.where(st["m"] == m, st["arg"], big), axis),
+  )
+
+
+def _forward(x, kernel, bias, labels, *, spec: _Spec):
+  """((ce, log1m, correct), extras): extras = (lse_{≠y},) plus this device's logits if they are kept."""
+  n_local = kernel.shape[-1]
+  base = _offset(spec, n_local)
+
+  def block(i):
+    start = i * spec.chunk
+    s, is_target = _masked(_logits(x, kernel, bias, start, spec), labels, base + start, spec)
+    return s, _block_stats(s, is_target, base + start)
+
+  s, st = block(0)
+  if n_local > spec.chunk:
+    st = jax.lax.fori_loop(1, n_local // spec.chunk, lambda i, acc: _merge(acc, block(i)[1]), st)
+  if spec.axis is not None:
+    st = _merge_devices(st, spec.axis)
+  lse = _safe(st["m"]) + jnp.log(st["se"])
+  lse_o = _safe(st["m_o"]) + jnp.log(st["se_o"])
+  extras = (lse_o, s) if spec.store_logits else (lse_o,)
+  return (lse - st["t"], lse_o - lse, st["arg"] == labels), extras
+
+
+def _backward(x, kernel, bias, labels, ce, log1m, extras, g_ce, g_log1m, *, spec: _Spec):
+  """(dx, dkernel, dbias) on this device; with a sharded label axis dx is the sum over its labels only."""
+  lse_o = extras[0]
+  n_local = kernel.shape[-1]
+  base = _offset(spec, n_local)
+  # ds = c ⊙ V with c = g_ce (1 - p_y) + g_log1m p_y. The full derivative: routing is the caller's.
+  c = g_ce * jnp.exp(log1m) + g_log1m * jnp.exp(-ce)
+  xc = (c[..., None] * (x if spec.per_head else x[:, None, :])).astype(spec.dt)  # (B, H, D)
+
+  def block(s, start):
+    s, is_target = _masked(s, labels, base + start, spec)
+    v = jnp.where(is_target, -1.0, jnp.exp(s - lse_o[..., None]))  # V = q - e_y
+    vd = v.astype(spec.dt)
+    w = jax.lax.dynamic_slice_in_dim(kernel, start, spec.chunk, axis=-1).astype(spec.dt)
+    g = jnp.einsum("bhn,hdn->bhd", vd, w, preferred_element_type=jnp.float32)
+    dk = jnp.einsum("bhd,bhn->hdn", xc, vd, preferred_element_type=jnp.float32)
+    db = jnp.einsum("bh,bhn->hn", c, v)
+    return g, dk, db
+
+  if spec.store_logits:
+    g, dk, db = block(extras[1], 0)
+  else:
+
+    def body(i, carry):
+      g, dk, db = carry
+      start = i * spec.chunk
+      gi, dki, dbi = block(_logits(x, kernel, bias, start, spec), start)
+      update = jax.lax.dynamic_update_slice_in_dim
+      return g + gi, update(dk, dki, start, axis=-1), update(db, dbi, start, axis=-1)
+
+    b, h, d = xc.shape
+    init = (jnp.zeros((b, h, d), jnp.float32), jnp.zeros(kernel.shape, jnp.float32), jnp.zeros(bias.shape))
+    g, dk, db = jax.lax.fori_loop(0, n_local // spec.chunk, body, init)
+  dx = c[..., None] * g  # V Wᵀ is independent of c: the L_rnd and L_reg calls share it
+  if not spec.per_head:
+    dx = dx.sum(1)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype), db.astype(bias.dtype)
+
+
+def _shard_mapped(spec: _Spec, mesh):
+  """_forward and _backward as shard_maps over the mesh: labels over ``model``, the batch over ``data``."""
+  x_spec = P(DATA, None, None) if spec.per_head else P(DATA, None)
+  rows, k_spec, b_spec = P(DATA, None), P(None, None, MODEL), P(None, MODEL)
+  extras_spec = (rows, P(DATA, None, MODEL)) if spec.store_logits else (rows,)
+  fwd = shard_map(
+    functools.partial(_forward, spec=spec),
+    mesh=mesh,
+    in_specs=(x_spec, k_spec, b_spec, rows),
+    out_specs=((rows, rows, rows), extras_spec),
+  )
+
+  def local_bwd(*args):
+    dx, dk, db = _backward(*args, spec=spec)
+    # dx: summed over the label shards; dW, db: summed over the batch shards.
+    return jax.lax.psum(dx, MODEL), jax.lax.psum(dk, DATA), jax.lax.psum(db, DATA)
+
+  bwd = shard_map(
+    local_bwd,
+    mesh=mesh,
+    in_specs=(x_spec, k_spec, b_spec, rows, rows, rows, extras_spec, rows, rows),
+    out_specs=(x_spec, k_spec, b_spec),
+  )
+  return fwd, bwd
