@@ -18,8 +18,10 @@ shuffled too (seeded per epoch).
 Cost, measured on one H200 (synthetic data, batch 1024, bf16): 81 ms per step (12.6k images/s) without
 heads; the ``pre_logits`` head with n = 100,000 adds 3.4% (4.7% with λ > 0); ``all_blocks`` (12 heads,
 923M head parameters) adds 44%. float32 matmuls take 2.1x as long. With ``unique`` (n = m, a 985M-parameter
-head, bf16 head matmuls) one H200 holds it all: 132 ms per step measuring (+64%), 142 ms regularizing (+77%);
-the remaining overhead is the memory traffic of the 1024 x 1.28M float32 logits (see issue notes).
+head, bf16 head matmuls) one H200 holds it all: 132 ms per step measuring (+64%), 142 ms regularizing (+77%),
+measured before the head losses got their hand-written VJP (rlp_jax/head_loss.py), which drops the step's
+head matmuls at λ > 0 from 5 to 3 and most of its 1024 x 1.28M float32 temporaries; not re-measured since.
+``--config.rlp.label_chunk=32768`` keeps the logits from ever existing whole (less memory, one more matmul).
 
 Args (comma-separated: ``--config=configs/vit_imagenet.py:all_blocks,reg_last``):
   all_blocks  one head on every transformer block ``block_01 .. block_12`` (Fig. 2C)

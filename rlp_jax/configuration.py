@@ -79,8 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.rlp.norm = False  # LayerNorm before the dense layer (the paper's heads on ViT blocks)
   c.rlp.dtype = "float32"  # head matmul inputs: float32 | bfloat16 (logits and losses stay float32)
   # > 0: compute the heads' losses this many labels at a time, recomputing each block's logits in the
-  # backward pass, so a huge head's (batch x n) logits never exist whole (one device; meshes with a
-  # `model` axis > 1 shard the labels instead). 0 = full logits.
+  # backward pass, so a huge head's (batch x n) logits never exist whole; with a `model` mesh axis > 1,
+  # within each device's shard of the labels. n is padded (masked labels) to a multiple of
+  # chunk x model. 0 = full logits.
   c.rlp.label_chunk = 0
   c.rlp.pool = "mean"  # how spatial/token maps become vectors: mean | flatten
   # The heads have their own optimizer. Default: Adam, constant lr 1e-3, no weight decay, no clipping.

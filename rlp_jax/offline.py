@@ -62,9 +62,15 @@ def fit_heads(
   tx = optimizers.make(exp.config.rlp.optimizer, steps_per_epoch=spe, total_steps=spe * num_epochs)
   opt_state = tx.init(params)
 
+  chunk = exp.config.rlp.label_chunk
+
+  def stats(p, feats, y):
+    # The online heads' loss code (head_loss.py): exact, and chunked over labels like them.
+    heads = nnx.merge(graphdef, p).layers
+    return {k: rlp.head_stats(heads[k], heads[k].standardize(f), y, chunk=chunk) for k, f in feats.items()}
+
   def loss_fn(p, feats, y):
-    logits = nnx.merge(graphdef, p)(feats)
-    return jnp.mean(jnp.stack([rlp.cross_entropy(s, y).mean() for s in logits.values()]))
+    return jnp.mean(jnp.stack([st["ce"].mean() for st in stats(p, feats, y).values()]))
 
   @jax.jit
   def epoch_fn(p, opt_state, feats, y, order):
@@ -85,9 +91,9 @@ def fit_heads(
     order = np.random.default_rng([exp.config.seed, epoch]).permutation(m)[: spe * batch_size]
     params, opt_state = epoch_fn(params, opt_state, feats, y, order.reshape(spe, batch_size))
 
-  correct = jax.jit(
-    lambda p, f, y: {k: rlp.head_correct(s, y).mean(0) for k, s in nnx.merge(graphdef, p)(f).items()}
-  )(params, feats, y)
+  correct = jax.jit(lambda p, f, y: {k: st["correct"].mean(0) for k, st in stats(p, f, y).items()})(
+    params, feats, y
+  )
   return {k: np.asarray(v) for k, v in correct.items()}
 
 

@@ -100,7 +100,11 @@ def test_chunked_needs_less_memory_than_one_logit_matrix():
     return weighted(lambda *a: head_loss.head_stats(*a, y, num_valid=valid, chunk=chunk), g_ce, g_l1m)
 
   temp = [
-    jax.jit(jax.grad(loss(c), argnums=(0, 1, 2))).lower(x, w, bias).compile().memory_analysis().temp_size_in_bytes
+    jax.jit(jax.grad(loss(c), argnums=(0, 1, 2)))
+    .lower(x, w, bias)
+    .compile()
+    .memory_analysis()
+    .temp_size_in_bytes
     for c in (256, 0)
   ]
   logits_bytes = b * h * n * 4

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import make_tiny_config
 
-from rlp_jax import head_loss, input_pipeline, rlp, sharding, train
+from rlp_jax import flops, head_loss, input_pipeline, rlp, sharding, train
 
 EIGHT = jax.device_count() >= 8
 needs_eight = pytest.mark.skipif(not EIGHT, reason="runs in the 8-device subprocess")
@@ -80,6 +80,13 @@ def test_sharded_head_stats_equal_full_logits(shape, per_head, chunk):
     assert np.all(np.isfinite(a))
     np.testing.assert_allclose(a, e, rtol=2e-4, atol=2e-5)
 
+  # Sharding splits the matmuls, it does not add any: counted over all devices, the same FLOPs.
+  def unsharded(x, w, bias):
+    return head_loss.head_stats(x, w, bias, y, num_valid=valid, chunk=chunk)
+
+  count = lambda fn: flops.count(jax.grad(scalar(fn), argnums=(0, 1, 2)), x, w, bias)
+  assert count(sharded) == count(unsharded) > 0
+
 
 def _tiny(config):
   config.rlp.num_labels = 16
@@ -112,13 +119,17 @@ def single_device_run(data_dir):
 
 
 @needs_eight
-@pytest.mark.parametrize("shape,fsdp", [((8, 1), False), ((4, 2), True), ((2, 4), False)])
-def test_sharded_train_steps_equal_single_device(tiny_config, single_device_run, shape, fsdp):
+@pytest.mark.parametrize(
+  "shape,fsdp,chunk", [((8, 1), False, 0), ((4, 2), True, 0), ((2, 4), False, 0), ((2, 4), False, 2)]
+)
+def test_sharded_train_steps_equal_single_device(tiny_config, single_device_run, shape, fsdp, chunk):
   config = _tiny(tiny_config)
   _, single, single_metrics = single_device_run
   config.mesh.data, config.mesh.model, config.mesh.fsdp = shape[0], shape[1], fsdp
+  config.rlp.label_chunk = chunk  # 16 labels: 4 per device, in blocks of 2
   exp, sharded, sharded_metrics = _steps(config, None)
   assert exp.mesh.shape == {"data": shape[0], "model": shape[1]}
+  assert exp.label_multiple == shape[1] * max(chunk, 1)
   for k in single.loss_sums:
     np.testing.assert_allclose(sharded.loss_sums[k], single.loss_sums[k], rtol=1e-5)
   close = jax.tree.map(
