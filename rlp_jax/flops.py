@@ -39,6 +39,7 @@ _INLINED = (
   "core_call",
   "custom_jvp_call",
   "custom_vjp_call",
+  "custom_vjp_call_jaxpr",
   "checkpoint",
   "remat",
 )
@@ -65,7 +66,7 @@ def _nested(eqn):
   mult = 1
   if name == "scan":
     mult = params["length"]
-  elif name == "shard_map":
+  elif name == "shard_map" and "mesh" in params:
     mult = params["mesh"].size  # the body sees one device's shapes
   for value in params.values():
     for j in value if isinstance(value, list | tuple) else (value,):
