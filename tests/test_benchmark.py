@@ -67,3 +67,15 @@ def test_regularizing_reuses_the_measurements_head_matmuls(tiny_config, norm):
       assert extra < 0.1, (f, extra)
     else:
       assert 0.9 < extra < 1.2, (f, extra)
+
+
+def test_compile_only_reports_costs_without_running(tiny_config):
+  """--compile_only: FLOPs, bytes and memory from abstract shapes; no step is run, so no times."""
+  tiny_config.rlp.num_labels = 64
+  results = benchmark.run(tiny_config, compile_only=True)
+  for r in results.values():
+    assert "step_s" not in r and r["model_flops_per_step"] > 0 and r["device_memory_bytes"] > 0
+  assert results["measure"]["flops_ratio"] > 1.0 and results["measure"]["bytes_ratio"] > 1.0
+  assert results["rlp_off"]["rlp_params"] == 0 < results["measure"]["rlp_params"]
+  table = benchmark.format_results(tiny_config, results)
+  assert "memory GB" in table and "step ms" in table  # empty time columns print as "-"
