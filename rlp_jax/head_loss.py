@@ -11,8 +11,8 @@ The label axis may be *chunked* (``chunk`` labels at a time: the (B, H, n) logit
 pmax / psum, DESIGN §4). Both are exact; everything is float32 past the matmuls.
 
 Why a custom VJP: autodiff of the two log-sum-exps writes and reads several (B, H, n) float32 matrices in
-the backward pass — for one label per example (n = 1.28M, B = 1024) each is 5 GB, and they, not the
-matmuls, dominated the step. Both gradients are multiples of one matrix. With p = softmax(s),
+the backward pass — for one label per example (n = 1.28M, B = 1024) each is 5 GB of memory traffic — and
+the L_rnd and L_reg evaluations got separate backward matmuls. Both gradients are multiples of one matrix. With p = softmax(s),
 q = softmax(s_{j≠y}) (q_y = 0) and V = q - e_y:
 
   d ce / ds    = p - e_y      = (1 - p_y) V
@@ -26,7 +26,8 @@ a per-row scale. The backward pass builds V once (in the matmul dtype), then
 Both factors are exact and cancellation-free: 1 - p_y = exp(log1m), p_y = exp(-ce). The gradient routing
 of DESIGN §1 is *not* decided here: ``rlp.routed_losses`` calls this function once on ``sg(x)`` (L_rnd)
 and once with ``sg(W), sg(b)`` (L_reg); JAX drops the cotangents that the stop_gradients cut, and because
-V and V Wᵀ do not depend on the cotangents, XLA computes them once for both calls.
+V and V Wᵀ do not depend on the cotangents, XLA computes them once for both calls (with full logits; with
+``chunk`` each call's backward is its own loop, which XLA does not merge).
 """
 
 from __future__ import annotations
