@@ -12,8 +12,8 @@ pmax / psum, DESIGN §4). Both are exact; everything is float32 past the matmuls
 
 Why a custom VJP: autodiff of the two log-sum-exps writes and reads several (B, H, n) float32 matrices in
 the backward pass — for one label per example (n = 1.28M, B = 1024) each is 5 GB of memory traffic — and
-the L_rnd and L_reg evaluations got separate backward matmuls. Both gradients are multiples of one matrix. With p = softmax(s),
-q = softmax(s_{j≠y}) (q_y = 0) and V = q - e_y:
+the L_rnd and L_reg evaluations got separate backward matmuls. Both gradients are multiples of one
+matrix. With p = softmax(s), q = softmax(s_{j≠y}) (q_y = 0) and V = q - e_y:
 
   d ce / ds    = p - e_y      = (1 - p_y) V
   d log1m / ds = q - p  (j≠y), -p_y (j=y)  =  p_y V
