@@ -33,6 +33,7 @@ V and V Wᵀ do not depend on the cotangents, XLA computes them once for both ca
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,29 @@ def matmul_dtype(dtype: str):
   """The heads' matmul input type. XLA:CPU has no bf16 x bf16 -> f32 dot (and no bf16 speed-up to
   gain), so there it computes in float32; accelerators use the configured type."""
   return jnp.float32 if jax.default_backend() == "cpu" else jnp.dtype(dtype)
+
+
+def dense(x: jax.Array, w: jax.Array, b: jax.Array, dtype: str = "float32") -> jax.Array:
+  """Per-head dense layer: x (B, D) shared by all heads, or (B, H, D) per head; w (H, D, E).
+
+  Inputs are cast to ``dtype``; the product accumulates and returns in float32.
+  """
+  eq = "bd,hde->bhe" if x.ndim == 2 else "bhd,hde->bhe"
+  dtype = matmul_dtype(dtype)
+  return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32) + b
+
+
+def mask_padding(logits: jax.Array, num_valid: int, offset=None) -> jax.Array:
+  """-inf for label columns ``offset + j >= num_valid`` (padding of the label axis).
+
+  ``offset`` is the first column's global label (traced inside loops and shard_map); None means 0.
+  """
+  if offset is None:
+    if logits.shape[-1] <= num_valid:
+      return logits
+    offset = 0
+  cols = offset + jnp.arange(logits.shape[-1])
+  return jnp.where(cols < num_valid, logits, -jnp.inf)
 
 
 def head_stats(
@@ -109,12 +133,15 @@ def head_stats(
   return stats(x, kernel, bias, labels)
 
 
-class _Spec:
+class _Spec(NamedTuple):
   """Static settings of one head_stats call."""
 
-  def __init__(self, *, num_valid, dt, chunk, per_head, axis, store_logits):
-    self.num_valid, self.dt, self.chunk, self.per_head = num_valid, dt, chunk, per_head
-    self.axis, self.store_logits = axis, store_logits
+  num_valid: int
+  dt: Any  # the matmuls' input dtype
+  chunk: int  # labels per block (all of this device's labels when not chunking)
+  per_head: bool  # x is (B, H, D) rather than (B, D)
+  axis: str | None  # the mesh axis the labels are sharded over
+  store_logits: bool  # keep the forward's logits for the backward pass (instead of recomputing them)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -127,19 +154,20 @@ def _offset(spec: _Spec, n_local: int):
   return 0 if spec.axis is None else jax.lax.axis_index(spec.axis) * n_local
 
 
+def _block(a, start, spec: _Spec):
+  """Columns [start, start + chunk) of a kernel or bias."""
+  return jax.lax.dynamic_slice_in_dim(a, start, spec.chunk, axis=-1)
+
+
 def _logits(x, kernel, bias, start, spec: _Spec):
   """Columns [start, start + chunk) of this device's logits, float32."""
-  w = jax.lax.dynamic_slice_in_dim(kernel, start, spec.chunk, axis=-1)
-  b = jax.lax.dynamic_slice_in_dim(bias, start, spec.chunk, axis=-1)
-  eq = "bhd,hdn->bhn" if spec.per_head else "bd,hdn->bhn"
-  return jnp.einsum(eq, x.astype(spec.dt), w.astype(spec.dt), preferred_element_type=jnp.float32) + b
+  return dense(x, _block(kernel, start, spec), _block(bias, start, spec), spec.dt)
 
 
 def _masked(s, labels, first, spec: _Spec):
   """(s with padding labels at -inf, is_target) for a block whose first column is global label ``first``."""
   cols = first + jnp.arange(s.shape[-1])
-  s = jnp.where(cols < spec.num_valid, s, -jnp.inf)
-  return s, cols[None, None, :] == labels[..., None]
+  return mask_padding(s, spec.num_valid, first), cols[None, None, :] == labels[..., None]
 
 
 def _safe(m):
@@ -230,7 +258,7 @@ def _backward(x, kernel, bias, labels, ce, log1m, extras, g_ce, g_log1m, *, spec
     s, is_target = _masked(s, labels, base + start, spec)
     v = jnp.where(is_target, -1.0, jnp.exp(s - lse_o[..., None]))  # V = q - e_y
     vd = v.astype(spec.dt)
-    w = jax.lax.dynamic_slice_in_dim(kernel, start, spec.chunk, axis=-1).astype(spec.dt)
+    w = _block(kernel, start, spec).astype(spec.dt)
     g = jnp.einsum("bhn,hdn->bhd", vd, w, preferred_element_type=jnp.float32)
     dk = jnp.einsum("bhd,bhn->hdn", xc, vd, preferred_element_type=jnp.float32)
     db = jnp.einsum("bh,bhn->hn", c, v)

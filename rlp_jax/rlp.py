@@ -39,7 +39,7 @@ import optax
 from flax import nnx
 
 from rlp_jax import head_loss, sharding
-from rlp_jax.head_loss import matmul_dtype
+from rlp_jax.head_loss import dense, mask_padding
 
 sg = jax.lax.stop_gradient
 
@@ -126,25 +126,12 @@ class ParallelHeads(nnx.Module):
     if self.norm:
       x = x[:, None, :] * self.scale[None] + self.shift[None]  # (B, H, D)
     if self.hidden is not None:
-      x = jax.nn.relu(_dense(x, self.hidden[...], self.hidden_bias[...], self.dtype))
+      x = jax.nn.relu(dense(x, self.hidden[...], self.hidden_bias[...], self.dtype))
     return x
 
   def __call__(self, z: jax.Array) -> jax.Array:
     x = self.inputs(self.standardize(z))
-    return mask_padding(_dense(x, self.kernel[...], self.bias[...], self.dtype), self.num_valid)
-
-
-def mask_padding(logits: jax.Array, num_valid: int, offset=None) -> jax.Array:
-  """-inf for label columns ``offset + j >= num_valid`` (padding of the label axis).
-
-  ``offset`` is the first column's global label (a traced value inside shard_map); None means 0.
-  """
-  if offset is None:
-    if logits.shape[-1] <= num_valid:
-      return logits
-    offset = 0
-  cols = offset + jnp.arange(logits.shape[-1])
-  return jnp.where(cols < num_valid, logits, -jnp.inf)
+    return mask_padding(dense(x, self.kernel[...], self.bias[...], self.dtype), self.num_valid)
 
 
 # PRNG streams (folded into config.seed) of the heads and probes: independent of the model's stream.
@@ -185,16 +172,6 @@ def build_probes(
   return LayerHeads(
     {k: feature_dims[k] for k in layers}, num_classes, 1, norm=config.rlp.norm, hidden_dim=0, rngs=rngs
   )
-
-
-def _dense(x: jax.Array, w: jax.Array, b: jax.Array, dtype: str = "float32") -> jax.Array:
-  """Per-head dense layer: x (B, D) shared by all heads, or (B, H, D) per head; w (H, D, E).
-
-  Inputs are cast to ``dtype``; the product accumulates and returns in float32.
-  """
-  eq = "bd,hde->bhe" if x.ndim == 2 else "bhd,hde->bhe"
-  dtype = matmul_dtype(dtype)
-  return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32) + b
 
 
 class LayerHeads(nnx.Module):

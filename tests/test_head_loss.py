@@ -17,7 +17,7 @@ def _problem(b=32, h=2, d=8, n=96, valid=90, per_head=False, seed=0):
   w, bias = jax.random.normal(keys[1], (h, d, n)), jax.random.normal(keys[2], (h, n))
   y = jax.random.randint(keys[3], (b, h), 0, valid)
   # A quarter of the rows labelled with their argmax, so accuracy is neither 0 nor 1.
-  s = rlp.mask_padding(rlp._dense(x, w, bias), valid)
+  s = head_loss.mask_padding(head_loss.dense(x, w, bias), valid)
   y = y.at[: b // 4].set(jnp.argmax(s[: b // 4], -1))
   # Arbitrary cotangents for (ce, log1m): every combination of both terms must be right.
   g_ce, g_l1m = jax.random.normal(keys[4], (b, h)), jax.random.normal(keys[5], (b, h))
@@ -26,7 +26,7 @@ def _problem(b=32, h=2, d=8, n=96, valid=90, per_head=False, seed=0):
 
 def reference(x, w, bias, y, valid):
   """Autodiff of the definitions, from full logits (rlp.py's numerics)."""
-  s = rlp.mask_padding(rlp._dense(x, w, bias), valid)
+  s = head_loss.mask_padding(head_loss.dense(x, w, bias), valid)
   return rlp.cross_entropy(s, y), rlp.log1m_softmax(s, y), rlp.head_correct(s, y)
 
 

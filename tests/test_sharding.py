@@ -57,10 +57,11 @@ def test_sharded_head_stats_equal_full_logits(shape, per_head, chunk):
   bias = jax.random.normal(keys[2], (h, n))
   y = jax.random.randint(keys[3], (b, h), 0, valid)
   x = x.at[0].multiply(300.0)  # saturated rows: p_y ≈ 1 or ≈ 0
-  y = y.at[1:5].set(jnp.argmax(rlp.mask_padding(rlp._dense(x, w, bias), valid)[1:5], -1))  # some correct
+  logits = head_loss.mask_padding(head_loss.dense(x, w, bias), valid)
+  y = y.at[1:5].set(jnp.argmax(logits[1:5], -1))  # some correct
 
   def full(x, w, bias):
-    s = rlp.mask_padding(rlp._dense(x, w, bias), valid)
+    s = head_loss.mask_padding(head_loss.dense(x, w, bias), valid)
     return rlp.cross_entropy(s, y), rlp.log1m_softmax(s, y), rlp.head_correct(s, y)
 
   def sharded(x, w, bias):
