@@ -79,15 +79,18 @@ class _Counter:
 
   A value is named by what computes it: (primitive, parameters, names of the inputs). An equation whose
   name was seen before is a common subexpression — XLA computes it once, so it is counted once; and only
-  equations that the outputs depend on count (XLA removes the rest, e.g. the gradient a custom VJP
-  computes for an input behind a stop_gradient). This is what makes the count match the compiled program
-  when the L_rnd and L_reg evaluations of a head share their matmuls (rlp.routed_losses).
+  work that the outputs depend on counts (XLA removes the rest, e.g. the gradient a custom VJP computes
+  for an input behind a stop_gradient). Liveness reaches into loops: a scan's loop-carried value that
+  nothing after the loop reads, and that no live value in the body reads, costs nothing (XLA removes it
+  from the while loop), and likewise for a shard_map's unused outputs. This is what makes the count match
+  the compiled program when the L_rnd and L_reg evaluations of a head share their matmuls
+  (rlp.routed_losses), with or without label chunks.
   """
 
   def __init__(self):
     self.names: dict = {}
-    self.nodes: dict = {}  # key -> (flops, input names, output names)
-    self.producer: dict = {}  # output name -> key
+    self.nodes: dict = {}  # key -> (equation, input names, output names)
+    self.producer: dict = {}  # output name -> (key, output index)
     self.count = 0
 
   def fresh(self):
@@ -120,21 +123,59 @@ class _Counter:
         if key not in self.nodes:
           # Fresh small names (not the key itself: names nest, and nested keys grow without bound).
           outs = tuple(self.fresh() for _ in eqn.outvars)
-          self.nodes[key] = (_own_flops(eqn), ins, outs)
-          self.producer.update((n, key) for n in outs)
+          self.nodes[key] = (eqn, ins, outs)
+          self.producer.update((n, (key, i)) for i, n in enumerate(outs))
         outs = self.nodes[key][2]
       for v, n in zip(eqn.outvars, outs):
         self.names[v] = n
     return tuple(self.name(v) for v in jaxpr.outvars)
 
-  def live_flops(self, outputs) -> int:
-    live, stack = set(), [self.producer[n] for n in outputs if n in self.producer]
+  def liveness(self, outputs) -> tuple[int, set]:
+    """(FLOPs of the work ``outputs`` depend on, every name they depend on)."""
+    live_outs: dict = {}  # key -> indices of its live outputs
+    reached, stack = set(), list(outputs)
     while stack:
-      key = stack.pop()
-      if key not in live:
-        live.add(key)
-        stack.extend(self.producer[n] for n in self.nodes[key][1] if n in self.producer)
-    return sum(self.nodes[k][0] for k in live)
+      name = stack.pop()
+      reached.add(name)
+      if name not in self.producer:
+        continue
+      key, i = self.producer[name]
+      if i in live_outs.setdefault(key, set()):
+        continue
+      live_outs[key].add(i)
+      eqn, ins, _ = self.nodes[key]
+      _, needed = _eqn_liveness(eqn, frozenset(live_outs[key]))
+      stack.extend(n for j, n in enumerate(ins) if j in needed and n not in reached)
+    total = sum(_eqn_liveness(self.nodes[k][0], frozenset(idx))[0] for k, idx in live_outs.items())
+    return total, reached
+
+
+def _sub_liveness(jaxpr, live_outputs) -> tuple[int, set]:
+  """(FLOPs, indices of the inputs used) of a nested program when only ``live_outputs`` are read."""
+  counter = _Counter()
+  ins = tuple(counter.fresh() for _ in getattr(jaxpr, "jaxpr", jaxpr).invars)
+  outs = counter.walk(jaxpr, ins)
+  total, reached = counter.liveness([outs[i] for i in sorted(live_outputs)])
+  return total, {i for i, n in enumerate(ins) if n in reached}
+
+
+def _eqn_liveness(eqn, live_outputs: frozenset) -> tuple[int, set]:
+  """(FLOPs, indices of the inputs needed) of one equation when only ``live_outputs`` are read."""
+  name, params = eqn.primitive.name, eqn.params
+  if name == "scan":
+    # Carries are live if read after the loop or by live work in the body: iterate to a fixed point.
+    consts, carries = params["num_consts"], params["num_carry"]
+    live = set(live_outputs)
+    while True:
+      body_flops, used = _sub_liveness(params["jaxpr"], live)
+      grown = live | {i - consts for i in used if consts <= i < consts + carries}
+      if grown == live:
+        return params["length"] * body_flops, used
+      live = grown
+  if name == "shard_map" and "mesh" in params:
+    body_flops, used = _sub_liveness(params["jaxpr"], live_outputs)
+    return params["mesh"].size * body_flops, used  # the body sees one device's shapes
+  return _own_flops(eqn), set(range(len(eqn.invars)))
 
 
 def _own_flops(eqn) -> int:
@@ -151,7 +192,7 @@ def jaxpr_flops(jaxpr) -> int:
   code not at all. A while loop whose trip count is unknown counts its body once (``fori_loop`` with
   static bounds is a scan and counts exactly)."""
   counter = _Counter()
-  return counter.live_flops(counter.walk(jaxpr))
+  return counter.liveness(counter.walk(jaxpr))[0]
 
 
 def count(fn, *args) -> int:

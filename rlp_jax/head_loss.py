@@ -24,10 +24,11 @@ a per-row scale. The backward pass builds V once (in the matmul dtype), then
   dW = (c ⊙ x)ᵀ V,   db = cᵀ V,   dx = c ⊙ (V Wᵀ).
 
 Both factors are exact and cancellation-free: 1 - p_y = exp(log1m), p_y = exp(-ce). The gradient routing
-of DESIGN §1 is *not* decided here: ``rlp.routed_losses`` calls this function once on ``sg(x)`` (L_rnd)
-and once with ``sg(W), sg(b)`` (L_reg); JAX drops the cotangents that the stop_gradients cut, and because
-V and V Wᵀ do not depend on the cotangents, XLA computes them once for both calls (with full logits; with
-``chunk`` each call's backward is its own loop, which XLA does not merge).
+of DESIGN §1 is *not* decided here: ``rlp.routed_losses`` passes the head and features through which ce
+is differentiated (``sg(x)``, live W, b: L_rnd) and, as ``log1m_inputs``, those through which log1m is
+(live x, ``sg(W)``, ``sg(b)``: L_reg). The stop_gradients cut the cotangents that must not flow; the
+logits, V and V Wᵀ are computed once for both (each set adds one rank-B product per gradient it needs), with
+full logits and with chunks alike.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def head_stats(
   bias: jax.Array,
   labels: jax.Array,
   *,
+  log1m_inputs: tuple[jax.Array, jax.Array, jax.Array] | None = None,
   num_valid: int | None = None,
   dtype: str = "float32",
   chunk: int = 0,
@@ -88,6 +90,11 @@ def head_stats(
     x: (B, D) features shared by all heads, or (B, H, D) per head.
     kernel, bias: (H, D, n) and (H, n); labels >= ``num_valid`` are padding (logit -inf).
     labels: (B, H) int random labels.
+    log1m_inputs: optional ``(x', kernel', bias')``, equal in value to ``(x, kernel, bias)``, through
+      which ``log1m`` is differentiated instead (``ce`` stays a function of ``(x, kernel, bias)``). The
+      values are computed once, from the first set; the equality is the caller's promise. This is how
+      one evaluation serves two gradient routes (rlp.routed_losses) — also when chunked, where two
+      separate calls would each run their own backward loop.
     dtype: the matmuls' input type ('bfloat16' on accelerators; CPU falls back to float32).
     chunk: > 0 processes that many labels at a time (it must divide n, or n / model when sharded);
       the backward pass then recomputes each block's logits instead of storing them.
@@ -115,22 +122,33 @@ def head_stats(
     bwd = functools.partial(_backward, spec=spec)
   else:
     fwd, bwd = _shard_mapped(spec, mesh)
+  split = log1m_inputs is not None
 
   @jax.custom_vjp
-  def stats(x, kernel, bias, labels):
-    return fwd(x, kernel, bias, labels)[0]
+  def stats(inputs, labels):
+    return fwd(*inputs[0], labels)[0]
 
-  def stats_fwd(x, kernel, bias, labels):
-    out, extras = fwd(x, kernel, bias, labels)
-    return out, (x, kernel, bias, labels, out[0], out[1], extras)
+  def stats_fwd(inputs, labels):
+    out, extras = fwd(*inputs[0], labels)
+    return out, (inputs[0], labels, out[0], out[1], extras)
 
   def stats_bwd(res, cts):
+    (x, kernel, bias), labels, ce, log1m, extras = res
     g_ce, g_log1m, _ = cts  # ``correct`` is boolean: no cotangent
-    dx, dk, db = bwd(*res, g_ce, g_log1m)
-    return dx, dk, db, None
+    # Per-row scales of V: d ce/ds = (1 - p_y) V, d log1m/ds = p_y V — one scale per input set.
+    c_ce, c_log1m = g_ce * jnp.exp(log1m), g_log1m * jnp.exp(-ce)
+    scales = (c_ce, c_log1m) if split else (c_ce + c_log1m,)
+    vw, dks, dbs = bwd(x, kernel, bias, labels, extras, scales)
+    grads = []
+    for c, dk, db in zip(scales, dks, dbs):
+      dx = c[..., None] * vw  # V Wᵀ does not depend on the scale: one matmul serves every set
+      dx = dx if spec.per_head else dx.sum(1)
+      grads.append((dx.astype(x.dtype), dk.astype(kernel.dtype), db.astype(bias.dtype)))
+    return tuple(grads), None
 
   stats.defvjp(stats_fwd, stats_bwd)
-  return stats(x, kernel, bias, labels)
+  inputs = ((x, kernel, bias),) + ((tuple(log1m_inputs),) if split else ())
+  return stats(inputs, labels)
 
 
 class _Spec(NamedTuple):
@@ -245,43 +263,49 @@ def _forward(x, kernel, bias, labels, *, spec: _Spec):
   return stats, ((lse_o, s) if spec.store_logits else (lse_o,))
 
 
-def _backward(x, kernel, bias, labels, ce, log1m, extras, g_ce, g_log1m, *, spec: _Spec):
-  """(dx, dkernel, dbias) on this device; with a sharded label axis dx is the sum over its labels only."""
+def _backward(x, kernel, bias, labels, extras, scales, *, spec: _Spec):
+  """(V Wᵀ, dkernels, dbiases) on this device, for logit gradients ``c ⊙ V``, one per scale c in
+  ``scales``: dW = (c ⊙ x)ᵀ V, db = cᵀ V. V Wᵀ (B, H, D) is shared by all scales (dx = c ⊙ V Wᵀ); with
+  a sharded label axis it is the sum over this device's labels only."""
   lse_o = extras[0]
   n_local = kernel.shape[-1]
   base = _offset(spec, n_local)
-  # ds = c ⊙ V with c = g_ce (1 - p_y) + g_log1m p_y. The full derivative: routing is the caller's.
-  c = g_ce * jnp.exp(log1m) + g_log1m * jnp.exp(-ce)
-  xc = (c[..., None] * (x if spec.per_head else x[:, None, :])).astype(spec.dt)  # (B, H, D)
+  xs = x if spec.per_head else x[:, None, :]
+  xcs = tuple((c[..., None] * xs).astype(spec.dt) for c in scales)  # (B, H, D) each
 
   def block(s, start):
     s, is_target = _masked(s, labels, base + start, spec)
     v = jnp.where(is_target, -1.0, jnp.exp(s - lse_o[..., None]))  # V = q - e_y
     vd = v.astype(spec.dt)
     w = _block(kernel, start, spec).astype(spec.dt)
-    g = jnp.einsum("bhn,hdn->bhd", vd, w, preferred_element_type=jnp.float32)
-    dk = jnp.einsum("bhd,bhn->hdn", xc, vd, preferred_element_type=jnp.float32)
-    db = jnp.einsum("bh,bhn->hn", c, v)
-    return g, dk, db
+    vw = jnp.einsum("bhn,hdn->bhd", vd, w, preferred_element_type=jnp.float32)
+    dks = tuple(jnp.einsum("bhd,bhn->hdn", xc, vd, preferred_element_type=jnp.float32) for xc in xcs)
+    dbs = tuple(jnp.einsum("bh,bhn->hn", c, v) for c in scales)
+    return vw, dks, dbs
 
   if spec.store_logits:
-    g, dk, db = block(extras[1], 0)
-  else:
+    return block(extras[1], 0)
 
-    def body(i, carry):
-      g, dk, db = carry
-      start = i * spec.chunk
-      gi, dki, dbi = block(_logits(x, kernel, bias, start, spec), start)
-      update = jax.lax.dynamic_update_slice_in_dim
-      return g + gi, update(dk, dki, start, axis=-1), update(db, dbi, start, axis=-1)
+  def body(i, carry):
+    vw, dks, dbs = carry
+    start = i * spec.chunk
+    vw_i, dks_i, dbs_i = block(_logits(x, kernel, bias, start, spec), start)
+    # Each block owns its columns of dW and db; a gradient not needed (behind a stop_gradient) is a
+    # loop-carried value nothing reads, which XLA removes from the loop.
+    put = functools.partial(jax.lax.dynamic_update_slice_in_dim, start_index=start, axis=-1)
+    return (
+      vw + vw_i,
+      tuple(put(a, u) for a, u in zip(dks, dks_i)),
+      tuple(put(a, u) for a, u in zip(dbs, dbs_i)),
+    )
 
-    b, h, d = xc.shape
-    init = (jnp.zeros((b, h, d), jnp.float32), jnp.zeros(kernel.shape, jnp.float32), jnp.zeros(bias.shape))
-    g, dk, db = jax.lax.fori_loop(0, n_local // spec.chunk, body, init)
-  dx = c[..., None] * g  # V Wᵀ is independent of c: the L_rnd and L_reg calls share it
-  if not spec.per_head:
-    dx = dx.sum(1)
-  return dx.astype(x.dtype), dk.astype(kernel.dtype), db.astype(bias.dtype)
+  k = len(scales)
+  init = (
+    jnp.zeros(xcs[0].shape, jnp.float32),
+    (jnp.zeros(kernel.shape, jnp.float32),) * k,
+    (jnp.zeros(bias.shape, jnp.float32),) * k,
+  )
+  return jax.lax.fori_loop(0, n_local // spec.chunk, body, init)
 
 
 def _shard_mapped(spec: _Spec, mesh):
@@ -296,15 +320,19 @@ def _shard_mapped(spec: _Spec, mesh):
     out_specs=((rows, rows, rows), extras_spec),
   )
 
-  def local_bwd(*args):
-    dx, dk, db = _backward(*args, spec=spec)
-    # dx: summed over the label shards; dW, db: summed over the batch shards.
-    return jax.lax.psum(dx, MODEL), jax.lax.psum(dk, DATA), jax.lax.psum(db, DATA)
+  def bwd(x, kernel, bias, labels, extras, scales):
+    def local(*args):
+      vw, dks, dbs = _backward(*args, spec=spec)
+      # V Wᵀ: summed over the label shards; dW, db: summed over the batch shards.
+      psum_data = functools.partial(jax.lax.psum, axis_name=DATA)
+      return jax.lax.psum(vw, MODEL), tuple(map(psum_data, dks)), tuple(map(psum_data, dbs))
 
-  bwd = shard_map(
-    local_bwd,
-    mesh=mesh,
-    in_specs=(x_spec, k_spec, b_spec, rows, rows, rows, extras_spec, rows, rows),
-    out_specs=(x_spec, k_spec, b_spec),
-  )
+    k = len(scales)
+    return shard_map(
+      local,
+      mesh=mesh,
+      in_specs=(x_spec, k_spec, b_spec, rows, extras_spec, (rows,) * k),
+      out_specs=(P(DATA, None, None), (k_spec,) * k, (b_spec,) * k),
+    )(x, kernel, bias, labels, extras, scales)
+
   return fwd, bwd

@@ -22,9 +22,10 @@ Sign of L_reg: the paper's Eq. 4 prints ``log(1 - p̂)``, but its text says the 
 correct random-label predictions of the feature extractor. Minimizing ``log(1 - p̂)`` would reward them, so
 we implement the penalty ``-log(1 - p̂_ŷ) >= 0``, which is minimized at ``p̂_ŷ = 0``.
 
-Why the head is evaluated twice (once on ``sg(z)``, once with ``sg(ψ)``): it makes each loss's reach
-explicit. ``stop_gradient`` is the identity in the forward pass, so XLA sees two identical matmuls and
-deduplicates them; the backward passes differ and are each needed (dψ from L_rnd, dz from L_reg).
+Why the head has two sets of inputs (``sg(z)`` with ψ for L_rnd, ``z`` with ``sg(ψ)`` for L_reg): it
+makes each loss's reach explicit. ``stop_gradient`` is the identity in the forward pass, so both sets hold
+the same values; ``head_stats`` computes the logits once and differentiates each statistic through its
+own set (head_loss.py), so regularizing adds only the matmul of dz, not a second evaluation.
 """
 
 from __future__ import annotations
@@ -244,26 +245,38 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 def head_stats(
-  head: ParallelHeads, u: jax.Array, labels: jax.Array, mesh=None, chunk: int = 0
+  head: ParallelHeads,
+  u: jax.Array,
+  labels: jax.Array,
+  mesh=None,
+  chunk: int = 0,
+  log1m_via: tuple[ParallelHeads, jax.Array] | None = None,
 ) -> dict[str, jax.Array]:
   """Per example and head (B, H): ``ce`` = CE(s, ŷ), ``log1m`` = log(1 - p̂_ŷ), ``correct`` = argmax == ŷ,
   for the head's logits s on standardized features ``u = head.standardize(z)``.
+
+  ``log1m_via=(head', u')``, equal in value to ``(head, u)``, differentiates ``log1m`` through them
+  instead of through ``(head, u)``: one evaluation, two gradient routes (routed_losses).
 
   From head_loss.head_stats, exact in value and gradient (tested against autodiff of full logits):
   label-sharded over the mesh's ``model`` axis when it has several devices, ``chunk`` labels at a time
   when chunk > 0, and with a backward pass that touches the (B, H, n) logits once.
   """
   ce, log1m, correct = head_loss.head_stats(
-    head.inputs(u),
-    head.kernel[...],
-    head.bias[...],
+    *_output_layer(head, u),
     labels,
+    log1m_inputs=None if log1m_via is None else _output_layer(*log1m_via),
     num_valid=head.num_valid,
     dtype=head.dtype,
     chunk=chunk,
     mesh=mesh if sharding.label_sharded(mesh) else None,
   )
   return {"ce": ce, "log1m": log1m, "correct": correct}
+
+
+def _output_layer(head: ParallelHeads, u: jax.Array):
+  """(inputs, kernel, bias) of the head's output layer."""
+  return head.inputs(u), head.kernel[...], head.bias[...]
 
 
 def routed_losses(
@@ -305,21 +318,29 @@ def routed_losses(
     pooled = {
       name: heads.layers[name].standardize(pool_features(features[name], pool)) for name in heads.layers
     }
+    regularize = reg_lambda > 0 and bool(reg_layers)
+    if regularize:
+      graphdef, head_params = nnx.split(heads)
+      frozen = nnx.merge(graphdef, jax.tree.map(sg, head_params))
     # L_rnd: the heads learn random labels from *detached* features — ψ moves, θ does not.
+    # L_reg: frozen copies of the heads (sg(ψ)) score the *live* features — θ moves, ψ does not.
+    # Both from one evaluation of each head: ce through (sg(z), ψ), log1m through (z, sg(ψ)).
     rnd = {
-      name: head_stats(heads.layers[name], sg(u), rlp_labels, mesh, label_chunk) for name, u in pooled.items()
+      name: head_stats(
+        heads.layers[name],
+        sg(u),
+        rlp_labels,
+        mesh,
+        label_chunk,
+        log1m_via=(frozen.layers[name], u) if regularize and name in reg_layers else None,
+      )
+      for name, u in pooled.items()
     }
     l_rnd = jnp.mean(jnp.stack([st["ce"].mean() for st in rnd.values()]))
     total = total + l_rnd
     parts["loss/rnd"] = l_rnd
-    if reg_lambda > 0 and reg_layers:
-      # L_reg: frozen copies of the heads (sg(ψ)) score the *live* features — θ moves, ψ does not.
-      graphdef, head_params = nnx.split(heads)
-      frozen = nnx.merge(graphdef, jax.tree.map(sg, head_params))
-      reg = [
-        head_stats(frozen.layers[name], pooled[name], rlp_labels, mesh, label_chunk) for name in reg_layers
-      ]
-      l_reg = jnp.mean(jnp.stack([-st["log1m"].mean() for st in reg]))
+    if regularize:
+      l_reg = jnp.mean(jnp.stack([-rnd[name]["log1m"].mean() for name in reg_layers]))
       total = total + reg_lambda * l_reg
       parts["loss/reg"] = l_reg
     else:

@@ -45,28 +45,36 @@ def test_input_pipeline_throughput_and_label_share(tiny_config):
   assert r["examples_per_s"] > 0 and 0 < r["label_share"] < 1
 
 
-@pytest.mark.parametrize("norm", [True, False])
-def test_regularizing_reuses_the_measurements_head_matmuls(tiny_config, norm):
+@pytest.mark.parametrize("norm,chunk", [(True, 0), (False, 0), (True, 1024), (False, 1024)])
+def test_regularizing_reuses_the_measurements_head_matmuls(tiny_config, norm, chunk):
   """L_reg's gradient is a per-row multiple of L_rnd's logit gradient (head_loss.py): with λ > 0 the step
   does one head matmul more than with λ = 0 (dx into the features) — none more when the measuring step
-  already computes it for the LayerNorm's scale and shift. Counted in the compiled programs."""
+  already computes it for the LayerNorm's scale and shift. Counted in the compiled programs; with label
+  chunks too, where λ > 0 also holds no second dW accumulator in the loop."""
   c = tiny_config
-  c.rlp.update(num_labels=8192, norm=norm, layers="pre_logits", num_heads=1)
+  c.rlp.update(num_labels=8192, norm=norm, layers="pre_logits", num_heads=1, label_chunk=chunk)
   c.probes.layers = ""
   info = benchmark.data_info(c)
-  xla, counted = {}, {}
+  xla, counted, memory = {}, {}, {}
   for name, cfg in benchmark.variants(c)[1:]:
     exp, state, batch, compiled, _ = benchmark.compile_step(cfg, info, abstract=True)
-    xla[name] = benchmark.compiled_costs(compiled)["flops_per_step"]
+    costs = benchmark.compiled_costs(compiled)
+    xla[name], memory[name] = costs["flops_per_step"], costs["device_memory_bytes"]
     counted[name] = flops.count(train.make_train_step(exp), state, batch)
-  one_matmul = 2 * c.batch_size * exp.feature_dims["pre_logits"] * exp.num_labels
-  # XLA's count of the compiled program, and ours from the jaxpr (flops.py), which must see the sharing.
-  for f in (xla, counted):
+  dim = exp.feature_dims["pre_logits"]
+  one_matmul = 2 * c.batch_size * dim * exp.num_labels
+  # Ours from the jaxpr (flops.py), which must see the sharing; XLA's count of the compiled program
+  # (which counts a while loop's body once, so only without chunks).
+  for f in (counted, xla) if chunk == 0 else (counted,):
     extra = (f["regularize"] - f["measure"]) / one_matmul
     if norm:
       assert extra < 0.1, (f, extra)
     else:
       assert 0.9 < extra < 1.2, (f, extra)
+  if chunk:
+    # The dW that L_reg's route does not need is a loop carry nothing reads: XLA must drop it.
+    kernel_bytes = dim * exp.num_labels * 4
+    assert memory["regularize"] - memory["measure"] < kernel_bytes / 2, memory
 
 
 def test_compile_only_reports_costs_without_running(tiny_config):

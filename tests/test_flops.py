@@ -27,6 +27,27 @@ def test_matmul_einsum_and_scan_counts_are_exact():
   assert flops.count(lambda x, w: (x @ w) + jax.lax.stop_gradient(x @ w), x, w) == mm
 
 
+def test_loop_carried_values_nothing_reads_are_not_counted():
+  """XLA drops a while loop's carried value that is read neither after the loop nor by live work in its
+  body; so does the count — but not a carry that a read carry depends on."""
+  x, w = jnp.ones((8, 16)), jnp.ones((16, 16))
+  mm = 2 * 8 * 16 * 16
+
+  def loop(x, w):
+    def body(carry, _):
+      a, b, c = carry
+      return (a @ w, b @ w, a + c @ w), None  # b and c feed only themselves; c reads a
+
+    return jax.lax.scan(body, (x, x, x), None, length=5)[0]
+
+  a_only = lambda x, w: loop(x, w)[0]
+  b_only = lambda x, w: loop(x, w)[1]
+  c_only = lambda x, w: loop(x, w)[2]
+  assert flops.count(a_only, x, w) == flops.count(b_only, x, w) == 5 * mm
+  assert flops.count(c_only, x, w) == 5 * 2 * mm  # c reads a: both carries live
+  assert flops.count(loop, x, w) == 5 * 3 * mm
+
+
 def test_convolution_count_is_exact():
   x, k = jnp.ones((2, 10, 10, 3)), jnp.ones((3, 3, 3, 4))  # NHWC, HWIO
 

@@ -76,6 +76,29 @@ def test_each_cotangent_alone_matches_autodiff():
       np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [0, 16])
+@pytest.mark.parametrize("per_head", [False, True])
+def test_log1m_inputs_route_log1m_and_ce_through_separate_sets(chunk, per_head):
+  """With ``log1m_inputs``, ce is differentiated through the first set and log1m through the second —
+  each exactly as autodiff of its own statistic — from one evaluation (routed_losses' L_rnd / L_reg)."""
+  valid = 90
+  x, w, bias, y, g_ce, g_l1m = _problem(valid=valid, per_head=per_head, seed=2)
+
+  def split(a, b):
+    return head_loss.head_stats(*a, y, log1m_inputs=b, num_valid=valid, chunk=chunk)
+
+  got = jax.jit(split)((x, w, bias), (x, w, bias))
+  for a, e in zip(got, head_loss.head_stats(x, w, bias, y, num_valid=valid)):
+    np.testing.assert_array_equal(a, e) if chunk == 0 else np.testing.assert_allclose(a, e, rtol=1e-5)
+
+  grad_a, grad_b = jax.jit(jax.grad(weighted(split, g_ce, g_l1m), argnums=(0, 1)))((x, w, bias), (x, w, bias))
+  ref = lambda gc, gl: jax.grad(weighted(lambda *a: reference(*a, y, valid), gc, gl), argnums=(0, 1, 2))
+  zeros = jnp.zeros_like(g_ce)
+  for got_set, want_set in ((grad_a, ref(g_ce, zeros)(x, w, bias)), (grad_b, ref(zeros, g_l1m)(x, w, bias))):
+    for a, e in zip(got_set, want_set):
+      np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
+
+
 def test_saturated_head_has_finite_exact_gradients():
   """s_y = 1e4: p_y rounds to 1 in float32; log(1 - p_y) and its gradient stay finite and exact."""
   n = 8
