@@ -31,6 +31,23 @@ def _is_multihost() -> bool:
   )
 
 
+def _distributed_args() -> dict[str, int]:
+  """``jax.distributed.initialize`` arguments from ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.
+
+  JAX finds the process count and id itself on Cloud TPU and under SLURM, but not on a cluster it does not
+  know (plain ssh, Kubernetes without its plug-in, several processes on one machine); there a launcher
+  exports these two next to ``JAX_COORDINATOR_ADDRESS``.
+  """
+  args = {}
+  for key, env in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+    if env in os.environ:
+      try:
+        args[key] = int(os.environ[env])
+      except ValueError:
+        raise ValueError(f"{env}={os.environ[env]!r} must be an integer.") from None
+  return args
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -40,7 +57,7 @@ def main(argv):
     handler.addFilter(lambda r: r.levelno >= pylogging.WARNING or not any(m in r.pathname for m in _CHATTY))
   if _is_multihost():
     # Auto-detects the coordinator on Cloud TPU and SLURM (launch/tpu.sh, launch/slurm.sh).
-    jax.distributed.initialize()
+    jax.distributed.initialize(**_distributed_args())
     logging.info(
       "Process %d of %d, %d local devices.",
       jax.process_index(),

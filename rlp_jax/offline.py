@@ -18,14 +18,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
 
 from rlp_jax import input_pipeline, models, optimizers, rlp
 
 
 def extract_features(exp, model_params, batch_stats, layers, *, limit: int = -1, epoch: int = 0):
-  """Pooled eval-mode features of the selected training examples, in the order tfds reads them.
+  """Pooled eval-mode features of the selected training examples, in order of their global index.
 
-  Returns ``({layer: (M, D) float32}, rlp_labels (M, num_heads))`` as NumPy arrays on host.
+  Returns ``({layer: (M, D) float32}, rlp_labels (M, num_heads))`` as NumPy arrays on host. With several
+  hosts each reads its own slice of the examples, the features are computed over the mesh like an eval
+  step, and every host receives all of them: all hosts then fit the same offline heads on all M examples.
+  (A host fitting only its own slice would memorize fewer labels, so more easily, and each host would
+  report a different number.) Ordering by index makes the result independent of the number of hosts.
   """
 
   @jax.jit
@@ -33,13 +39,23 @@ def extract_features(exp, model_params, batch_stats, layers, *, limit: int = -1,
     _, feats, _ = models.apply(exp.model_def, params, stats, image, train=False)
     return {k: rlp.pool_features(feats[k], exp.config.rlp.pool).astype(jnp.float32) for k in layers}
 
-  chunks, label_chunks = [], []
+  rows = []
   for batch in input_pipeline.eval_batches(exp.config, exp.info, "train_eval", epoch, limit=limit):
-    mask = batch["mask"]
-    feats = jax.device_get(features_of(model_params, batch_stats, batch["image"]))
-    chunks.append({k: v[mask] for k, v in feats.items()})
-    label_chunks.append(batch["rlp_labels"][mask])
-  return ({k: np.concatenate([c[k] for c in chunks]) for k in layers}, np.concatenate(label_chunks))
+    image = jax.make_array_from_process_local_data(exp.data_sharding, batch["image"])
+    feats = features_of(model_params, batch_stats, image)
+    local = {k: batch[k] for k in ("index", "mask", "rlp_labels")}
+    if jax.process_count() > 1:
+      # This host's rows of the features, then every host's rows of everything, aligned row for row.
+      feats = multihost_utils.global_array_to_host_local_array(feats, exp.mesh, P("data"))
+      local = multihost_utils.process_allgather({**local, "feats": feats}, tiled=True)
+    else:
+      local = {**local, "feats": jax.device_get(feats)}
+    mask = local["mask"]
+    rows.append({"index": local["index"][mask], "rlp_labels": local["rlp_labels"][mask]})
+    rows[-1].update({f"feats/{k}": v[mask] for k, v in local["feats"].items()})
+  out = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+  order = np.argsort(out["index"], kind="stable")
+  return {k: out[f"feats/{k}"][order] for k in layers}, out["rlp_labels"][order]
 
 
 def fit_heads(

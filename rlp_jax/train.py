@@ -353,6 +353,10 @@ class _Preemption:
     self._previous = None
 
   def __enter__(self):
+    if jax.process_count() > 1:
+      # jax.distributed.initialize installed the handler that reports SIGTERM to the coordination service
+      # (which feeds the preemption sync point below); a Python handler would replace it.
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not in the main thread (e.g. some test runners): no handler, no harm

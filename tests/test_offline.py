@@ -89,8 +89,11 @@ def test_offline_heads_use_the_online_labels_and_initialization_and_learn(run):
 
   # Same labels: those of extract_features are the hashed labels the online heads trained on.
   feats, y = offline.extract_features(exp, last.params["model"], last.batch_stats, exp.rlp_layers)
-  index = np.concatenate(
-    [b["index"][b["mask"]] for b in input_pipeline.eval_batches(config, exp.info, "train_eval")]
+  # ... in order of the global index (whatever order, and however many hosts, read them).
+  index = np.sort(
+    np.concatenate(
+      [b["index"][b["mask"]] for b in input_pipeline.eval_batches(config, exp.info, "train_eval")]
+    )
   )
   dim = exp.feature_dims["pre_logits"]
   assert y.shape == (exp.info.num_train, 2) and feats["pre_logits"].shape == (exp.info.num_train, dim)
