@@ -17,11 +17,12 @@ shuffled too (seeded per epoch).
 
 Cost, measured on one H200 (synthetic data, batch 1024, bf16): 81 ms per step (12.6k images/s) without
 heads; the ``pre_logits`` head with n = 100,000 adds 3.4% (4.7% with λ > 0); ``all_blocks`` (12 heads,
-923M head parameters) adds 44%. float32 matmuls take 2.1x as long. With ``unique`` (n = m, a 985M-parameter
-head, bf16 head matmuls) one H200 holds it all: 132 ms per step measuring (+64%), 142 ms regularizing (+77%),
-measured before the head losses got their hand-written VJP (rlp_jax/head_loss.py), which drops the step's
-head matmuls at λ > 0 from 5 to 3 and most of its 1024 x 1.28M float32 temporaries; not re-measured since.
-``--config.rlp.label_chunk=32768`` keeps the logits from ever existing whole (less memory, one more matmul).
+923M head parameters) adds 44%. float32 matmuls take 2.1x as long. ``unique`` (n = m, a 985M-parameter
+head) computes the head's losses 32,768 labels at a time (``rlp.label_chunk``): compiled for one device it
+needs 74 GB (89 GB with full logits, ``--config.rlp.label_chunk=0``) and 1.31x the FLOPs of the step
+without heads, at λ = 0 and λ > 0 alike (full logits: 1.23x). Its step time was measured on an H200 only
+before the head losses got their hand-written VJP (rlp_jax/head_loss.py): +64% measuring, +77%
+regularizing, with full logits; not re-measured since.
 
 Args (comma-separated: ``--config=configs/vit_imagenet.py:all_blocks,reg_last``):
   all_blocks  one head on every transformer block ``block_01 .. block_12`` (Fig. 2C)
@@ -88,6 +89,10 @@ def get_config(arg: str = ""):
     c.augment.update(image_size=32, eval_resize=36)
   # After runlocal shrank the model: the args name its blocks.
   config_args.apply_figure_args(c, args, vit.block_names(c.model))
+  if "unique" in args and "runlocal" not in args:
+    # 1024 x 1.28M logits: computed 32,768 labels at a time, the step fits one 80 GB device (compiled
+    # memory 74 GB, 89 GB with full logits) for one more head matmul. 0 restores full logits.
+    c.rlp.label_chunk = 32_768
   if "runlocal" in args:
     config_args.shrink_for_runlocal(c)
   return c

@@ -153,6 +153,12 @@ def test_args_select_layers_and_modes():
   assert vit("reg_block8").rlp.reg_layers == "block_08"
   assert vit("probes").probes.layers == blocks
   assert vit("shuffled").rlp.label_mode == "shuffled" and vit("unique").rlp.label_mode == "unique"
+  # ImageNet's unique-label head computes its logits in chunks (to fit 80 GB); the CPU smoke test does not.
+  assert (vit("unique").rlp.label_chunk, vit("unique,runlocal").rlp.label_chunk, vit("").rlp.label_chunk) == (
+    32_768,
+    0,
+    0,
+  )
   assert (vit("two_layer").rlp.hidden_dim, vit("two_layer").rlp.num_labels) == (1024, 10)
   assert vit("multihead").rlp.num_heads == 10
   assert vit("flip_only").augment.crop == "none" and vit("flip_only").augment.flip
