@@ -83,8 +83,8 @@ class _Counter:
   for an input behind a stop_gradient). Liveness reaches into loops: a scan's loop-carried value that
   nothing after the loop reads, and that no live value in the body reads, costs nothing (XLA removes it
   from the while loop), and likewise for a shard_map's unused outputs. This is what makes the count match
-  the compiled program when the L_rnd and L_reg evaluations of a head share their matmuls
-  (rlp.routed_losses), with or without label chunks.
+  the compiled program where a custom VJP computes gradients that a stop_gradient then discards (the
+  head statistics of rlp.routed_losses), with or without label chunks.
   """
 
   def __init__(self):
@@ -133,6 +133,7 @@ class _Counter:
   def liveness(self, outputs) -> tuple[int, set]:
     """(FLOPs of the work ``outputs`` depend on, every name they depend on)."""
     live_outs: dict = {}  # key -> indices of its live outputs
+    cost: dict = {}  # key -> (FLOPs, needed inputs) for its current live outputs
     reached, stack = set(), list(outputs)
     while stack:
       name = stack.pop()
@@ -144,10 +145,9 @@ class _Counter:
         continue
       live_outs[key].add(i)
       eqn, ins, _ = self.nodes[key]
-      _, needed = _eqn_liveness(eqn, frozenset(live_outs[key]))
-      stack.extend(n for j, n in enumerate(ins) if j in needed and n not in reached)
-    total = sum(_eqn_liveness(self.nodes[k][0], frozenset(idx))[0] for k, idx in live_outs.items())
-    return total, reached
+      cost[key] = _eqn_liveness(eqn, frozenset(live_outs[key]))
+      stack.extend(n for j, n in enumerate(ins) if j in cost[key][1] and n not in reached)
+    return sum(flops for flops, _ in cost.values()), reached
 
 
 def _sub_liveness(jaxpr, live_outputs) -> tuple[int, set]:

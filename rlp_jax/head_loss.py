@@ -119,7 +119,7 @@ def head_stats(
   )
   if model == 1:
     fwd = functools.partial(_forward, spec=spec)
-    bwd = functools.partial(_backward, spec=spec)
+    bwd = functools.partial(_backward_local, spec=spec)
   else:
     fwd, bwd = _shard_mapped(spec, mesh)
   split = log1m_inputs is not None
@@ -138,16 +138,15 @@ def head_stats(
     # Per-row scales of V: d ce/ds = (1 - p_y) V, d log1m/ds = p_y V — one scale per input set.
     c_ce, c_log1m = g_ce * jnp.exp(log1m), g_log1m * jnp.exp(-ce)
     scales = (c_ce, c_log1m) if split else (c_ce + c_log1m,)
-    vw, dks, dbs = bwd(x, kernel, bias, labels, extras, scales)
-    grads = []
-    for c, dk, db in zip(scales, dks, dbs):
-      dx = c[..., None] * vw  # V Wᵀ does not depend on the scale: one matmul serves every set
-      dx = dx if spec.per_head else dx.sum(1)
-      grads.append((dx.astype(x.dtype), dk.astype(kernel.dtype), db.astype(bias.dtype)))
-    return tuple(grads), None
+    grads = zip(*bwd(x, kernel, bias, labels, extras, scales))  # (dx, dkernel, dbias) per input set
+    return tuple(tuple(g.astype(d) for g, d in zip(gs, ds)) for gs, ds in zip(grads, dtypes)), None
 
   stats.defvjp(stats_fwd, stats_bwd)
   inputs = ((x, kernel, bias),) + ((tuple(log1m_inputs),) if split else ())
+  shapes = [tuple(a.shape for a in s) for s in inputs]
+  if shapes[-1] != shapes[0]:
+    raise ValueError(f"log1m_inputs must have the shapes {shapes[0]} of (x, kernel, bias), got {shapes[-1]}.")
+  dtypes = [tuple(a.dtype for a in s) for s in inputs]  # each set's cotangents in its own dtypes
   return stats(inputs, labels)
 
 
@@ -263,9 +262,20 @@ def _forward(x, kernel, bias, labels, *, spec: _Spec):
   return stats, ((lse_o, s) if spec.store_logits else (lse_o,))
 
 
+def _dxs(vw, scales, spec: _Spec):
+  """dx = c ⊙ V Wᵀ per scale c, summed over heads when they share x: V Wᵀ serves every scale."""
+  return tuple(c[..., None] * vw if spec.per_head else (c[..., None] * vw).sum(1) for c in scales)
+
+
+def _backward_local(x, kernel, bias, labels, extras, scales, *, spec: _Spec):
+  """(dxs, dkernels, dbiases) on one device: one of each per scale."""
+  vw, dks, dbs = _backward(x, kernel, bias, labels, extras, scales, spec=spec)
+  return _dxs(vw, scales, spec), dks, dbs
+
+
 def _backward(x, kernel, bias, labels, extras, scales, *, spec: _Spec):
   """(V Wᵀ, dkernels, dbiases) on this device, for logit gradients ``c ⊙ V``, one per scale c in
-  ``scales``: dW = (c ⊙ x)ᵀ V, db = cᵀ V. V Wᵀ (B, H, D) is shared by all scales (dx = c ⊙ V Wᵀ); with
+  ``scales``: dW = (c ⊙ x)ᵀ V, db = cᵀ V. V Wᵀ (B, H, D) is shared by all scales (see _dxs); with
   a sharded label axis it is the sum over this device's labels only."""
   lse_o = extras[0]
   n_local = kernel.shape[-1]
@@ -321,18 +331,23 @@ def _shard_mapped(spec: _Spec, mesh):
   )
 
   def bwd(x, kernel, bias, labels, extras, scales):
-    def local(*args):
-      vw, dks, dbs = _backward(*args, spec=spec)
-      # V Wᵀ: summed over the label shards; dW, db: summed over the batch shards.
+    def local(x, kernel, bias, labels, extras, scales):  # this device's blocks
+      vw, dks, dbs = _backward(x, kernel, bias, labels, extras, scales, spec=spec)
+      # dx: summed over the label shards — V Wᵀ once with per-head x, else each (B, D) dx (H times
+      # smaller; one that is not needed is dropped). dW, db: summed over the batch shards.
+      if spec.per_head:
+        dxs = _dxs(jax.lax.psum(vw, MODEL), scales, spec)
+      else:
+        dxs = tuple(jax.lax.psum(dx, MODEL) for dx in _dxs(vw, scales, spec))
       psum_data = functools.partial(jax.lax.psum, axis_name=DATA)
-      return jax.lax.psum(vw, MODEL), tuple(map(psum_data, dks)), tuple(map(psum_data, dbs))
+      return dxs, tuple(map(psum_data, dks)), tuple(map(psum_data, dbs))
 
     k = len(scales)
     return shard_map(
       local,
       mesh=mesh,
       in_specs=(x_spec, k_spec, b_spec, rows, extras_spec, (rows,) * k),
-      out_specs=(P(DATA, None, None), (k_spec,) * k, (b_spec,) * k),
+      out_specs=((x_spec,) * k, (k_spec,) * k, (b_spec,) * k),
     )(x, kernel, bias, labels, extras, scales)
 
   return fwd, bwd

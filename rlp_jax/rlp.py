@@ -112,8 +112,8 @@ class ParallelHeads(nnx.Module):
   def standardize(self, z: jax.Array) -> jax.Array:
     """The parameter-free half of the LayerNorm (identity without ``norm``), in float32.
 
-    Split from ``inputs`` so that routed_losses computes it once, before the stop_gradient: the L_rnd
-    and L_reg evaluations of the head then read the very same array, and XLA shares their matmuls.
+    Split from ``inputs`` so that routed_losses computes it once, before the stop_gradient: the head's
+    two input sets (L_rnd's on sg(u), L_reg's on u) then start from the very same array.
     """
     x = z.astype(jnp.float32)
     if self.norm:

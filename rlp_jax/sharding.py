@@ -44,6 +44,13 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
       f"config.mesh: data={mesh_config.data}, model={mesh_config.model} does not fit the {n} "
       f"devices; use data * model = {n} (or -1 on one axis)."
     )
+  hosts = len({d.process_index for d in devices.flat})
+  if data % hosts:
+    # Each host reads its own examples; a data-axis entry spanning hosts would need the same rows on both.
+    raise ValueError(
+      f"config.mesh: data={data} is not a multiple of the {hosts} hosts: each host reads its own slice of "
+      f"the batch, so the model axis must stay within a host (model <= {n // hosts} devices per host)."
+    )
   return Mesh(devices.reshape(data, model), (DATA, MODEL))
 
 

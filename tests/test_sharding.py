@@ -81,6 +81,17 @@ def test_sharded_head_stats_equal_full_logits(shape, per_head, chunk):
     assert np.all(np.isfinite(a))
     np.testing.assert_allclose(a, e, rtol=2e-4, atol=2e-5)
 
+  # One evaluation, two routes (rlp.routed_losses): ce through the first input set, log1m the second.
+  def split(first, second):
+    return head_loss.head_stats(*first, y, log1m_inputs=second, num_valid=valid, chunk=chunk, mesh=mesh)
+
+  g_first, g_second = jax.jit(jax.grad(scalar(split), argnums=(0, 1)))((x, w, bias), (x, w, bias))
+  g_ce = jax.grad(lambda *a: full(*a)[0].mean(), argnums=(0, 1, 2))(x, w, bias)
+  g_l1m = jax.grad(lambda *a: -0.3 * full(*a)[1].mean(), argnums=(0, 1, 2))(x, w, bias)
+  for got, want in ((g_first, g_ce), (g_second, g_l1m)):
+    for a, e in zip(got, want):
+      np.testing.assert_allclose(a, e, rtol=2e-4, atol=2e-5)
+
   # Sharding splits the matmuls, it does not add any: counted over all devices, the same FLOPs.
   def unsharded(x, w, bias):
     return head_loss.head_stats(x, w, bias, y, num_valid=valid, chunk=chunk)
