@@ -8,8 +8,9 @@ For the same model, batch and mesh it compiles and times three train steps: RLP 
 (``rlp.num_heads=0``, no probes), measurement only (λ = 0) and regularization (λ > 0), and reports
 compile time, step time, images/s, their ratios to "off", FLOPs per step (matmuls and convolutions
 counted in the traced step, flops.py, and XLA's compiled cost analysis, which on GPU misses the cuBLAS
-calls), bytes moved and device memory (XLA's analyses), and model FLOPs utilization against the device's
-peak where the device is in ``PEAK_FLOPS``. ``--compile_only`` reports the compiled costs from abstract
+calls and everywhere counts a while loop's body once, e.g. one label chunk), bytes moved and device
+memory (XLA's analyses), and model FLOPs utilization against the device's peak where the device is in
+``PEAK_FLOPS``. ``--compile_only`` reports the compiled costs from abstract
 shapes without running a step: it sizes a configuration (the 1B-parameter unique-label head, say) on a
 machine that cannot hold it.
 
@@ -125,7 +126,7 @@ def measure(config, info, *, steps: int, warmup: int = 2, repeats: int = 3, comp
     "compile_s": compile_s,
     "rlp_params": float(sum(x.size for x in jax.tree.leaves(state.params["rlp"]))),
     # Matmul + convolution FLOPs per device, counted in the traced step (flops.py: XLA's own count
-    # omits the cuBLAS/cuDNN calls on GPU, so MFU and FLOP ratios use this one).
+    # omits the cuBLAS/cuDNN calls on GPU and counts loop bodies once, so MFU and FLOP ratios use this).
     "model_flops_per_step": flops.count(train.make_train_step(exp), state, batch) / jax.device_count(),
     **compiled_costs(compiled),
   }
