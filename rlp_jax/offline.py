@@ -136,7 +136,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from rlp_jax import configuration, metric_logging  # noqa: E402
+from rlp_jax import configuration, metric_logging, multihost  # noqa: E402
 
 OFFLINE_FILE = "offline.jsonl"
 
@@ -320,6 +320,7 @@ def main(argv=None) -> None:
 
   logging.set_verbosity(logging.WARNING)
   workdir, config, output, steps = parse_cli(list(sys.argv if argv is None else argv))
+  multihost.initialize()  # on a pod: every host extracts its slice's features, all fit the same heads
   records = run_offline(workdir, config, output=output, steps=steps, log=lambda s: print(s, flush=True))
   print(f"{len(records)} checkpoints in {workdir}/{output}", flush=True)
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import configs.digits
-from rlp_jax import input_pipeline, train
+from rlp_jax import input_pipeline, multihost, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 420
@@ -155,3 +155,15 @@ def test_two_hosts_preempt_resume_and_restore_onto_one_device(data_dir, tmp_path
     atol=1e-9,
   )
   assert int(result["state"].step) == 2 * steps_per_epoch
+
+
+def test_launch_variables_decide_and_configure_the_multihost_join():
+  assert not multihost.is_multihost({})
+  assert multihost.is_multihost({"SLURM_NTASKS": "4"}) and not multihost.is_multihost({"SLURM_NTASKS": "1"})
+  assert multihost.is_multihost({"TPU_WORKER_HOSTNAMES": "w0,w1"})
+  env = {"JAX_COORDINATOR_ADDRESS": "h0:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+  assert multihost.is_multihost(env)
+  assert multihost.initialize_args(env) == {"num_processes": 4, "process_id": 3}
+  assert multihost.initialize_args({"JAX_COORDINATOR_ADDRESS": "h0:1234"}) == {}  # TPU/SLURM: JAX finds them
+  with pytest.raises(ValueError, match="JAX_PROCESS_ID='first' must be an integer"):
+    multihost.initialize_args({"JAX_PROCESS_ID": "first"})
