@@ -42,11 +42,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir: str, overrides: dict, logs: str) -> list[subprocess.Popen]:
-  """Both hosts of the job, as a cluster launcher would start them (rlp_jax.main reads these variables).
-
-  Output goes to files (``logs``-0.txt, -1.txt): a full pipe would block a host inside a collective.
-  """
+def _start(argv: list[str], logs: str) -> list[subprocess.Popen]:
+  """Two processes of one JAX job, as a cluster launcher would start them (rlp_jax.multihost reads these
+  variables). Output goes to files (``logs``-0.txt, -1.txt): a full pipe would block a host inside a
+  collective."""
   env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
   env.update(
     JAX_PLATFORMS="cpu",
@@ -55,18 +54,43 @@ def _launch(workdir: str, overrides: dict, logs: str) -> list[subprocess.Popen]:
     JAX_NUM_PROCESSES="2",
     PYTHONPATH=ROOT,
   )
-  args = [sys.executable, "-m", "rlp_jax.main", "--config=configs/digits.py:tiny", f"--workdir={workdir}"]
-  args += [f"--config.{k}={v}" for k, v in overrides.items()]
   procs = []
   for i in range(2):
     with open(f"{logs}-{i}.txt", "w") as log:
       procs.append(
         subprocess.Popen(
-          args, cwd=ROOT, env={**env, "JAX_PROCESS_ID": str(i)}, stdout=log, stderr=subprocess.STDOUT
+          argv, cwd=ROOT, env={**env, "JAX_PROCESS_ID": str(i)}, stdout=log, stderr=subprocess.STDOUT
         )
       )
       procs[-1].log = log.name
   return procs
+
+
+def _launch(workdir: str, overrides: dict, logs: str) -> list[subprocess.Popen]:
+  """Both hosts running ``python -m rlp_jax.main`` on the digits demo's tiny config."""
+  argv = [sys.executable, "-m", "rlp_jax.main", "--config=configs/digits.py:tiny", f"--workdir={workdir}"]
+  return _start(argv + [f"--config.{k}={v}" for k, v in overrides.items()], logs)
+
+
+# JAX alone, no rlp_jax: two processes join one job and sum over the 4 devices of both.
+_PROBE = """
+import os
+import jax, jax.numpy as jnp
+from jax.experimental import multihost_utils
+jax.distributed.initialize(num_processes=2, process_id=int(os.environ["JAX_PROCESS_ID"]))
+assert jax.process_count() == 2 and jax.device_count() == 4, (jax.process_count(), jax.device_count())
+print("sum", multihost_utils.process_allgather(jnp.float32(jax.process_index() + 1)).sum())
+"""
+
+
+@pytest.fixture(scope="module")
+def two_process_jax(tmp_path_factory):
+  """Skips where this machine cannot run a two-process JAX job at all (no localhost TCP, say): that is the
+  environment, not this code. Everything beyond joining the job is asserted by the tests."""
+  logs = str(tmp_path_factory.mktemp("probe") / "probe")
+  results = _finish(_start([sys.executable, "-c", _PROBE], logs))
+  if any(rc != 0 or "sum 3.0" not in out for rc, out in results):
+    pytest.skip(f"a two-process JAX job cannot run on this machine: {results[0][1][-800:]}")
 
 
 def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
@@ -98,7 +122,7 @@ def _table(out: str) -> list[str]:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="localhost multi-process JAX is exercised on Linux")
-def test_two_hosts_preempt_resume_and_restore_onto_one_device(data_dir, tmp_path):
+def test_two_hosts_preempt_resume_and_restore_onto_one_device(two_process_jax, data_dir, tmp_path):
   overrides = _overrides(data_dir)
   config = configs.digits.get_config("tiny")
   config.update_from_flattened_dict(overrides)
