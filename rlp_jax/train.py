@@ -163,8 +163,7 @@ def build(
   n = input_pipeline.num_labels(config, info)
   # A label axis that the model axis times the label chunk does not divide is padded with masked labels
   # (each device's shard must split into whole chunks).
-  model_axis = mesh.shape["model"] if sharding.label_sharded(mesh) else 1
-  label_multiple = model_axis * max(1, config.rlp.label_chunk)
+  label_multiple = mesh.shape["model"] * max(1, config.rlp.label_chunk)
 
   def new_heads():
     return rlp.build_heads(config, dims, rlp_layers, n, label_multiple=label_multiple)
