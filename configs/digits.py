@@ -28,7 +28,7 @@ is accepted for compatibility (the CNN is the default); ``tiny`` shrinks everyth
 the tests run: an MLP, or the CNN with ``cnn,tiny``).
 """
 
-from rlp_jax import configuration
+from rlp_jax.infra import configuration
 
 
 def get_config(arg: str = ""):

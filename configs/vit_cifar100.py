@@ -18,7 +18,7 @@ Fig. A.2 is the λ sweep: ``--config.rlp.reg_lambda=L`` for L in 0, 1e-2, 1e-1, 
 for λ > 1e-1 in the paper). The README maps every figure to its command.
 """
 
-from rlp_jax import config_args, configuration
+from rlp_jax.infra import config_args, configuration
 from rlp_jax.models import vit
 
 ARGS = (

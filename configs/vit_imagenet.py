@@ -44,7 +44,7 @@ The λ sweeps (Fig. 4, 7, 8, A.1, A.4, A.8, A.10) add ``--config.rlp.reg_lambda=
 maps every figure to its command. Offline heads (Fig. 2B): ``python -m rlp_jax.offline --workdir=$WORKDIR``.
 """
 
-from rlp_jax import config_args, configuration
+from rlp_jax.infra import config_args, configuration
 from rlp_jax.models import vit
 
 ARGS = (

@@ -27,7 +27,7 @@ Figures with this config (the README has the exact commands): Fig. 3 (``--config
 with ``--config.dataset_fraction``), A.9 (width sweep, ``--config.model.width``).
 """
 
-from rlp_jax import config_args, configuration
+from rlp_jax.infra import config_args, configuration
 
 ARGS = (
   "all_blocks",

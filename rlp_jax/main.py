@@ -8,15 +8,20 @@ import logging as pylogging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rlp_jax import multihost, train
+from rlp_jax.infra import multihost
+from rlp_jax.training import loop
 
 FLAGS = flags.FLAGS
 _CHATTY = ("orbax", "tensorflow_datasets", "jax/_src", "absl/logging")
-config_flags.DEFINE_config_file(
-  "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True
-)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config of this run.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags() -> None:
+  """Defined when run as a command, not on import: every command module can be imported in one process."""
+  config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True
+  )
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config of this run.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -27,9 +32,10 @@ def main(argv):
   for handler in pylogging.getLogger().handlers:
     handler.addFilter(lambda r: r.levelno >= pylogging.WARNING or not any(m in r.pathname for m in _CHATTY))
   multihost.initialize()
-  result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   print(result["table"], flush=True)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -40,7 +40,7 @@ def analysis_run(tmp_path_factory, data_dir):
   network's features carry example-specific information that its initial ones do not. Returns
   ``(config, workdir)``.
   """
-  from rlp_jax import train
+  from rlp_jax.training import loop
 
   config = configs.digits.get_config("cnn,tiny")
   config.data_dir = data_dir
@@ -55,5 +55,5 @@ def analysis_run(tmp_path_factory, data_dir):
   config.offline.num_epochs = 3
   config.offline.batch_size = 64
   workdir = str(tmp_path_factory.getbasetemp() / "analysis_tiny_run")
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   return config, workdir

@@ -6,7 +6,8 @@ import types
 
 import pytest
 
-from rlp_jax import benchmark, flops, train
+from rlp_jax.perf import benchmark, flops
+from rlp_jax.training import steps
 
 
 def test_benchmark_reports_three_variants_with_ratios(tiny_config):
@@ -60,7 +61,7 @@ def test_regularizing_reuses_the_measurements_head_matmuls(tiny_config, norm, ch
     exp, state, batch, compiled, _ = benchmark.compile_step(cfg, info, abstract=True)
     costs = benchmark.compiled_costs(compiled)
     xla[name], memory[name] = costs["flops_per_step"], costs["device_memory_bytes"]
-    counted[name] = flops.count(train.make_train_step(exp), state, batch)
+    counted[name] = flops.count(steps.make_train_step(exp), state, batch)
   dim = exp.feature_dims["pre_logits"]
   one_matmul = 2 * c.batch_size * dim * exp.num_labels
   # Ours from the jaxpr (flops.py), which must see the sharing; XLA's count of the compiled program

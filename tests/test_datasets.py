@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import rlp_jax.datasets  # noqa: F401  (registers the builders)
-from rlp_jax.datasets.mnist1d import Mnist1dConfig
+import rlp_jax.data.datasets  # noqa: F401  (registers the builders)
+from rlp_jax.data.datasets.mnist1d import Mnist1dConfig
 
 SMALL_MNIST1D = {"name": "n600", "num_train": 600, "num_test": 200, "seed": 7}
 

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlp_jax import flops, head_loss
+from rlp_jax.heads import head_loss
+from rlp_jax.perf import flops
 
 
 def test_matmul_einsum_and_scan_counts_are_exact():

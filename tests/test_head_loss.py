@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlp_jax import head_loss, rlp
+from rlp_jax.heads import head_loss, metrics, routing
 
 
 def _problem(b=32, h=2, d=8, n=96, valid=90, per_head=False, seed=0):
@@ -25,9 +25,9 @@ def _problem(b=32, h=2, d=8, n=96, valid=90, per_head=False, seed=0):
 
 
 def reference(x, w, bias, y, valid):
-  """Autodiff of the definitions, from full logits (rlp.py's numerics)."""
+  """Autodiff of the definitions, from full logits (train.py's numerics)."""
   s = head_loss.mask_padding(head_loss.dense(x, w, bias), valid)
-  return rlp.cross_entropy(s, y), rlp.log1m_softmax(s, y), rlp.head_correct(s, y)
+  return routing.cross_entropy(s, y), routing.log1m_softmax(s, y), metrics.head_correct(s, y)
 
 
 def weighted(fn, g_ce, g_l1m):

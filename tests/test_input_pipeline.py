@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from rlp_jax import input_pipeline, labels
+from rlp_jax.data import input_pipeline, labels
 
 
 def _epoch(config, info, epoch, skip=0):

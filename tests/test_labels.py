@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rlp_jax import labels
+from rlp_jax.data import labels
 
 
 def test_same_label_for_same_index_in_any_order():

@@ -11,7 +11,8 @@ import pytest
 import tensorflow_datasets as tfds
 from scipy import stats
 
-from rlp_jax import input_pipeline, labels, memorization
+from rlp_jax.analysis import memorization
+from rlp_jax.data import input_pipeline, labels
 
 # ---------------------------------------------------------------------------------------------------
 # Statistics against hand-computed values
@@ -109,7 +110,7 @@ def test_a_planted_memorizable_example_ranks_first_at_its_own_index(tiny_config,
     return {"pre_logits": logits}
 
   batches = input_pipeline.eval_batches(config, info, "train_eval", limit=-1)
-  data = memorization.collect(batches, logits_fn, info.num_train)
+  data = memorization.collect(((b, logits_fn(b)) for b in batches), info.num_train)
   assert order != sorted(order)  # the pipeline really did read out of index order
 
   # As compute() stores it: one checkpoint, one layer.

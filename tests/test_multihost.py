@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 
 import configs.digits
-from rlp_jax import input_pipeline, multihost, train
+from rlp_jax.data import input_pipeline
+from rlp_jax.infra import multihost
+from rlp_jax.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 420
@@ -163,7 +165,7 @@ def test_two_hosts_preempt_resume_and_restore_onto_one_device(two_process_jax, d
   assert _metrics(split) == _metrics(whole)
 
   # The two-host checkpoint restored by one process on one device: the same final evaluation.
-  result = train.train_and_evaluate(config, whole)
+  result = loop.train_and_evaluate(config, whole)
   final = _metrics(whole)[-1]
   for key, value in result["metrics"].items():
     if key.endswith("accuracy"):

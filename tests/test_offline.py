@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rlp_jax import checkpointing, input_pipeline, labels, metric_logging, offline, rlp, train
+from rlp_jax.analysis import offline
+from rlp_jax.data import input_pipeline, labels
+from rlp_jax.heads import heads as heads_lib
+from rlp_jax.training import checkpointing, experiment, metric_logging
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,7 @@ def _restore_all(state, workdir):
 
 def test_cli_records_every_checkpoint_beside_online_and_leaves_the_network_untouched(run, workdir):
   config = run[0]
-  state = train.build(config)[1]
+  state = experiment.build(config)[1]
   before = _restore_all(state, workdir)
   wd, cfg, output, steps = offline.parse_cli(
     ["offline", f"--workdir={workdir}", "--config.offline.num_epochs=10"]
@@ -77,13 +80,13 @@ def test_cli_records_every_checkpoint_beside_online_and_leaves_the_network_untou
 
 def test_offline_heads_use_the_online_labels_and_initialization_and_learn(run):
   config, workdir = run
-  exp, state = train.build(config)
+  exp, state = experiment.build(config)
   mngr = checkpointing.manager(workdir)
   init = jax.device_get(checkpointing.restore(mngr, 0, state))
   last = checkpointing.restore(mngr, 132, state)
 
   # Same initialization: the heads offline.fit_heads builds are the online heads at step 0.
-  fresh = nnx.split(rlp.build_heads(config, exp.feature_dims, exp.rlp_layers, exp.num_labels))[1]
+  fresh = nnx.split(heads_lib.build_heads(config, exp.feature_dims, exp.rlp_layers, exp.num_labels))[1]
   same = jax.tree.map(np.array_equal, fresh.to_pure_dict(), init.params["rlp"])
   assert jax.tree.leaves(same) and all(jax.tree.leaves(same))
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from rlp_jax import input_pipeline, train
+from rlp_jax.data import input_pipeline
+from rlp_jax.training import experiment, loop, steps
 from tests.test_tfds_pipeline import write_fake_tfds
 
 CONFIGS = ("wrn_cifar100", "vit_cifar100", "vit_imagenet")
@@ -70,12 +71,12 @@ def test_runlocal_builds_and_trains(name, datasets):
   config = get_config(name, RUNS[name])
   config.rlp.reg_lambda = 1.0
   with _Data(config, datasets) as config:
-    exp, state = train.build(config)
+    exp, state = experiment.build(config)
     assert exp.rlp_layers and exp.reg_layers and exp.probe_layers
-    step = train.make_train_step(exp)
+    step = steps.make_train_step(exp)
     batch = next(input_pipeline.train_batches(config, exp.info, epoch=0))
     assert batch["image"].shape == (8, *exp.info.input_shape)
-    state = step(state, train._device_batch(exp, batch))
+    state = step(state, experiment.device_batch(exp, batch))
     sums = jax.device_get(state.loss_sums)
   assert int(state.step) == 1
   assert all(np.isfinite(v) for v in sums.values()), sums
@@ -86,7 +87,7 @@ def test_vit_imagenet_runlocal_end_to_end(datasets, tmp_path):
   """The full loop on ImageNet-shaped data: train, eval on 'validation', checkpoints, metrics."""
   config = get_config("vit_imagenet", "runlocal,all_blocks")
   with _Data(config, datasets) as config:
-    result = train.train_and_evaluate(config, str(tmp_path / "run"))
+    result = loop.train_and_evaluate(config, str(tmp_path / "run"))
   metrics = result["metrics"]
   assert metrics["epoch"] == 2
   assert 0.0 <= metrics["test/accuracy"] <= 1.0

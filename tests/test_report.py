@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import configs.digits
-from rlp_jax import report
+from rlp_jax.analysis import report
 
 LAYERS = ("block_1", "block_2", "block_10", "pre_logits")  # block_10 after block_2: model order, not text
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -8,21 +8,25 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rlp_jax import input_pipeline, models, rlp, train
+from rlp_jax import models
+from rlp_jax.data import input_pipeline
+from rlp_jax.heads import heads as heads_lib
+from rlp_jax.heads import routing
+from rlp_jax.training import experiment, steps
 
 
 def test_log1m_softmax_matches_naive_form_where_that_is_accurate():
   logits = jax.random.normal(jax.random.key(0), (64, 5, 17)) * 3
   y = jax.random.randint(jax.random.key(1), (64, 5), 0, 17)
   p = jnp.take_along_axis(jax.nn.softmax(logits), y[..., None], -1)[..., 0]
-  np.testing.assert_allclose(rlp.log1m_softmax(logits, y), jnp.log1p(-p), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(routing.log1m_softmax(logits, y), jnp.log1p(-p), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("target_logit", [1e4, 80.0, -1e4])
 def test_reg_penalty_is_finite_with_finite_gradients_at_saturation(target_logit):
   logits = jnp.array([[target_logit, 0.0, -3.0, 1.0]])
   y = jnp.array([0])
-  value, grad = jax.value_and_grad(lambda s: -rlp.log1m_softmax(s, y).sum())(logits)
+  value, grad = jax.value_and_grad(lambda s: -routing.log1m_softmax(s, y).sum())(logits)
   assert np.isfinite(value) and np.all(np.isfinite(grad))
   if target_logit > 0:
     assert value > 50  # the penalty is large, not clipped to something harmless
@@ -33,7 +37,7 @@ def test_reg_penalty_is_finite_with_finite_gradients_at_saturation(target_logit)
 
 def test_one_gradient_step_on_l_reg_lowers_the_random_label_probability():
   """The sign: descending -log(1 - p̂) must make the head *less* sure of the random label."""
-  head = rlp.ParallelHeads(8, 10, 1, rngs=nnx.Rngs(0))
+  head = heads_lib.ParallelHeads(8, 10, 1, rngs=nnx.Rngs(0))
   z = jax.random.normal(jax.random.key(2), (32, 8))
   y = jax.random.randint(jax.random.key(3), (32, 1), 0, 10)
 
@@ -41,7 +45,7 @@ def test_one_gradient_step_on_l_reg_lowers_the_random_label_probability():
     return jnp.take_along_axis(jax.nn.softmax(head(z)), y[..., None], -1).mean()
 
   def l_reg(z):
-    return -rlp.log1m_softmax(head(z), y).mean()
+    return -routing.log1m_softmax(head(z), y).mean()
 
   before = p_hat(z)
   z_after = z - 1.0 * jax.grad(l_reg)(z)
@@ -53,14 +57,14 @@ def test_one_gradient_step_on_l_reg_lowers_the_random_label_probability():
 def test_parallel_heads_variants_shapes():
   z = jnp.ones((4, 6))
   for kwargs in ({}, {"norm": True}, {"hidden_dim": 5}, {"norm": True, "hidden_dim": 3}):
-    out = rlp.ParallelHeads(6, 11, 3, rngs=nnx.Rngs(0), **kwargs)(z)
+    out = heads_lib.ParallelHeads(6, 11, 3, rngs=nnx.Rngs(0), **kwargs)(z)
     assert out.shape == (4, 3, 11) and out.dtype == jnp.float32
-  assert rlp.pool_features(jnp.ones((2, 4, 4, 3))).shape == (2, 3)
-  assert rlp.pool_features(jnp.ones((2, 4, 4, 3)), "flatten").shape == (2, 48)
+  assert heads_lib.pool_features(jnp.ones((2, 4, 4, 3))).shape == (2, 3)
+  assert heads_lib.pool_features(jnp.ones((2, 4, 4, 3)), "flatten").shape == (2, 48)
 
 
 def test_parallel_heads_are_independent_classifiers():
-  heads = rlp.ParallelHeads(6, 4, 3, rngs=nnx.Rngs(0))
+  heads = heads_lib.ParallelHeads(6, 4, 3, rngs=nnx.Rngs(0))
   z = jax.random.normal(jax.random.key(0), (5, 6))
   out = heads(z)
   for h in range(3):
@@ -97,7 +101,7 @@ def test_each_loss_reaches_exactly_its_parameters(tiny_config, model_name):
   config.rlp.layers, config.rlp.reg_layers, config.probes.layers = "all", "all", "all"
   config.rlp.num_heads = 2
   config.rlp.reg_lambda = 1.0
-  exp, state = train.build(config)
+  exp, state = experiment.build(config)
   batch = next(input_pipeline.train_batches(config, exp.info, epoch=0))
   batch = {k: jnp.asarray(batch[k]) for k in ("image", "label", "rlp_labels")}
 
@@ -110,7 +114,7 @@ def test_each_loss_reaches_exactly_its_parameters(tiny_config, model_name):
       train=True,
       dropout_key=jax.random.key(0),
     )
-    _, parts = rlp.routed_losses(
+    _, parts = routing.routed_losses(
       class_logits=logits,
       features=feats,
       labels=batch["label"],
@@ -139,17 +143,17 @@ def test_each_loss_reaches_exactly_its_parameters(tiny_config, model_name):
 
 
 def test_label_chunk_in_training_equals_full_logits(tiny_config):
-  from rlp_jax import input_pipeline
+  from rlp_jax.data import input_pipeline
 
   config = tiny_config
   config.rlp.num_labels, config.rlp.reg_lambda = 30, 0.5
 
   def run(chunk):
     config.rlp.label_chunk = chunk
-    exp, state = train.build(config)
-    step = train.make_train_step(exp)
+    exp, state = experiment.build(config)
+    step = steps.make_train_step(exp)
     for batch in list(input_pipeline.train_batches(config, exp.info, 0))[:3]:
-      state = step(state, train._device_batch(exp, batch))
+      state = step(state, experiment.device_batch(exp, batch))
     return exp, jax.device_get(state)
 
   exp, chunked = run(8)  # 30 labels padded to 32, in blocks of 8

@@ -13,11 +13,18 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from conftest import make_tiny_config
+from flax import nnx
 
-from rlp_jax import flops, head_loss, input_pipeline, rlp, sharding, train
+from rlp_jax.data import input_pipeline
+from rlp_jax.heads import head_loss, metrics, routing
+from rlp_jax.heads import heads as heads_lib
+from rlp_jax.infra import mesh as mesh_lib
+from rlp_jax.perf import flops
+from rlp_jax.training import experiment, steps
 
 EIGHT = jax.device_count() >= 8
 needs_eight = pytest.mark.skipif(not EIGHT, reason="runs in the 8-device subprocess")
@@ -39,8 +46,8 @@ def test_sharded_suite_on_8_simulated_cpu_devices():
 
 
 def _mesh(data, model):
-  cfg = train.ml_collections.ConfigDict(dict(data=data, model=model))
-  return sharding.make_mesh(cfg)
+  cfg = ml_collections.ConfigDict(dict(data=data, model=model))
+  return mesh_lib.make_mesh(cfg)
 
 
 @needs_eight
@@ -62,7 +69,7 @@ def test_sharded_head_stats_equal_full_logits(shape, per_head, chunk):
 
   def full(x, w, bias):
     s = head_loss.mask_padding(head_loss.dense(x, w, bias), valid)
-    return rlp.cross_entropy(s, y), rlp.log1m_softmax(s, y), rlp.head_correct(s, y)
+    return routing.cross_entropy(s, y), routing.log1m_softmax(s, y), metrics.head_correct(s, y)
 
   def sharded(x, w, bias):
     return head_loss.head_stats(x, w, bias, y, num_valid=valid, chunk=chunk, mesh=mesh)
@@ -81,7 +88,7 @@ def test_sharded_head_stats_equal_full_logits(shape, per_head, chunk):
     assert np.all(np.isfinite(a))
     np.testing.assert_allclose(a, e, rtol=2e-4, atol=2e-5)
 
-  # One evaluation, two routes (rlp.routed_losses): ce through the first input set, log1m the second.
+  # One evaluation, two routes (routing.routed_losses): ce through the first input set, log1m the second.
   def split(first, second):
     return head_loss.head_stats(*first, y, log1m_inputs=second, num_valid=valid, chunk=chunk, mesh=mesh)
 
@@ -112,15 +119,15 @@ def _tiny(config):
 
 
 def _steps(config, devices, num_steps=3):
-  exp, state = train.build(config, devices=devices)
-  step = train.make_train_step(exp)
-  eval_step = train.make_eval_step(exp)
+  exp, state = experiment.build(config, devices=devices)
+  step = steps.make_train_step(exp)
+  eval_step = steps.make_eval_step(exp)
   batches = input_pipeline.train_batches(config, exp.info, epoch=0)
   for _ in range(num_steps):
     batch = next(batches)
-    state = step(state, train._device_batch(exp, batch))
+    state = step(state, experiment.device_batch(exp, batch))
   ev = next(input_pipeline.eval_batches(config, exp.info, "train_eval"))
-  metrics = eval_step(state.params, state.batch_stats, train._device_batch(exp, ev))
+  metrics = eval_step(state.params, state.batch_stats, experiment.device_batch(exp, ev))
   return exp, state, jax.device_get(metrics)
 
 
@@ -160,7 +167,7 @@ def test_head_memory_per_device_shrinks_with_the_model_axis(tiny_config, model_a
   config = _tiny(tiny_config)
   config.rlp.num_labels = 1024
   config.mesh.data, config.mesh.model = 8 // model_axis, model_axis
-  _, state = train.build(config)
+  _, state = experiment.build(config)
   kernel = state.params["rlp"]["layers"]["pre_logits"]["kernel"]
   assert kernel.shape[-1] == 1024
   assert {s.data.shape[-1] for s in kernel.addressable_shards} == {1024 // model_axis}
@@ -174,17 +181,17 @@ def test_mesh_errors_name_the_key(tiny_config):
   config = _tiny(tiny_config)
   config.mesh.data, config.mesh.model = 3, 2
   with pytest.raises(ValueError, match=r"config\.mesh"):
-    train.build(config)
+    experiment.build(config)
   config.mesh.data, config.mesh.model = -1, 1
   config.batch_size = 12
   with pytest.raises(ValueError, match=r"config\.batch_size=12"):
-    train.build(config)
+    experiment.build(config)
 
 
 @needs_eight
 def test_sharded_rlp_loss_is_used_and_matches_in_routed_losses():
   mesh = _mesh(2, 4)
-  heads = rlp.LayerHeads({"pre_logits": 6}, 32, 2, norm=True, hidden_dim=0, rngs=rlp.nnx.Rngs(0))
+  heads = heads_lib.LayerHeads({"pre_logits": 6}, 32, 2, norm=True, hidden_dim=0, rngs=nnx.Rngs(0))
   z = jax.random.normal(jax.random.key(1), (8, 6))
   y = jax.random.randint(jax.random.key(2), (8, 2), 0, 32)
   kw = dict(
@@ -197,8 +204,8 @@ def test_sharded_rlp_loss_is_used_and_matches_in_routed_losses():
     reg_layers=("pre_logits",),
     reg_lambda=2.0,
   )
-  total_full, parts_full = rlp.routed_losses(**kw)
-  total_sharded, parts_sharded = jax.jit(lambda: rlp.routed_losses(**kw, mesh=mesh))()
+  total_full, parts_full = routing.routed_losses(**kw)
+  total_sharded, parts_sharded = jax.jit(lambda: routing.routed_losses(**kw, mesh=mesh))()
   np.testing.assert_allclose(total_sharded, total_full, rtol=1e-5)
   np.testing.assert_allclose(parts_sharded["loss/reg"], parts_full["loss/reg"], rtol=1e-5)
   np.testing.assert_array_equal(
@@ -208,16 +215,16 @@ def test_sharded_rlp_loss_is_used_and_matches_in_routed_losses():
 
 @needs_eight
 def test_checkpoint_restores_onto_a_different_mesh(tiny_config, tmp_path):
-  from rlp_jax import checkpointing
+  from rlp_jax.training import checkpointing
 
   config = _tiny(tiny_config)
   config.rlp.num_labels = 64
   config.mesh.data, config.mesh.model = 8, 1
-  _, saved = train.build(config)
+  _, saved = experiment.build(config)
   mngr = checkpointing.manager(str(tmp_path))
   checkpointing.save(mngr, 0, saved)
   config.mesh.data, config.mesh.model = 2, 4
-  exp, target = train.build(config)
+  exp, target = experiment.build(config)
   restored = checkpointing.restore(mngr, 0, target)
   same = jax.tree.map(np.array_equal, jax.device_get(restored.params), jax.device_get(saved.params))
   assert all(jax.tree.leaves(same))
@@ -241,6 +248,6 @@ def test_a_prime_number_of_labels_is_padded_and_sharded(tiny_config, single_devi
   for k in single_metrics:
     np.testing.assert_allclose(sharded_metrics[k], single_metrics[k], rtol=1e-5)  # counts: exact
   # The padded labels are never predicted and get no gradient: their logits are -inf.
-  heads = rlp.nnx.merge(exp.heads_def, sharded.params["rlp"])
+  heads = nnx.merge(exp.heads_def, sharded.params["rlp"])
   logits = heads.layers["pre_logits"](jnp.ones((2, exp.feature_dims["pre_logits"])))
   assert np.all(np.isneginf(np.asarray(logits[..., 13:])))

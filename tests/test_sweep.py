@@ -11,7 +11,8 @@ import sys
 import pytest
 
 import configs.digits
-from rlp_jax import sweep, train
+from rlp_jax.analysis import sweep
+from rlp_jax.training import loop
 
 
 def _config(data_dir=""):
@@ -119,7 +120,7 @@ def test_sweep_runs_each_point_in_its_own_workdir_and_summarizes(swept):
 
 def test_rerunning_the_sweep_skips_finished_runs_and_emits_nothing_for_them(swept, monkeypatch, tmp_path):
   config, root, runs = swept
-  monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("a finished run was redone"))
+  monkeypatch.setattr(loop, "train_and_evaluate", lambda *a: pytest.fail("a finished run was redone"))
   assert sweep.run_local(runs, log=lambda s: None) == {
     "rlp.reg_lambda=0": "skipped (done)",
     "rlp.reg_lambda=1": "skipped (done)",
@@ -143,9 +144,9 @@ def test_rerunning_the_sweep_skips_finished_runs_and_emits_nothing_for_them(swep
 
   def nan(cfg, workdir):
     os.makedirs(workdir)
-    raise train.NonFiniteLossError("The training loss became nan by step 3.")
+    raise loop.NonFiniteLossError("The training loss became nan by step 3.")
 
-  monkeypatch.setattr(train, "train_and_evaluate", nan)
+  monkeypatch.setattr(loop, "train_and_evaluate", nan)
   assert sweep.run_local(diverged, log=lambda s: None) == {"rlp.reg_lambda=1e+09": "diverged"}
   assert sweep.run_local(diverged, log=lambda s: None) == {"rlp.reg_lambda=1e+09": "skipped (diverged)"}
   assert sweep.write_summary(str(tmp_path), diverged)[0]["status"] == "diverged"

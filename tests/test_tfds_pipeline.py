@@ -20,7 +20,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from rlp_jax import configuration, input_pipeline, labels
+from rlp_jax.data import input_pipeline, labels
+from rlp_jax.infra import configuration
 
 
 def _example(features, split: str, k: int, rng) -> dict:

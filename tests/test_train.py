@@ -12,15 +12,16 @@ import jax
 import numpy as np
 import pytest
 
-from rlp_jax import checkpointing, input_pipeline, metric_logging, train
+from rlp_jax.data import input_pipeline
+from rlp_jax.training import checkpointing, experiment, loop, metric_logging, steps
 
 
 def _run_steps(config, num_steps: int):
-  exp, state = train.build(config)
-  step = train.make_train_step(exp)
+  exp, state = experiment.build(config)
+  step = steps.make_train_step(exp)
   batches = input_pipeline.train_batches(config, exp.info, epoch=0)
   for _ in range(num_steps):
-    state = step(state, train._device_batch(exp, next(batches)))
+    state = step(state, experiment.device_batch(exp, next(batches)))
   return jax.device_get(state)
 
 
@@ -61,7 +62,7 @@ def _read_jsonl(workdir):
 
 def test_end_to_end_writes_metrics_checkpoints_and_table(tiny_config, tmp_path):
   workdir = str(tmp_path / "run")
-  result = train.train_and_evaluate(tiny_config, workdir)
+  result = loop.train_and_evaluate(tiny_config, workdir)
   records = _read_jsonl(workdir)
   assert [r["epoch"] for r in records] == [1, 2]
   last = records[-1]
@@ -97,7 +98,7 @@ def test_resume_after_sigterm_equals_uninterrupted(tiny_config, tmp_path, monkey
   tiny_config.offline.at_init = False
   tiny_config.model.dropout = 0.1
   tiny_config.rlp.reg_lambda = 0.5
-  full = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+  full = loop.train_and_evaluate(tiny_config, str(tmp_path / "full"))
 
   # Preempt in the middle of the second epoch (step 30 of 44), then re-run the same call.
   original = input_pipeline.train_batches
@@ -111,10 +112,10 @@ def test_resume_after_sigterm_equals_uninterrupted(tiny_config, tmp_path, monkey
   workdir = str(tmp_path / "resumed")
   monkeypatch.setattr(input_pipeline, "train_batches", preempting_batches)
   with pytest.raises(SystemExit, match="Preempted"):
-    train.train_and_evaluate(tiny_config, workdir)
+    loop.train_and_evaluate(tiny_config, workdir)
   monkeypatch.setattr(input_pipeline, "train_batches", original)
   assert 31 in checkpointing.manager(workdir).all_steps()
-  resumed = train.train_and_evaluate(tiny_config, workdir)
+  resumed = loop.train_and_evaluate(tiny_config, workdir)
 
   assert resumed["metrics"] == full["metrics"]
   assert _read_jsonl(workdir) == _read_jsonl(str(tmp_path / "full"))
@@ -127,8 +128,8 @@ def test_resume_after_sigterm_equals_uninterrupted(tiny_config, tmp_path, monkey
 def test_rerunning_a_finished_run_changes_nothing(tiny_config, tmp_path):
   tiny_config.offline.at_init = False
   workdir = str(tmp_path / "run")
-  first = train.train_and_evaluate(tiny_config, workdir)
-  again = train.train_and_evaluate(tiny_config, workdir)
+  first = loop.train_and_evaluate(tiny_config, workdir)
+  again = loop.train_and_evaluate(tiny_config, workdir)
   assert again["metrics"]["test/accuracy"] == first["metrics"]["test/accuracy"]
   assert len(_read_jsonl(workdir)) == 2
 
@@ -162,7 +163,7 @@ def test_bad_config_fails_early_with_the_key(tiny_config, tmp_path, key, value, 
   target[leaf] = value
   workdir = tmp_path / "run"
   with pytest.raises(ValueError, match=message.replace(".", r"\.")):
-    train.train_and_evaluate(tiny_config, str(workdir))
+    loop.train_and_evaluate(tiny_config, str(workdir))
   assert not (workdir / "checkpoints").exists()
 
 
@@ -170,11 +171,11 @@ def test_workdir_of_another_experiment_is_refused_and_left_intact(tiny_config, t
   tiny_config.num_epochs = 1
   tiny_config.offline.at_init = False
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(tiny_config, workdir)
+  loop.train_and_evaluate(tiny_config, workdir)
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   tiny_config.rlp.reg_lambda = 10.0
   with pytest.raises(ValueError, match=r"different experiment.*config\.rlp\.reg_lambda"):
-    train.train_and_evaluate(tiny_config, workdir)
+    loop.train_and_evaluate(tiny_config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
@@ -184,10 +185,10 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
   tiny_config.log_every_steps = 1
   workdir = str(tmp_path / "run")
   with pytest.raises(FloatingPointError, match="last good checkpoint"):
-    train.train_and_evaluate(tiny_config, workdir)
+    loop.train_and_evaluate(tiny_config, workdir)
   mngr = checkpointing.manager(workdir)
   assert mngr.all_steps() == [0]
-  exp, state = train.build(tiny_config)
+  exp, state = experiment.build(tiny_config)
   restored = checkpointing.restore(mngr, 0, state)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(restored.params)))
 

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from rlp_jax.sharding import DATA, MODEL, shard_map
+from rlp_jax.infra.mesh import DATA, MODEL, shard_map
 
 
 def matmul_dtype(dtype: str):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from rlp_jax import labels
-
 OPTIMIZERS = ("sgd", "adamw", "adam")
+# How random labels are drawn (data/labels.py, docs/design.md §2).
+LABEL_MODES = ("fixed", "shuffled", "unique")
 
 
 def optimizer_config(name: str, learning_rate: float, **overrides) -> ml_collections.ConfigDict:
@@ -132,17 +132,6 @@ RESUMABLE_KEYS = (
 )
 
 
-def flatten(tree, prefix: str = "") -> dict:
-  """Nested dicts (a config's JSON) -> one dict with dotted keys, e.g. ``{"rlp.reg_lambda": 1e4}``."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def parse_layers(spec: str, available: list[str], key: str) -> list[str]:
   """'all' | '' | 'a,b' -> validated list of names, in the model's order."""
   spec = spec.strip()
@@ -172,8 +161,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("rlp.reg_lambda", f"must be >= 0 (λ = 0 measures only), got {config.rlp.reg_lambda}.")
   if config.rlp.num_heads < 0:
     fail("rlp.num_heads", f"must be >= 0 (0 = no RLP heads), got {config.rlp.num_heads}.")
-  if config.rlp.label_mode not in labels.LABEL_MODES:
-    fail("rlp.label_mode", f"must be one of {labels.LABEL_MODES}, got {config.rlp.label_mode!r}.")
+  if config.rlp.label_mode not in LABEL_MODES:
+    fail("rlp.label_mode", f"must be one of {LABEL_MODES}, got {config.rlp.label_mode!r}.")
   if config.rlp.num_heads and config.rlp.label_mode != "unique" and config.rlp.num_labels < 2:
     fail("rlp.num_labels", f"must be >= 2 (a head needs two labels to predict), got {config.rlp.num_labels}.")
   if config.rlp.hidden_dim < 0:

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from rlp_jax.infra import rundir
+
 
 def rows(
   metrics: Mapping[str, float], offline_at_init: Mapping[str, np.ndarray], num_labels: int, layers
@@ -49,5 +51,5 @@ def format_table(metrics: Mapping[str, float], head_rows: list[dict]) -> str:
 
 
 def write(workdir: str, metrics: Mapping[str, float], head_rows: list[dict]) -> None:
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump({"final_metrics": dict(metrics), "rlp_heads": head_rows}, f, indent=2)
+  record = {"final_metrics": dict(metrics), "rlp_heads": head_rows}
+  rundir.atomic_write(os.path.join(workdir, rundir.SUMMARY_FILE), json.dumps(record, indent=2))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -10,6 +9,8 @@ from typing import Any
 import jax
 import numpy as np
 from clu import metric_writers
+
+from rlp_jax.infra import rundir
 
 
 class JsonlWriter(metric_writers.MetricWriter):
@@ -24,19 +25,13 @@ class JsonlWriter(metric_writers.MetricWriter):
 
   def truncate_after(self, step: int) -> None:
     """Drops records with a step > ``step``: they belong to the part of the run that is redone."""
-    if not os.path.exists(self._path):
-      return
-    with open(self._path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(self._path + ".tmp", "w") as f:
-      f.writelines(kept)
-    os.replace(self._path + ".tmp", self._path)
+    if os.path.exists(self._path):
+      rundir.write_jsonl(self._path, [r for r in rundir.read_jsonl(self._path) if r["step"] <= step])
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     record = {"step": int(step)}
     record.update({k: float(np.asarray(v)) for k, v in scalars.items()})
-    with open(self._path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    rundir.append_jsonl(self._path, record)
 
   # Non-scalar data goes to TensorBoard only.
   def write_summaries(self, step, values, metadata=None):
@@ -67,21 +62,6 @@ class JsonlWriter(metric_writers.MetricWriter):
     pass
 
 
-def read_jsonl(path: str) -> list[dict]:
-  """Records of a JSONL file; a truncated last line (a run killed while writing it) ends the list."""
-  if not os.path.exists(path):
-    return []
-  out = []
-  with open(path) as f:
-    for line in f:
-      if line.strip():
-        try:
-          out.append(json.loads(line))
-        except json.JSONDecodeError:
-          break
-  return out
-
-
 def create_writers(
   workdir: str,
 ) -> tuple[metric_writers.MetricWriter, metric_writers.MetricWriter, JsonlWriter | None]:
@@ -94,6 +74,6 @@ def create_writers(
   if jax.process_index() != 0:
     console = metric_writers.create_default_writer(workdir, just_logging=True)
     return console, console, None
-  jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+  jsonl = JsonlWriter(os.path.join(workdir, rundir.METRICS_FILE))
   tb = metric_writers.create_default_writer(workdir, asynchronous=False)
   return metric_writers.MultiWriter([tb, jsonl]), tb, jsonl

@@ -9,7 +9,7 @@ Data flow (DESIGN §2/§3)::
     -> decode / augment / normalize -> batch
     -> attach noisy label / random labels by hashing ``index`` (labels.py)
 
-**The global index.** Datasets built by ``rlp_jax.datasets`` store it as an ``index`` feature. Any other
+**The global index.** Datasets built by ``rlp_jax.data.datasets`` store it as an ``index`` feature. Any other
 tfds dataset (``cifar100``, ``imagenet2012``, any image classification dataset with ``image`` and ``label``)
 is read with ``tfds.ReadConfig(add_tfds_id=True)``: tfds then attaches to every example the id
 ``"<name>-<split>.<format>-<shard:05d>-of-<num_shards:05d>__<offset>"`` (tensorflow_datasets/core/reader.py:
@@ -60,7 +60,7 @@ import ml_collections
 import numpy as np
 from etils import epy
 
-from rlp_jax import labels
+from rlp_jax.data import labels
 
 # TensorFlow is loaded on first use, not on import: the train step and the benchmark need no data
 # pipeline, and accelerator machines may have JAX without TensorFlow.
@@ -97,7 +97,7 @@ class DataInfo:
 
 @functools.cache
 def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
-  import rlp_jax.datasets  # noqa: F401  (registers the embedded builders with tfds)
+  import rlp_jax.data.datasets  # noqa: F401  (registers the embedded builders with tfds)
 
   # Keep TensorFlow off the accelerators: it only feeds the input pipeline.
   tf.config.set_visible_devices([], "GPU")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-LABEL_MODES = ("fixed", "shuffled", "unique")
+from rlp_jax.infra.configuration import LABEL_MODES
 
 # Distinct stream tags; arbitrary odd constants.
 _RANDOM_LABEL = 0x2545F491

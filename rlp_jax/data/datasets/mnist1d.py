@@ -63,7 +63,7 @@ def _generate(config: Mnist1dConfig) -> tuple[np.ndarray, np.ndarray]:
   caller's randomness.
   """
   # Imported here because mnist1d imports matplotlib.pyplot, which importing
-  # `rlp_jax.datasets` to register the builders should not pay for.
+  # `rlp_jax.data.datasets` to register the builders should not pay for.
   from mnist1d.data import get_dataset_args, make_dataset
 
   args = get_dataset_args()

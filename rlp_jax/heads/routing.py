@@ -1,0 +1,169 @@
+"""The losses of a step — with all gradient routing in one place.
+
+docs/design.md §1. With ``sg = jax.lax.stop_gradient``, one forward pass of the network yields the class
+logits and the sown intermediates ``z_l``; from them:
+
+  =========  ==================================================  ======================
+  loss       formula                                             gradients reach
+  =========  ==================================================  ======================
+  L_class    CE(g_φ(f_θ(x)), y), optionally label-smoothed       θ (backbone), φ (head)
+  L_rnd      mean_k CE(h_ψk(sg(z_k)), ŷ_k)                       ψ (RLP heads) only
+  L_reg      mean_k over regularizing heads -log(1 - p̂_k[ŷ_k]),   θ only
+             p̂_k = softmax(h_{sg(ψk)}(z_k))
+  L_probe    mean_l CE(q_l(sg(z_l)), y)                          probe parameters only
+  =========  ==================================================  ======================
+
+  L = L_class + L_rnd + λ·L_reg + L_probe
+
+``routed_losses`` below is the only function that places ``stop_gradient``; everything else in the
+package is routing-agnostic.
+
+Sign of L_reg: the paper's Eq. 4 prints ``log(1 - p̂)``, but its text says the term *penalizes* confident,
+correct random-label predictions of the feature extractor. Minimizing ``log(1 - p̂)`` would reward them, so
+we implement the penalty ``-log(1 - p̂_ŷ) >= 0``, which is minimized at ``p̂_ŷ = 0``.
+
+Why the head has two sets of inputs (``sg(z)`` with ψ for L_rnd, ``z`` with ``sg(ψ)`` for L_reg): it
+makes each loss's reach explicit. ``stop_gradient`` is the identity in the forward pass, so both sets hold
+the same values; ``head_stats`` computes the logits once and differentiates each statistic through its
+own set (head_loss.py), so regularizing adds only the matmul of dz, not a second evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from rlp_jax.heads import head_loss
+from rlp_jax.heads.heads import LayerHeads, ParallelHeads, pool_features
+from rlp_jax.infra import mesh as mesh_lib
+
+sg = jax.lax.stop_gradient
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example CE in float32; integer labels, optional label smoothing."""
+  logits = logits.astype(jnp.float32)
+  if label_smoothing == 0.0:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def head_stats(
+  head: ParallelHeads,
+  u: jax.Array,
+  labels: jax.Array,
+  mesh=None,
+  chunk: int = 0,
+  log1m_via: tuple[ParallelHeads, jax.Array] | None = None,
+) -> dict[str, jax.Array]:
+  """Per example and head (B, H): ``ce`` = CE(s, ŷ), ``log1m`` = log(1 - p̂_ŷ), ``correct`` = argmax == ŷ,
+  for the head's logits s on standardized features ``u = head.standardize(z)``.
+
+  ``log1m_via=(head', u')``, equal in value to ``(head, u)``, differentiates ``log1m`` through them
+  instead of through ``(head, u)``: one evaluation, two gradient routes (routed_losses).
+
+  From head_loss.head_stats, exact in value and gradient (tested against autodiff of full logits):
+  label-sharded over the mesh's ``model`` axis when it has several devices, ``chunk`` labels at a time
+  when chunk > 0, and with a backward pass that touches the (B, H, n) logits once.
+  """
+  ce, log1m, correct = head_loss.head_stats(
+    *_output_layer(head, u),
+    labels,
+    log1m_inputs=None if log1m_via is None else _output_layer(*log1m_via),
+    num_valid=head.num_valid,
+    dtype=head.dtype,
+    chunk=chunk,
+    mesh=mesh if mesh_lib.label_sharded(mesh) else None,
+  )
+  return {"ce": ce, "log1m": log1m, "correct": correct}
+
+
+def _output_layer(head: ParallelHeads, u: jax.Array):
+  """(inputs, kernel, bias) of the head's output layer."""
+  return head.inputs(u), head.kernel[...], head.bias[...]
+
+
+def routed_losses(
+  *,
+  class_logits: jax.Array,
+  features: Mapping[str, jax.Array],
+  labels: jax.Array,
+  rlp_labels: jax.Array | None,
+  heads: LayerHeads | None,
+  probes: LayerHeads | None,
+  reg_layers: Sequence[str],
+  reg_lambda: float,
+  label_smoothing: float = 0.0,
+  pool: str = "mean",
+  mesh=None,
+  label_chunk: int = 0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Total loss ``L_class + L_rnd + λ·L_reg + L_probe`` and its parts, with DESIGN §1's routing.
+
+  Args:
+    class_logits: g_φ(f_θ(x)), (B, N).
+    features: the sown intermediates z_l (not yet pooled), by layer name — still connected to θ.
+    labels: class labels y, (B,) (the possibly-noisy training label).
+    rlp_labels: ŷ, (B, num_heads) int.
+    heads / probes: the RLP heads and class probes (None when absent).
+    reg_layers: names of the layers whose heads regularize (a subset of the heads' layers).
+    reg_lambda: λ. λ = 0 is a pure measurement: L_reg is then not built at all, so the backbone's
+      gradients are those of L_class alone, bit for bit.
+    mesh: when its ``model`` axis is > 1, the heads' label axis is sharded over it (see head_stats).
+    label_chunk: > 0 computes the heads' statistics that many labels at a time (see head_stats).
+  Returns:
+    (total, parts): the scalar losses, plus per-layer (B, H) ``rnd_correct`` and (B,) ``probe_correct``.
+  """
+  l_class = cross_entropy(class_logits, labels, label_smoothing).mean()
+  parts: dict[str, jax.Array] = {"loss/class": l_class}
+  total = l_class
+
+  if heads is not None:
+    pooled = {
+      name: heads.layers[name].standardize(pool_features(features[name], pool)) for name in heads.layers
+    }
+    regularize = reg_lambda > 0 and bool(reg_layers)
+    if regularize:
+      graphdef, head_params = nnx.split(heads)
+      frozen = nnx.merge(graphdef, jax.tree.map(sg, head_params))
+    # L_rnd: the heads learn random labels from *detached* features — ψ moves, θ does not.
+    # L_reg: frozen copies of the heads (sg(ψ)) score the *live* features — θ moves, ψ does not.
+    # Both from one evaluation of each head: ce through (sg(z), ψ), log1m through (z, sg(ψ)).
+    rnd = {
+      name: head_stats(
+        heads.layers[name],
+        sg(u),
+        rlp_labels,
+        mesh,
+        label_chunk,
+        log1m_via=(frozen.layers[name], u) if regularize and name in reg_layers else None,
+      )
+      for name, u in pooled.items()
+    }
+    l_rnd = jnp.mean(jnp.stack([st["ce"].mean() for st in rnd.values()]))
+    total = total + l_rnd
+    parts["loss/rnd"] = l_rnd
+    if regularize:
+      l_reg = jnp.mean(jnp.stack([-rnd[name]["log1m"].mean() for name in reg_layers]))
+      total = total + reg_lambda * l_reg
+      parts["loss/reg"] = l_reg
+    else:
+      # Reported for the curves only; computed from detached statistics, so it cannot move anything.
+      parts["loss/reg"] = jnp.mean(jnp.stack([-sg(rnd[n]["log1m"]).mean() for n in reg_layers or rnd]))
+    parts["rnd_correct"] = {name: st["correct"] for name, st in rnd.items()}
+
+  if probes is not None:
+    # L_probe: class probes read detached features — only the probes move.
+    probe_logits = probes({name: sg(pool_features(features[name], pool)) for name in probes.layers})
+    l_probe = jnp.mean(jnp.stack([cross_entropy(s[:, 0], labels).mean() for s in probe_logits.values()]))
+    total = total + l_probe
+    parts["loss/probe"] = l_probe
+    parts["probe_correct"] = {name: jnp.argmax(s[:, 0], -1) == labels for name, s in probe_logits.items()}
+
+  parts["loss/total"] = total
+  return total, parts

@@ -1,0 +1,169 @@
+"""The files of a run directory, for training and for every tool that reads or adds to it (docs/design.md §6).
+
+A run directory (``--workdir``) holds::
+
+  config.json      the run's config: written once, compared on every resumption
+  metrics.jsonl    one JSON record per evaluation ({"step", "epoch", metric: value, ...})
+  checkpoints/     Orbax checkpoints (training/checkpointing.py)
+  summary.json     the final table, written when the run ends
+  offline.jsonl, memorization.npz, ...   what the analysis tools add
+
+Everything here is plain Python: no JAX, no TensorFlow, so the sweep and report tools stay light.
+Writes of whole files are atomic (a temporary file, then ``os.replace``): a kill never leaves half a file.
+Appends are one line each; a line cut short by a kill is skipped on reading, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+
+from rlp_jax.infra import configuration
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def atomic_write(path: str, data: str | bytes) -> None:
+  """Writes ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# JSON lines
+# ----------------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """Records of a JSONL file, in file order; [] when it does not exist.
+
+  A line that is not valid JSON (the last one, cut short by a kill; or a damaged one) is skipped with a
+  warning naming the file and line: the records around it are still returned, and the file is untouched.
+  """
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        warnings.warn(f"{path}:{number}: not a complete JSON record; skipped.", stacklevel=2)
+  return out
+
+
+def append_jsonl(path: str, record: Mapping) -> None:
+  """Appends one record as one line, flushed to disk (a result computed once is not lost to a kill)."""
+  with open(path, "a") as f:
+    f.write(json.dumps(dict(record)) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def write_jsonl(path: str, records: Iterable[Mapping]) -> None:
+  atomic_write(path, "".join(json.dumps(dict(r)) + "\n" for r in records))
+
+
+def final_record(records: Iterable[Mapping], num_epochs: int) -> dict | None:
+  """The record of the run's last epoch (``epoch >= num_epochs``), or None while the run is unfinished.
+
+  The one meaning of "final" for every tool: a run killed at epoch 40 of 90 has no final record, and a
+  report shows it as unfinished rather than presenting epoch 40 as the result.
+  """
+  final = [r for r in records if r.get("epoch", 0) >= num_epochs]
+  return dict(final[-1]) if final else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# The config of a run
+# ----------------------------------------------------------------------------------------------------
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict:
+  """Nested dicts (a config's JSON) -> one dict with dotted keys, e.g. ``{"rlp.reg_lambda": 1e4}``."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def config_dict(config) -> dict:
+  """A ConfigDict (or a plain mapping) as plain nested dicts, as it is stored in JSON."""
+  return json.loads(config.to_json()) if hasattr(config, "to_json") else json.loads(json.dumps(config))
+
+
+def read_json(path: str) -> dict:
+  """A JSON file the user's run depends on; a damaged one is reported with its path, never replaced."""
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not valid JSON ({e}). Restore it, or use a new --workdir.") from None
+
+
+def write_config_file(path: str, config) -> None:
+  atomic_write(path, json.dumps(config_dict(config), indent=2))
+
+
+def differences(saved, current, ignore: Iterable[str] = ()) -> list[str]:
+  """Dotted keys whose values differ between two configs (ConfigDicts or their JSON), except ``ignore``."""
+  a, b = flatten(config_dict(saved)), flatten(config_dict(current))
+  skip = set(ignore)
+  return [k for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
+
+
+def check_same(path: str, config, *, ignore: Iterable[str] = (), what: str, fix: str) -> None:
+  """Refuses ``config`` if the config saved at ``path`` differs from it (outside ``ignore``).
+
+  Mixing two settings in one directory (resuming a run with another λ, adding offline results of other
+  settings to one curve) would splice two experiments into one result; the user meant a new directory
+  or made a typo. Nothing is written either way.
+  """
+  if not os.path.exists(path):
+    return
+  saved = read_json(path)
+  diffs = differences(saved, config, ignore)
+  if diffs:
+    a, b = flatten(saved), flatten(config_dict(config))
+    detail = ", ".join(f"config.{k}: saved {a.get(k)!r} vs now {b.get(k)!r}" for k in diffs[:8])
+    raise ValueError(f"{what} ({detail}). {fix}")
+
+
+def load_config(workdir: str):
+  """The config a run was trained with (``DIR/config.json``) on top of today's defaults, locked.
+
+  Keys added to ``configuration.base_config`` after the run was trained take their defaults, so older
+  runs stay readable.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+      f"{path} does not exist: --workdir must be the directory of a run trained by rlp_jax.main "
+      "(it writes config.json, metrics.jsonl and checkpoints/ there)."
+    )
+  config = configuration.base_config()
+  _merge(config, read_json(path))
+  config.lock()
+  return config
+
+
+def _merge(base, saved: Mapping) -> None:
+  for k, v in saved.items():
+    if isinstance(v, Mapping) and k in base and hasattr(base[k], "items"):
+      _merge(base[k], v)
+    else:
+      base[k] = v

@@ -1,0 +1,166 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``, with resumption, preemption and NaN checks."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from rlp_jax.data import input_pipeline
+from rlp_jax.infra import configuration
+from rlp_jax.training import checkpointing, offline_heads, summary
+from rlp_jax.training.evaluators import Evaluator
+from rlp_jax.training.experiment import build, device_batch, zero_sums
+from rlp_jax.training.steps import make_train_step
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step, so it can checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if jax.process_count() > 1:
+      # jax.distributed.initialize installed the handler that reports SIGTERM to the coordination service
+      # (which feeds the preemption sync point below); a Python handler would replace it.
+      return self
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not in the main thread (e.g. some test runners): no handler, no harm
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+    self.requested = True
+
+  def stop_now(self, step: int) -> bool:
+    """Whether to checkpoint and exit after ``step``. On several hosts all must stop at the same step (a
+    host leaving alone would deadlock the others' collectives), so JAX's preemption sync point — fed by
+    the coordination service, which sees SIGTERM on any host — decides there."""
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def _check_finite(sums: Mapping[str, jax.Array], step: int, last_saved: int | None, workdir: str) -> None:
+  total = float(sums["loss/total"])
+  if not np.isfinite(total):
+    raise NonFiniteLossError(
+      f"The training loss became {total} by step {step}. Training stopped; the last good checkpoint "
+      f"(step {last_saved}) in {workdir}/checkpoints is intact and nothing after it was saved. Lower "
+      "config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, or lower config.rlp.reg_lambda."
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) the run in ``workdir``; returns the final metrics and the summary table rows."""
+  configuration.validate(config)
+  checkpointing.check_same_experiment(config, workdir)
+  exp, state = build(config)
+  checkpointing.write_config(config, workdir)
+  mngr = checkpointing.manager(workdir)
+  # Imported here, not at the top: clu's writers pull in TensorFlow, which the train *step* (and so the
+  # benchmark on an accelerator machine that has only JAX) does not need.
+  from clu import periodic_actions
+
+  from rlp_jax.training import metric_logging
+
+  writer, progress_writer, jsonl = metric_logging.create_writers(workdir)
+
+  latest = mngr.latest_step()
+  if latest is None:
+    checkpointing.save(mngr, 0, state)  # initialization: the offline control of Fig. 2B
+    latest = 0
+  else:
+    state = checkpointing.restore(mngr, latest, state)
+    logging.info("Resumed from step %d of %d.", latest, exp.total_steps)
+  if jsonl is not None:
+    jsonl.truncate_after(latest)
+
+  train_step, evaluate = make_train_step(exp), Evaluator(exp)
+  spe = exp.steps_per_epoch
+  step = int(state.step)
+  progress = periodic_actions.ReportProgress(
+    num_train_steps=exp.total_steps, writer=progress_writer, every_steps=config.log_every_steps
+  )
+  last_eval: dict[str, float] = {}
+  with _Preemption() as preemption:
+    for epoch in range(step // spe, config.num_epochs):
+      if step == epoch * spe:
+        state = state.replace(loss_sums=jax.device_put(zero_sums(exp), exp.state_sharding.loss_sums))
+      for batch in input_pipeline.train_batches(config, exp.info, epoch, skip=step - epoch * spe):
+        state = train_step(state, device_batch(exp, batch))
+        step += 1
+        progress(step, time.time())
+        if step % config.log_every_steps == 0:
+          _check_finite(state.loss_sums, step, latest, workdir)
+        if preemption.stop_now(step):
+          _check_finite(state.loss_sums, step, latest, workdir)
+          checkpointing.save(mngr, step, state, force=True)
+          writer.flush()
+          raise SystemExit(f"Preempted: checkpoint saved at step {step}; re-run the same command to resume.")
+      _check_finite(state.loss_sums, step, latest, workdir)
+      done = epoch + 1
+      if done % config.eval.every_epochs == 0 or done == config.num_epochs:
+        metrics = {
+          "epoch": done,
+          **{k: float(v) / spe for k, v in state.loss_sums.items()},
+          **evaluate(state.params, state.batch_stats, epoch),
+        }
+        writer.write_scalars(step, metrics)
+        writer.flush()
+        last_eval = metrics
+        logging.info("epoch %d: %s", done, _short(metrics))
+      if done % config.checkpoint_every_epochs == 0 or done == config.num_epochs:
+        checkpointing.save(mngr, step, state)
+        latest = step
+  if not last_eval:  # the run had already finished: report its final evaluation again
+    last_eval = {
+      "epoch": config.num_epochs,
+      **evaluate(state.params, state.batch_stats, config.num_epochs - 1),
+    }
+  writer.close()
+
+  offline_at_init = {}
+  if config.offline.at_init and exp.rlp_layers:
+    init = checkpointing.restore(mngr, 0, state)
+    offline_at_init = offline_heads.offline_accuracy(exp, init.params["model"], init.batch_stats)
+  head_rows = summary.rows(last_eval, offline_at_init, exp.num_labels, exp.rlp_layers)
+  if jax.process_index() == 0:
+    summary.write(workdir, last_eval, head_rows)
+  return {
+    "metrics": last_eval,
+    "offline_at_init": offline_at_init,
+    "rlp_heads": head_rows,
+    "table": summary.format_table(last_eval, head_rows),
+    "experiment": exp,
+    "state": state,
+  }
+
+
+def _short(metrics: Mapping[str, float]) -> str:
+  keys = [
+    k
+    for k in metrics
+    if k in ("train/accuracy", "test/accuracy", "loss/total")
+    or (k.startswith("rlp/") and k.endswith("/accuracy") and "/head_" not in k)
+  ]
+  return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys)
