@@ -21,7 +21,7 @@ heads; the ``pre_logits`` head with n = 100,000 adds 3.4% (4.7% with λ > 0); ``
 head) computes the head's losses 32,768 labels at a time (``rlp.label_chunk``): compiled for one device it
 needs 74 GB (89 GB with full logits, ``--config.rlp.label_chunk=0``) and 1.31x the FLOPs of the step
 without heads, at λ = 0 and λ > 0 alike (full logits: 1.23x). Its step time was measured on an H200 only
-before the head losses got their hand-written VJP (rlp_jax/head_loss.py): +64% measuring, +77%
+before the head losses got their hand-written VJP (rlp_jax/heads/head_loss.py): +64% measuring, +77%
 regularizing, with full logits; not re-measured since.
 
 Args (comma-separated: ``--config=configs/vit_imagenet.py:all_blocks,reg_last``):

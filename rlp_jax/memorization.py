@@ -4,7 +4,7 @@ r"""Per-example memorization scores, capacity, noisy-vs-clean AUC, image grids:
       [--layer=pre_logits] [--k=8] [--external=FILE [--external_score_key=tr_mem]
       [--external_label_key=tr_labels]]
 
-What each score and statistic is: analysis/memorization.py.
+What each score is: analysis/scores.py; the summary built on them: analysis/memorization.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 
 from absl import app, flags
 
-from rlp_jax.analysis import memorization
+from rlp_jax.analysis import external_scores, image_grid, memorization, scores
 from rlp_jax.infra import rundir
 
 
@@ -22,13 +22,13 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   steps = fl.steps if fl.steps in ("last", "all") else [int(s) for s in fl.steps.split(",")]
-  data = memorization.compute(fl.workdir, steps, fl.layers or None, log=lambda s: print(s, flush=True))
+  data = scores.compute(fl.workdir, steps, fl.layers or None, log=lambda s: print(s, flush=True))
   external = None
   if fl.external:
-    external = memorization.load_external(
+    external = external_scores.load_external(
       fl.external, fl.external_score_key, fl.external_label_key, fl.external_index_key
     )
-  images = memorization.load_train_images(rundir.load_config(fl.workdir)) if fl.k > 0 else None
+  images = image_grid.load_train_images(rundir.load_config(fl.workdir)) if fl.k > 0 else None
   out = memorization.analyze(
     fl.workdir, data, kind=fl.score, layer=fl.layer or None, k=fl.k, images=images, external=external
   )
@@ -41,8 +41,10 @@ def main(argv) -> None:
   for key in ("noisy_vs_clean_auc", "external", "image_grid"):
     if key in out:
       print(f"{key}: {out[key]}")
-  scores = os.path.join(fl.workdir, memorization.SCORE_FILE)
-  print(f"scores: {scores}; summary: {fl.workdir}/memorization.json")
+  print(
+    f"scores: {os.path.join(fl.workdir, scores.SCORE_FILE)}; "
+    f"summary: {os.path.join(fl.workdir, memorization.SUMMARY_FILE)}"
+  )
 
 
 def define_flags() -> None:
@@ -50,7 +52,7 @@ def define_flags() -> None:
   flags.DEFINE_string("steps", "last", "Checkpoints to score: last, all, or S1,S2,...")
   flags.DEFINE_list("layers", None, "Layers to score (default: every layer with RLP heads).")
   flags.DEFINE_enum(
-    "score", "p_own", list(memorization.KINDS), "The per-example score for ranking, AUC and correlation."
+    "score", "p_own", list(scores.KINDS), "The per-example score for ranking, AUC and correlation."
   )
   flags.DEFINE_string("layer", "", "Layer of that score (default: the last scored layer).")
   flags.DEFINE_integer("k", 8, "Examples per class and side in the image grid (0 = no grid).")

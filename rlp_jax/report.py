@@ -3,7 +3,7 @@ r"""Figures like the paper's and a Markdown page:
   python -m rlp_jax.report WORKDIR [WORKDIR ...] [--out=DIR]
 
 
-What it draws and from which files: analysis/report.py.
+What it draws: analysis/figures.py; from which files: analysis/run_logs.py; the page: analysis/report.py.
 """
 
 from __future__ import annotations

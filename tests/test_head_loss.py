@@ -5,9 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from rlp_jax.heads import head_loss, metrics, routing
+from rlp_jax.heads import head_loss
 
 
 def _problem(b=32, h=2, d=8, n=96, valid=90, per_head=False, seed=0):
@@ -25,13 +26,40 @@ def _problem(b=32, h=2, d=8, n=96, valid=90, per_head=False, seed=0):
 
 
 def reference(x, w, bias, y, valid):
-  """Autodiff of the definitions, from full logits (train.py's numerics)."""
+  """The definitions, by plain autodiff of the full (B, H, n) logits: optax's CE; log(1 - p_y) as the
+  log-sum-exp of the other labels minus that of all labels (stable as p_y → 1); argmax == y."""
   s = head_loss.mask_padding(head_loss.dense(x, w, bias), valid)
-  return routing.cross_entropy(s, y), routing.log1m_softmax(s, y), metrics.head_correct(s, y)
+  ce = optax.softmax_cross_entropy_with_integer_labels(s, y)
+  others = jnp.where(jax.nn.one_hot(y, s.shape[-1], dtype=bool), -jnp.inf, s)
+  log1m = jax.nn.logsumexp(others, -1) - jax.nn.logsumexp(s, -1)
+  return ce, log1m, jnp.argmax(s, -1) == y
 
 
-def weighted(fn, g_ce, g_l1m):
-  return lambda *a: (lambda ce, l1m, _: (g_ce * ce).sum() + (g_l1m * l1m).sum())(*fn(*a))
+def value_and_grads(fn, argnums=(0, 1, 2)):
+  """jit of ``(inputs..., g_ce, g_l1m) -> ((ce, log1m, correct), grads of Σ g_ce·ce + g_l1m·log1m)``.
+
+  The cotangents are arguments, so one compilation serves every combination of them.
+  """
+
+  def weighted(*args):
+    *inputs, g_ce, g_l1m = args
+    ce, log1m, correct = fn(*inputs)
+    return (g_ce * ce).sum() + (g_l1m * log1m).sum(), (ce, log1m, correct)
+
+  grad = jax.value_and_grad(weighted, argnums=argnums, has_aux=True)
+  return jax.jit(lambda *args: (lambda out, g: (out[1], g))(*grad(*args)))
+
+
+def test_reference_is_the_definition_where_the_naive_form_is_accurate():
+  """The reference itself, in float64 on unsaturated rows: CE = -log p_y, log1m = log(1 - p_y)."""
+  x, w, bias, y, *_ = _problem()
+  ce, log1m, correct = reference(x, w, bias, y, 90)
+  s = np.asarray(head_loss.mask_padding(head_loss.dense(x, w, bias), 90), np.float64)[1:]
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p_y = np.take_along_axis(p / p.sum(-1, keepdims=True), np.asarray(y)[1:, :, None], -1)[..., 0]
+  np.testing.assert_allclose(ce[1:], -np.log(p_y), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(log1m[1:], np.log1p(-p_y), rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(correct[1:], s.argmax(-1) == np.asarray(y)[1:])
 
 
 @pytest.mark.parametrize("chunk", [0, 16, 96])
@@ -39,41 +67,22 @@ def weighted(fn, g_ce, g_l1m):
 def test_values_and_gradients_equal_autodiff_of_full_logits(chunk, per_head):
   valid = 90  # 6 padded labels: never predicted, no probability mass
   x, w, bias, y, g_ce, g_l1m = _problem(valid=valid, per_head=per_head)
-
-  def ours(x, w, bias):
-    return head_loss.head_stats(x, w, bias, y, num_valid=valid, chunk=chunk)
-
-  def ref(x, w, bias):
-    return reference(x, w, bias, y, valid)
-
-  got, want = jax.jit(ours)(x, w, bias), jax.jit(ref)(x, w, bias)
-  for a, e in zip(got, want):
-    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=1e-5, atol=1e-4)
-  assert np.asarray(got[2]).any() and not np.asarray(got[2]).all()
-
-  grads = [jax.jit(jax.grad(weighted(f, g_ce, g_l1m), argnums=(0, 1, 2))) for f in (ours, ref)]
-  for a, e in zip(grads[0](x, w, bias), grads[1](x, w, bias)):
-    assert np.all(np.isfinite(a))
-    np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
-  # Padded labels get no gradient: their weights stay what they were initialized to (zeros).
-  dw = grads[0](x, w, bias)[1]
-  assert float(jnp.abs(dw[..., valid:]).max()) == 0.0
-
-
-def test_each_cotangent_alone_matches_autodiff():
-  """L_rnd uses only ce's cotangent and L_reg only log1m's: each separately must be exact."""
-  x, w, bias, y, g_ce, g_l1m = _problem(seed=1)
+  ours = value_and_grads(lambda *a: head_loss.head_stats(*a, y, num_valid=valid, chunk=chunk))
+  ref = value_and_grads(lambda *a: reference(*a, y, valid))
   zeros = jnp.zeros_like(g_ce)
-  for gc, gl in ((g_ce, zeros), (zeros, g_l1m)):
-    grads = [
-      jax.grad(weighted(f, gc, gl), argnums=(0, 1, 2))(x, w, bias)
-      for f in (
-        lambda *a: head_loss.head_stats(*a, y, num_valid=90),
-        lambda *a: reference(*a, y, 90),
-      )
-    ]
-    for a, e in zip(*grads):
+  # Both cotangents (their sum's per-row scale), and each alone: L_rnd's ce only (λ = 0: log1m is
+  # detached) and L_reg's log1m only.
+  for k, cts in enumerate(((g_ce, g_l1m), (g_ce, zeros), (zeros, g_l1m))):
+    (got, grads), (want, want_grads) = ours(x, w, bias, *cts), ref(x, w, bias, *cts)
+    if k == 0:
+      for a, e in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=1e-5, atol=1e-4)
+      assert np.asarray(got[2]).any() and not np.asarray(got[2]).all()
+    for a, e in zip(grads, want_grads):
+      assert np.all(np.isfinite(a))
       np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
+    # Padded labels get no gradient: their weights stay what they were initialized to (zeros).
+    assert float(jnp.abs(grads[1][..., valid:]).max()) == 0.0
 
 
 @pytest.mark.parametrize("chunk", [0, 16])
@@ -83,18 +92,19 @@ def test_log1m_inputs_route_log1m_and_ce_through_separate_sets(chunk, per_head):
   each exactly as autodiff of its own statistic — from one evaluation (routed_losses' L_rnd / L_reg)."""
   valid = 90
   x, w, bias, y, g_ce, g_l1m = _problem(valid=valid, per_head=per_head, seed=2)
-
-  def split(a, b):
-    return head_loss.head_stats(*a, y, log1m_inputs=b, num_valid=valid, chunk=chunk)
-
-  got = jax.jit(split)((x, w, bias), (x, w, bias))
+  split = value_and_grads(
+    lambda a, b: head_loss.head_stats(*a, y, log1m_inputs=b, num_valid=valid, chunk=chunk), argnums=(0, 1)
+  )
+  got, (grad_a, grad_b) = split((x, w, bias), (x, w, bias), g_ce, g_l1m)
   for a, e in zip(got, head_loss.head_stats(x, w, bias, y, num_valid=valid)):
     np.testing.assert_array_equal(a, e) if chunk == 0 else np.testing.assert_allclose(a, e, rtol=1e-5)
 
-  grad_a, grad_b = jax.jit(jax.grad(weighted(split, g_ce, g_l1m), argnums=(0, 1)))((x, w, bias), (x, w, bias))
-  ref = lambda gc, gl: jax.grad(weighted(lambda *a: reference(*a, y, valid), gc, gl), argnums=(0, 1, 2))
+  ref = value_and_grads(lambda *a: reference(*a, y, valid))
   zeros = jnp.zeros_like(g_ce)
-  for got_set, want_set in ((grad_a, ref(g_ce, zeros)(x, w, bias)), (grad_b, ref(zeros, g_l1m)(x, w, bias))):
+  for got_set, (_, want_set) in (
+    (grad_a, ref(x, w, bias, g_ce, zeros)),
+    (grad_b, ref(x, w, bias, zeros, g_l1m)),
+  ):
     for a, e in zip(got_set, want_set):
       np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
 
@@ -106,12 +116,16 @@ def test_saturated_head_has_finite_exact_gradients():
   w = jnp.zeros((1, n, n)).at[0].set(jnp.eye(n) * 1e4)
   bias = jnp.zeros((1, n))
   y = jnp.array([[0], [1]])
-  ce, log1m, correct = head_loss.head_stats(x, w, bias, y)
+  g_l1m = -jnp.ones((2, 1))  # L_reg = -log1m
+  (ce, log1m, correct), grads = value_and_grads(lambda *a: head_loss.head_stats(*a, y))(
+    x, w, bias, jnp.zeros((2, 1)), g_l1m
+  )
   assert np.all(np.isfinite(log1m)) and np.all(log1m < -1e3) and np.all(correct)
-  grads = jax.grad(lambda x: -head_loss.head_stats(x, w, bias, y)[1].sum())(x)
-  want = jax.grad(lambda x: -reference(x, w, bias, y, n)[1].sum())(x)
-  assert np.all(np.isfinite(grads))
-  np.testing.assert_allclose(grads, want, rtol=1e-5, atol=1e-5)
+  _, want = value_and_grads(lambda *a: reference(*a, y, n))(x, w, bias, jnp.zeros((2, 1)), g_l1m)
+  for a, e in zip(grads, want):
+    assert np.all(np.isfinite(a))
+    np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+  assert float(jnp.abs(grads[0]).sum()) > 0
 
 
 def test_chunked_needs_less_memory_than_one_logit_matrix():
@@ -120,7 +134,8 @@ def test_chunked_needs_less_memory_than_one_logit_matrix():
   x, w, bias, y, g_ce, g_l1m = _problem(b, h, d, n, valid)
 
   def loss(chunk):
-    return weighted(lambda *a: head_loss.head_stats(*a, y, num_valid=valid, chunk=chunk), g_ce, g_l1m)
+    stats = lambda *a: head_loss.head_stats(*a, y, num_valid=valid, chunk=chunk)
+    return lambda *a: (g_ce * stats(*a)[0]).sum() + (g_l1m * stats(*a)[1]).sum()
 
   temp = [
     jax.jit(jax.grad(loss(c), argnums=(0, 1, 2)))

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from rlp_jax.data import input_pipeline, labels
+from rlp_jax.data import input_pipeline, labels, tfds_source
 
 
 def _epoch(config, info, epoch, skip=0):
@@ -117,7 +117,7 @@ def test_pipeline_on_tfds_mock_data(tiny_config):
       }
     )
 
-  input_pipeline._builder.cache_clear()
+  tfds_source.builder.cache_clear()
   try:
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
       tiny_config.dataset = "mnist1d"  # any registered builder: the mock replaces its data
@@ -133,4 +133,4 @@ def test_pipeline_on_tfds_mock_data(tiny_config):
       ev = list(input_pipeline.eval_batches(tiny_config, info, "test"))
       assert sum(int(b["mask"].sum()) for b in ev) == 32
   finally:
-    input_pipeline._builder.cache_clear()
+    tfds_source.builder.cache_clear()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from rlp_jax.analysis import sweep
+
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "launch"
 SCRIPTS = sorted(LAUNCH.glob("*.sh"))
@@ -399,29 +401,44 @@ def test_slurm_errors_name_the_option(args, named):
 # -------------------------------------------------------------------------------------------------- sweep.sh
 
 
-def test_sweep_emits_one_launch_per_value():
+def test_sweep_emits_one_launch_per_value_named_as_rlp_jax_sweep_names_it(tmp_path):
+  env = _env(PYTHON=sys.executable)
   tpu_out = launch(
     "sweep.sh", "tpu", "--values", "0,1e3,1e4", "--workdir", "gs://b/sweep", "--zone", ZONE,
-    "--config", "configs/digits.py", "--dry-run", "--", "--config.num_epochs=3",
+    "--config", "configs/digits.py", "--dry-run", "--", "--config.num_epochs=3", env=env,
   ).stdout  # fmt: skip
   mains = [_main_argv(flag(c, "--command")) for c in commands(tpu_out)]
   assert [m[-1] for m in mains] == [
     "--config.rlp.reg_lambda=0",
-    "--config.rlp.reg_lambda=1e3",
-    "--config.rlp.reg_lambda=1e4",
+    "--config.rlp.reg_lambda=1000",
+    "--config.rlp.reg_lambda=10000",
   ]
-  assert [flag(m, "--workdir") for m in mains] == [
-    f"gs://b/sweep/reg_lambda_{v}" for v in ("0", "1e3", "1e4")
-  ]
+  # The workdir names are those of `python -m rlp_jax.sweep`, so its --summarize finds these runs.
+  names = [sweep.run_name({"rlp.reg_lambda": v}) for v in (0.0, 1e3, 1e4)]
+  assert [flag(m, "--workdir") for m in mains] == [f"gs://b/sweep/{n}" for n in names]
   assert all("--config.num_epochs=3" in m for m in mains)
+  root = tmp_path / "s"
   slurm_out = launch(
-    "sweep.sh", "slurm", "--key", "label_noise", "--values=0.1,0.2", "--workdir=/s", "--gpus-per-node", "1",
-    "--config", "c.py", "--dry-run",
+    "sweep.sh", "slurm", "--key", "label_noise", "--values=0.1,0.2", f"--workdir={root}",
+    "--gpus-per-node", "1", "--config", "configs/digits.py", "--dry-run", env=env,
   ).stdout  # fmt: skip
   sruns = [shlex.split(ln) for ln in slurm_out.splitlines() if ln.startswith("srun ")]
   assert [s[-2:] for s in sruns] == [
-    ["--workdir=/s/label_noise_0.1", "--config.label_noise=0.1"],
-    ["--workdir=/s/label_noise_0.2", "--config.label_noise=0.2"],
+    [f"--workdir={root}/label_noise=0.1", "--config.label_noise=0.1"],
+    [f"--workdir={root}/label_noise=0.2", "--config.label_noise=0.2"],
+  ]
+  # A finished run is not launched again (rlp_jax.sweep's status decides).
+  done = root / "label_noise=0.1"
+  done.mkdir(parents=True)
+  (done / "summary.json").write_text("{}")
+  (done / "config.json").write_text("{}")
+  (done / "metrics.jsonl").write_text('{"step": 1, "epoch": 100}\n')
+  again = launch(
+    "sweep.sh", "slurm", "--key", "label_noise", "--values=0.1,0.2", f"--workdir={root}",
+    "--gpus-per-node", "1", "--config", "configs/digits.py", "--dry-run", env=env,
+  ).stdout  # fmt: skip
+  assert [shlex.split(ln)[-1] for ln in again.splitlines() if ln.startswith("srun ")] == [
+    "--config.label_noise=0.2"
   ]
   assert launch("sweep.sh", "tpu", "--workdir", "gs://b", ok=False).returncode != 0
 

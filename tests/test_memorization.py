@@ -1,8 +1,10 @@
 """Per-example memorization scores: alignment to the dataset index, the statistics against hand-computed
-values, the capacity estimate, external scores, the image grid, and a real tiny run."""
+values, the capacity estimate, external scores, the image grid, and a real tiny run (fixed and shuffled
+random labels)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -11,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 from scipy import stats
 
-from rlp_jax.analysis import memorization
+from rlp_jax.analysis import external_scores, image_grid, memorization, score_stats, scores
 from rlp_jax.data import input_pipeline, labels
 
 # ---------------------------------------------------------------------------------------------------
@@ -22,35 +24,42 @@ from rlp_jax.data import input_pipeline, labels
 def test_spearman_matches_hand_computed_values():
   # Ranks of b (ties averaged): 5->1, 6->2, 7->3.5, 8->5, 7->3.5. Centered: a (-2,-1,0,1,2),
   # b (-2,-1,.5,2,.5); sum of products 8, sums of squares 10 and 9.5: rho = 8 / sqrt(95).
-  assert memorization.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / np.sqrt(95))
-  assert memorization.spearman([1, 2, 3], [10, 20, 1000]) == pytest.approx(1.0)  # monotone, not linear
-  assert memorization.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-  # NaN pairs are dropped: the same as without them.
-  assert memorization.spearman([1, np.nan, 2, 3], [3, 0, 2, 1]) == pytest.approx(-1.0)
-  rng = np.random.default_rng(0)
-  a, b = rng.normal(size=200), rng.integers(0, 5, 200)  # with many ties
-  assert memorization.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic)
+  assert score_stats.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / np.sqrt(95))
+  # Without ties, 1 - 6 sum(d^2) / (n (n^2 - 1)): rank differences (-1, 1, -1, 1, 0), so 1 - 24/120 = 0.8.
+  assert score_stats.spearman([1, 2, 3, 4, 5], [20, 10, 40, 30, 50]) == pytest.approx(0.8)
+  assert score_stats.spearman([1, 2, 3], [10, 20, 1000]) == pytest.approx(1.0)  # monotone, not linear
+  assert score_stats.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+  # Non-finite pairs (unscored examples) are dropped, on either side: the same as without them. Kept,
+  # the NaN at (nan, 0) would break the perfect anti-correlation of the rest.
+  assert score_stats.spearman([1, np.nan, 2, 3, 4], [3, 0, 2, 1, np.inf]) == pytest.approx(-1.0)
+  assert np.isnan(score_stats.spearman([1, np.nan], [2, 3]))  # one pair left
+  assert np.isnan(score_stats.spearman([1, 2, 3], [5, 5, 5]))  # a constant side has no ranks to correlate
+  with pytest.raises(ValueError, match="shapes"):
+    score_stats.spearman([1, 2], [1, 2, 3])
 
 
 def test_roc_auc_matches_hand_computed_values():
   # Positives 0.9, 0.4; negatives 0.5, 0.1, 0.4. Pairs won: 0.9 beats all three (3); 0.4 beats 0.1 (1),
   # ties 0.4 (1/2), loses to 0.5: (3 + 1.5) / 6 = 0.75.
-  assert memorization.roc_auc([0.9, 0.4, 0.5, 0.1, 0.4], [1, 1, 0, 0, 0]) == pytest.approx(0.75)
-  assert memorization.roc_auc([3, 2, 1], [1, 0, 0]) == 1.0
-  assert memorization.roc_auc([3, 2, 1], [0, 0, 1]) == 0.0
-  assert memorization.roc_auc([1, 1, 1, 1], [1, 0, 1, 0]) == 0.5
-  assert np.isnan(memorization.roc_auc([1, 2], [1, 1]))
+  assert score_stats.roc_auc([0.9, 0.4, 0.5, 0.1, 0.4], [1, 1, 0, 0, 0]) == pytest.approx(0.75)
+  assert score_stats.roc_auc([3, 2, 1], [1, 0, 0]) == 1.0
+  assert score_stats.roc_auc([3, 2, 1], [0, 0, 1]) == 0.0
+  assert score_stats.roc_auc([1, 1, 1, 1], [1, 0, 1, 0]) == 0.5
+  assert np.isnan(score_stats.roc_auc([1, 2], [1, 1]))
+  # The unscored (NaN) positive is dropped, not ranked: the one left beats both negatives.
+  assert score_stats.roc_auc([0.9, np.nan, 0.2, 0.5], [1, 1, 0, 0]) == 1.0
+  assert np.isnan(score_stats.roc_auc([0.9, np.nan, 0.2], [0, 1, 0]))  # its only positive was unscored
 
 
 def test_scores_from_logits_by_hand():
   logits = np.array([[[2.0, 0.0, 1.0], [0.0, 3.0, 3.0]]])  # one example, two heads, n = 3
-  out = memorization.scores_from_logits(logits, np.array([[0, 2]]))
+  out = scores.scores_from_logits(logits, np.array([[0, 2]]))
   np.testing.assert_allclose(
     out["p_own"][0], [np.e**2 / (np.e**2 + 1 + np.e), np.e**3 / (1 + 2 * np.e**3)], 1e-6
   )
   np.testing.assert_allclose(out["margin"][0], [1.0, 0.0])
   np.testing.assert_array_equal(out["correct"][0], [True, False])  # a tie goes to the first max
-  assert memorization.scores_from_logits(np.array([[[1e4, 0.0]]]), np.array([[0]]))["p_own"][0, 0] == 1.0
+  assert scores.scores_from_logits(np.array([[[1e4, 0.0]]]), np.array([[0]]))["p_own"][0, 0] == 1.0
 
 
 def test_capacity_estimate_and_bootstrap_interval():
@@ -60,16 +69,16 @@ def test_capacity_estimate_and_bootstrap_interval():
   correct = np.zeros((m, k), bool)
   for j in range(k):
     correct[rng.permutation(m)[: int(0.55 * m)], j] = True
-  cap = memorization.capacity(correct, n, num_boot=400)
+  cap = score_stats.capacity(correct, n, num_boot=400)
   assert cap["estimate"] == pytest.approx(0.5) and cap["accuracy"] == pytest.approx(0.55)
   assert cap["ci_low"] < 0.5 < cap["ci_high"] and cap["ci_high"] - cap["ci_low"] < 0.08
   assert cap["chance"] == 0.1 and cap["num_heads"] == k
   # Guessing at chance: the estimate is ~0 and its interval covers 0.
   guess = rng.integers(0, n, (m, k)) == rng.integers(0, n, (m, k))
-  cap = memorization.capacity(guess, n, num_boot=400)
+  cap = score_stats.capacity(guess, n, num_boot=400)
   assert abs(cap["estimate"]) < 0.03 and cap["ci_low"] < 0 < cap["ci_high"]
   # More label draws narrow the interval.
-  wide = memorization.capacity(correct[:200, :1], n, num_boot=400)
+  wide = score_stats.capacity(correct[:200, :1], n, num_boot=400)
   assert wide["ci_high"] - wide["ci_low"] > cap["ci_high"] - cap["ci_low"]
 
 
@@ -110,15 +119,15 @@ def test_a_planted_memorizable_example_ranks_first_at_its_own_index(tiny_config,
     return {"pre_logits": logits}
 
   batches = input_pipeline.eval_batches(config, info, "train_eval", limit=-1)
-  data = memorization.collect(((b, logits_fn(b)) for b in batches), info.num_train)
+  data = scores.collect(((b, logits_fn(b)) for b in batches), info.num_train)
   assert order != sorted(order)  # the pipeline really did read out of index order
 
   # As compute() stores it: one checkpoint, one layer.
   stored = {**data, "layers": np.array(["pre_logits"]), "steps": np.array([0])}
   stored.update({k: v[None] for k, v in data.items() if "/" in k})
-  values = memorization.score(stored, "p_own")
+  values = scores.score(stored, "p_own")
   assert np.nanargmax(values) == planted and values[planted] > 0.99
-  assert np.nanargmax(memorization.score(stored, "margin")) == planted
+  assert np.nanargmax(scores.score(stored, "margin")) == planted
   np.testing.assert_array_equal(data["index"], np.arange(1437))
 
   m = info.num_train
@@ -165,40 +174,44 @@ def _synthetic(m=60, num_classes=3, seed=0):
 
 def test_external_scores_are_aligned_by_index_and_order_is_checked_by_labels(tmp_path):
   data = _synthetic()
-  ours = memorization.score(data)
+  ours = scores.score(data)
   m = len(ours)
   rng = np.random.default_rng(1)
   theirs = 2 * np.nan_to_num(ours) + rng.normal(scale=0.3, size=m)  # related, not identical
   perm = rng.permutation(m)  # the file lists examples in another order, with an index column
   path = str(tmp_path / "external.npz")
   np.savez(path, index=perm, tr_mem=theirs[perm], tr_labels=data["label"][perm])
-  index, score, ext_labels = memorization.load_external(path, "tr_mem", "tr_labels")
-  out = memorization.correlate_external(data, ours, index, score, ext_labels)
+  index, score, ext_labels = external_scores.load_external(path, "tr_mem", "tr_labels")
+  out = external_scores.correlate_external(data, ours, index, score, ext_labels)
   ok = np.arange(m) != 5
   assert out["spearman"] == pytest.approx(stats.spearmanr(ours[ok], theirs[ok]).statistic)
   assert out["label_agreement"] == 1.0 and out["num_examples"] == m - 1
 
   # The same scores in index order without an index array (Feldman-Zhang style) give the same result ...
   np.savez(path, tr_mem=theirs, tr_labels=data["label"])
-  index, score, ext_labels = memorization.load_external(path, "tr_mem", "tr_labels")
-  assert memorization.correlate_external(data, ours, index, score, ext_labels)["spearman"] == out["spearman"]
+  index, score, ext_labels = external_scores.load_external(path, "tr_mem", "tr_labels")
+  assert (
+    external_scores.correlate_external(data, ours, index, score, ext_labels)["spearman"] == out["spearman"]
+  )
   # ... and a CSV keyed by index too.
   csv_path = tmp_path / "external.csv"
   csv_path.write_text("index,score,label\n" + "".join(f"{i},{theirs[i]},{data['label'][i]}\n" for i in perm))
-  index, score, ext_labels = memorization.load_external(str(csv_path))
-  assert memorization.correlate_external(data, ours, index, score, ext_labels)["spearman"] == pytest.approx(
-    out["spearman"]
-  )
+  index, score, ext_labels = external_scores.load_external(str(csv_path))
+  assert external_scores.correlate_external(data, ours, index, score, ext_labels)[
+    "spearman"
+  ] == pytest.approx(out["spearman"])
   # A file in another order (its labels disagree) is refused before correlating.
   np.savez(path, tr_mem=theirs[perm], tr_labels=data["label"][perm])
   with pytest.raises(ValueError, match="order"):
-    memorization.correlate_external(data, ours, *memorization.load_external(path, "tr_mem", "tr_labels"))
+    external_scores.correlate_external(
+      data, ours, *external_scores.load_external(path, "tr_mem", "tr_labels")
+    )
 
 
 def test_select_per_class_and_image_grid(tmp_path):
   data = _synthetic()
-  values = memorization.score(data)
-  sel = memorization.select_per_class(values, data["label"], k=3)
+  values = scores.score(data)
+  sel = image_grid.select_per_class(values, data["label"], k=3)
   assert sorted(sel) == [0, 1, 2]
   for c, (most, least) in sel.items():
     members = [i for i in range(60) if data["label"][i] == c and i != 5]
@@ -207,7 +220,7 @@ def test_select_per_class_and_image_grid(tmp_path):
     assert 5 not in most and 5 not in least  # unscored examples are never shown
   images = np.random.default_rng(0).uniform(size=(60, 8, 8, 1))
   path = str(tmp_path / "grid.png")
-  mosaic = memorization.save_image_grid(path, images, sel, values, title="test")
+  mosaic = image_grid.save_image_grid(path, images, sel, values, title="test")
   assert os.path.getsize(path) > 1000 and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   assert mosaic.shape == (3 * 9, 2 * 3 * 9 + 4, 3)
   # The first tile of row 0 is the most memorized example of class 0 (min-max scaled).
@@ -222,14 +235,16 @@ def test_select_per_class_and_image_grid(tmp_path):
 
 def test_scores_of_a_trained_run_match_its_logged_random_label_accuracy(analysis_run):
   config, workdir = analysis_run
-  data = memorization.compute(workdir, steps=[66, 132], log=lambda s: None)
-  loaded = memorization.load(os.path.join(workdir, memorization.SCORE_FILE))
+  data = scores.compute(workdir, steps=[66, 132], log=lambda s: None)
+  loaded = scores.load(os.path.join(workdir, scores.SCORE_FILE))
   assert sorted(loaded) == sorted(data)
   m = 1437
   assert list(loaded["steps"]) == [66, 132] and list(loaded["epochs"]) == [3.0, 6.0]
   assert list(loaded["layers"]) == ["block_1", "pre_logits"] and int(loaded["num_labels"]) == 200
   assert loaded["p_own/pre_logits"].shape == (2, m, 2) and loaded["correct/block_1"].dtype == bool
   assert loaded["scored"].all() and not loaded["is_noisy"].any()
+  fixed = labels.random_labels(config.seed, np.arange(m), 200, 2)
+  np.testing.assert_array_equal(loaded["rlp_labels"], [fixed, fixed])  # fixed mode: the same at every step
 
   # The per-example file reproduces the logged metric: mean of `correct` = online random-label accuracy.
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -243,7 +258,7 @@ def test_scores_of_a_trained_run_match_its_logged_random_label_accuracy(analysis
     loaded["correct/pre_logits"].mean(), abs=1e-3
   )
 
-  images = memorization.load_train_images(config)
+  images = image_grid.load_train_images(config)
   assert images.shape == (m, 8, 8, 1)
   out = memorization.analyze(workdir, loaded, k=4, images=images, num_boot=200)
   cap = out["capacity"]["pre_logits"]
@@ -256,3 +271,38 @@ def test_scores_of_a_trained_run_match_its_logged_random_label_accuracy(analysis
   assert os.path.getsize(out["image_grid"]) > 1000
   with open(os.path.join(workdir, "memorization.json")) as f:
     assert json.load(f)["capacity"]["pre_logits"]["estimate"] == cap["estimate"]
+
+
+def test_shuffled_labels_score_each_checkpoint_against_the_labels_its_heads_last_trained_on(analysis_run):
+  """With label_mode='shuffled' the labels change every epoch (docs/design.md §2): a checkpoint is scored
+  against the epoch its heads last trained on, not epoch 0 and not the next one."""
+  config, workdir = analysis_run
+  # The checkpoints do not depend on the label mode (same heads, same shapes): scoring the shared run
+  # under a shuffled config exercises compute's choice of epoch without training another run.
+  shuffled = copy.deepcopy(config)
+  shuffled.rlp.label_mode = "shuffled"
+  data = scores.compute(
+    workdir, "all", config=shuffled, output="memorization_shuffled.npz", log=lambda s: None
+  )
+  m, spe = 1437, 22  # digits: 1437 training examples; 22 steps of 64 per epoch
+  assert list(data["steps"]) == [0, 66, 132]
+
+  def draw(epoch):
+    return labels.random_labels(config.seed, np.arange(m), 200, 2, mode="shuffled", epoch=epoch)
+
+  # Step 0 is the initialization (epoch 0's labels); step 66 is the last update of the third epoch
+  # (epoch index 2: steps 45..66), step 132 the last of the sixth (index 5).
+  for c, step in enumerate(data["steps"]):
+    epoch = 0 if step == 0 else (step - 1) // spe
+    np.testing.assert_array_equal(data["rlp_labels"][c], draw(epoch))
+  assert data["rlp_labels"].shape == (3, m, 2)
+  assert (data["rlp_labels"][1] != draw(0)).mean() > 0.9  # new labels, not epoch 0's
+  assert (data["rlp_labels"][1] != draw(3)).mean() > 0.9  # nor the epoch after the checkpoint
+  # The scores are against those labels: heads trained on the fixed labels fit them above chance, and are
+  # at chance (1/200; sd ~0.0013 over 2 x 1437 draws) on labels drawn afresh.
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    logged = {r["step"]: r for r in map(json.loads, f)}
+  fixed_acc = np.mean([logged[132][f"rlp/pre_logits/head_{h}/accuracy"] for h in range(2)])
+  chance = 1 / 200
+  assert fixed_acc > 3 * chance  # else the comparison below could not tell the two label sets apart
+  assert data["correct/pre_logits"][2].mean() < (chance + fixed_acc) / 2

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from rlp_jax import offline as offline_cli
 from rlp_jax.analysis import offline
 from rlp_jax.data import input_pipeline, labels
 from rlp_jax.heads import heads as heads_lib
-from rlp_jax.training import checkpointing, experiment, metric_logging
+from rlp_jax.infra import rundir
+from rlp_jax.training import checkpointing, experiment, offline_heads
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def test_cli_records_every_checkpoint_beside_online_and_leaves_the_network_untou
   config = run[0]
   state = experiment.build(config)[1]
   before = _restore_all(state, workdir)
-  wd, cfg, output, steps = offline.parse_cli(
+  wd, cfg, output, steps = offline_cli.parse_cli(
     ["offline", f"--workdir={workdir}", "--config.offline.num_epochs=10"]
   )
   assert (wd, output, steps, cfg.offline.num_epochs) == (workdir, "offline.jsonl", None, 10)
@@ -50,8 +52,8 @@ def test_cli_records_every_checkpoint_beside_online_and_leaves_the_network_untou
 
   assert [r["step"] for r in records] == [0, 66, 132]  # step 0 (initialization) included
   assert [r["epoch"] for r in records] == [0.0, 3.0, 6.0]
-  assert metric_logging.read_jsonl(os.path.join(workdir, "offline.jsonl")) == records
-  online = {r["step"]: r for r in metric_logging.read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
+  assert rundir.read_jsonl(os.path.join(workdir, "offline.jsonl")) == records
+  online = {r["step"]: r for r in rundir.read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
   for r in records:
     for layer in ("block_1", "pre_logits"):
       assert 0.0 <= r[f"offline/{layer}/accuracy"] <= 1.0
@@ -85,13 +87,13 @@ def test_offline_heads_use_the_online_labels_and_initialization_and_learn(run):
   init = jax.device_get(checkpointing.restore(mngr, 0, state))
   last = checkpointing.restore(mngr, 132, state)
 
-  # Same initialization: the heads offline.fit_heads builds are the online heads at step 0.
+  # Same initialization: the heads offline_heads.fit_heads builds are the online heads at step 0.
   fresh = nnx.split(heads_lib.build_heads(config, exp.feature_dims, exp.rlp_layers, exp.num_labels))[1]
   same = jax.tree.map(np.array_equal, fresh.to_pure_dict(), init.params["rlp"])
   assert jax.tree.leaves(same) and all(jax.tree.leaves(same))
 
   # Same labels: those of extract_features are the hashed labels the online heads trained on.
-  feats, y = offline.extract_features(exp, last.params["model"], last.batch_stats, exp.rlp_layers)
+  feats, y = offline_heads.extract_features(exp, last.params["model"], last.batch_stats, exp.rlp_layers)
   # ... in order of the global index (whatever order, and however many hosts, read them).
   index = np.sort(
     np.concatenate(
@@ -110,8 +112,8 @@ def test_offline_heads_use_the_online_labels_and_initialization_and_learn(run):
   np.testing.assert_array_equal(y[seen], [online[int(index[i])] for i in seen])
 
   # The offline head learns: its random-label accuracy rises from that of its (shared) initialization.
-  start = offline.fit_heads(exp, feats, y, num_epochs=0, batch_size=128)
-  trained = offline.fit_heads(exp, feats, y, num_epochs=10, batch_size=64)
+  start = offline_heads.fit_heads(exp, feats, y, num_epochs=0, batch_size=128)
+  trained = offline_heads.fit_heads(exp, feats, y, num_epochs=10, batch_size=64)
   assert start["pre_logits"].mean() < 0.015  # the fresh head guesses (chance 0.005)
   assert trained["pre_logits"].mean() > 3 * start["pre_logits"].mean() + 0.02, (start, trained)
   assert trained["block_1"].mean() > start["block_1"].mean(), (start, trained)
@@ -120,7 +122,7 @@ def test_offline_heads_use_the_online_labels_and_initialization_and_learn(run):
 def test_a_killed_offline_run_resumes_after_its_last_written_step(run, workdir, monkeypatch):
   path = os.path.join(workdir, "offline.jsonl")
   calls = []
-  original = offline.offline_accuracy
+  original = offline_heads.offline_accuracy
 
   def killed_at_second_checkpoint(exp, params, stats, layers=None):
     calls.append(1)
@@ -128,28 +130,30 @@ def test_a_killed_offline_run_resumes_after_its_last_written_step(run, workdir, 
       raise KeyboardInterrupt  # killed while step 66's head trains
     return original(exp, params, stats, layers)
 
-  monkeypatch.setattr(offline, "offline_accuracy", killed_at_second_checkpoint)
+  monkeypatch.setattr(offline_heads, "offline_accuracy", killed_at_second_checkpoint)
   with pytest.raises(KeyboardInterrupt):
     offline.run_offline(workdir, log=lambda s: None)
-  (first,) = metric_logging.read_jsonl(path)
+  (first,) = rundir.read_jsonl(path)
   assert first["step"] == 0
   with open(path, "a") as f:  # and a line cut short, as by a kill while writing it
     f.write('{"step": 66, "epoch": 3.0, "offline/blo')
 
   calls.clear()
-  monkeypatch.setattr(offline, "offline_accuracy", lambda *a: calls.append(1) or original(*a))
+  monkeypatch.setattr(offline_heads, "offline_accuracy", lambda *a: calls.append(1) or original(*a))
   resumed = offline.run_offline(workdir, steps=[66], log=lambda s: None)
   assert len(calls) == 1  # only step 66: step 0 was written before the kill
   assert [r["step"] for r in resumed] == [0, 66] and resumed[0] == first
-  assert metric_logging.read_jsonl(path) == resumed
-  with open(path) as f:
-    assert len(f.read().splitlines()) == 2  # the cut line is gone
+  with pytest.warns(UserWarning, match="offline.jsonl:2: not a complete JSON record"):
+    assert rundir.read_jsonl(path) == resumed
+  with open(path) as f:  # the cut line is kept as it was (nothing a user saved is deleted), on its own line
+    assert f.read().splitlines()[1] == '{"step": 66, "epoch": 3.0, "offline/blo'
+
   assert offline.run_offline(workdir, steps=[66], log=lambda s: None) == resumed and len(calls) == 1
   # The same with the config the run was trained with (not read back from config.json).
   assert offline.run_offline(workdir, run[0], steps=[66], log=lambda s: None) == resumed and len(calls) == 1
 
   # Other settings than the file was written with: refused, rather than splicing two curves.
-  other = offline.load_run_config(workdir)
+  other = rundir.load_config(workdir)
   other.offline.num_epochs = 7
   with pytest.raises(ValueError, match="offline.num_epochs"):
     offline.run_offline(workdir, other, log=lambda s: None)
@@ -158,11 +162,11 @@ def test_a_killed_offline_run_resumes_after_its_last_written_step(run, workdir, 
 def test_bad_invocations_name_the_fix(run, tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
     offline.run_offline(str(tmp_path))
-  config = offline.load_run_config(run[1])
+  config = rundir.load_config(run[1])
   config.model.width = 8
   with pytest.raises(ValueError, match="change the network"):
     offline.run_offline(run[1], config)
-  config = offline.load_run_config(run[1])
+  config = rundir.load_config(run[1])
   config.rlp.num_heads = 0
   with pytest.raises(ValueError, match="num_heads"):
     offline.run_offline(run[1], config)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from rlp_jax.data import input_pipeline
+from rlp_jax.data import input_pipeline, tfds_source
 from rlp_jax.training import experiment, loop, steps
 from tests.test_tfds_pipeline import write_fake_tfds
 
@@ -41,7 +41,7 @@ class _Data:
     self.config, self.datasets, self.mock = config, datasets, None
 
   def __enter__(self):
-    input_pipeline._builder.cache_clear()
+    tfds_source.builder.cache_clear()
     if self.config.dataset == "cifar100":
       self.mock = tfds.testing.mock_data(
         num_examples=32, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=self.datasets["cifar100"]
@@ -54,7 +54,7 @@ class _Data:
   def __exit__(self, *exc):
     if self.mock is not None:
       self.mock.__exit__(*exc)
-    input_pipeline._builder.cache_clear()
+    tfds_source.builder.cache_clear()
 
 
 # One combination of figure args per config, so the heads on every block, the regularizing subset and the

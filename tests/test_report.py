@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import configs.digits
-from rlp_jax.analysis import report
+from rlp_jax.analysis import figures, report, run_logs
 
 LAYERS = ("block_1", "block_2", "block_10", "pre_logits")  # block_10 after block_2: model order, not text
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -72,46 +72,46 @@ def _lines(ax):
 
 def test_single_run_report_writes_every_figure_and_plots_the_log(tmp_path):
   run = write_synthetic_run(str(tmp_path / "run"))
-  figures = report.make_report([run])
+  drawn = report.make_report([run])
   out = os.path.join(run, "report")
-  names = sorted(os.path.basename(p) for p in figures)
+  names = sorted(os.path.basename(p) for p in drawn)
   assert names == ["accuracy.png", "layer_map.png", "layers.png", "online_offline.png", "probes.png"]
-  assert all(_is_png(p) for p in figures)
+  assert all(_is_png(p) for p in drawn)
   with open(os.path.join(out, "report.md")) as f:
     md = f.read()
   assert all(f"]({n})" in md for n in names) and "| run |" in md
 
   recs, off = _records(run), _records(run, "offline.jsonl")
   epochs = [r["epoch"] for r in recs]
-  data = figures[os.path.join(out, "accuracy.png")]
+  data = drawn[os.path.join(out, "accuracy.png")]
   np.testing.assert_array_equal(data["train"][0], epochs)
   np.testing.assert_array_equal(data["test"][1], [r["test/accuracy"] for r in recs])
   np.testing.assert_array_equal(
     data["random labels (pre_logits)"][1], [r["rlp/pre_logits/accuracy"] for r in recs]
   )
 
-  data = figures[os.path.join(out, "online_offline.png")]
+  data = drawn[os.path.join(out, "online_offline.png")]
   np.testing.assert_array_equal(data["offline (block_1)"][0], [0, 2, 4, 6])  # epoch 0 = initialization
   np.testing.assert_array_equal(
     data["offline (pre_logits)"][1], [r["offline/pre_logits/accuracy"] for r in off]
   )
   np.testing.assert_array_equal(data["online (pre_logits)"][1], [r["rlp/pre_logits/accuracy"] for r in recs])
 
-  data = figures[os.path.join(out, "layer_map.png")]
+  data = drawn[os.path.join(out, "layer_map.png")]
   assert data["layers"] == list(LAYERS)
   expected = np.array([[r[f"rlp/{lay}/accuracy"] for r in recs] for lay in LAYERS])
   np.testing.assert_array_equal(data["accuracy"], expected)
 
-  data = figures[os.path.join(out, "probes.png")]
+  data = drawn[os.path.join(out, "probes.png")]
   np.testing.assert_array_equal(data["test block_10"][1], [r["probe/block_10/test_accuracy"] for r in recs])
 
 
 def test_plotted_lines_are_the_logged_values_with_labels_and_chance(tmp_path):
   """Read back from matplotlib's own Line2D objects, not from what the function says it drew."""
-  logs = report.RunLogs.load(write_synthetic_run(str(tmp_path / "run")))
+  logs = run_logs.RunLogs.load(write_synthetic_run(str(tmp_path / "run")))
   recs = logs.metrics
-  fig, ax = report._new()
-  report.plot_accuracy(ax, logs)
+  fig, ax = figures.new_figure()
+  figures.plot_accuracy(ax, logs)
   lines = _lines(ax)
   np.testing.assert_array_equal(lines["train"][1], [r["train/accuracy"] for r in recs])
   np.testing.assert_array_equal(lines["random labels (pre_logits)"][0], [r["epoch"] for r in recs])
@@ -119,14 +119,14 @@ def test_plotted_lines_are_the_logged_values_with_labels_and_chance(tmp_path):
   np.testing.assert_array_equal(chance[1], [0.1, 0.1])
   assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "accuracy" and ax.get_legend() is not None
 
-  fig, ax = report._new()
-  report.plot_layers(ax, logs)
+  fig, ax = figures.new_figure()
+  figures.plot_layers(ax, logs)
   lines = _lines(ax)
   assert [k for k in lines if not k.startswith("chance")] == list(LAYERS)
   for layer in LAYERS:
     np.testing.assert_array_equal(lines[layer][1], [r[f"rlp/{layer}/accuracy"] for r in recs])
-  fig, ax = report._new()
-  report.plot_layer_map(ax, logs)
+  fig, ax = figures.new_figure()
+  figures.plot_layer_map(ax, logs)
   np.testing.assert_array_equal(
     ax.images[0].get_array(), [[r[f"rlp/{lay}/accuracy"] for r in recs] for lay in LAYERS]
   )
@@ -138,25 +138,25 @@ def test_lambda_sweep_panels_put_lambda_zero_left_of_the_log_axis(tmp_path):
   runs = [
     write_synthetic_run(str(tmp_path / f"rlp.reg_lambda={lam:g}"), lam, seed=i) for i, lam in enumerate(lams)
   ]
-  figures = report.make_report([str(tmp_path)], out=str(tmp_path / "rep"))  # a sweep root: its runs are found
-  names = {os.path.basename(p) for p in figures}
+  drawn = report.make_report([str(tmp_path)], out=str(tmp_path / "rep"))  # a sweep root: its runs are found
+  names = {os.path.basename(p) for p in drawn}
   assert {"lambda.png", "lambda_curves.png", "per_layer.png"} <= names
   assert "rlp.reg_lambda=0__accuracy.png" in names
-  assert all(_is_png(p) for p in figures)
+  assert all(_is_png(p) for p in drawn)
 
   final = {lam: _records(run)[-1] for lam, run in zip(lams, runs)}
-  data = figures[str(tmp_path / "rep" / "lambda.png")]
+  data = drawn[str(tmp_path / "rep" / "lambda.png")]
   for key in ("rlp/pre_logits/accuracy", "train/accuracy", "test/accuracy"):
     x, y = data[key]
     np.testing.assert_array_equal(x, [0.0, 0.01, 1.0, 100.0])
     np.testing.assert_array_equal(y, [final[lam][key] for lam in x])
 
-  logs = report.find_runs([str(tmp_path)])
-  assert report.differing_keys(logs) == [
+  logs = run_logs.find_runs([str(tmp_path)])
+  assert run_logs.differing_keys(logs) == [
     "rlp.reg_lambda"
   ]  # data_dir differs too, but is not an experiment key
-  fig, axes = report._new(3)
-  report.plot_lambda(axes, logs)
+  fig, axes = figures.new_figure(3)
+  figures.plot_lambda(axes, logs)
   lines = _lines(axes[2])
   np.testing.assert_array_equal(lines["_child0"][0], [-2.0, 0.0, 2.0])  # log10 λ for λ > 0
   np.testing.assert_array_equal(lines["_child1"][0], [-3.0])  # λ = 0: one decade left of 1e-2
@@ -164,7 +164,7 @@ def test_lambda_sweep_panels_put_lambda_zero_left_of_the_log_axis(tmp_path):
   assert [t.get_text() for t in axes[2].get_xticklabels()][0] == "0"
   assert "λ" in axes[2].get_xlabel() and axes[2].get_ylabel() == "test accuracy"
 
-  data = figures[str(tmp_path / "rep" / "per_layer.png")]
+  data = drawn[str(tmp_path / "rep" / "per_layer.png")]
   layers, y = data["rlp/accuracy λ=0.01"]
   assert layers == list(LAYERS)
   np.testing.assert_array_equal(y, [final[0.01][f"rlp/{lay}/accuracy"] for lay in LAYERS])
@@ -177,16 +177,77 @@ def test_runs_differing_in_two_keys_give_one_lambda_line_per_other_setting(tmp_p
   for lam in (0.0, 1.0):
     for width in (8, 16):
       write_synthetic_run(str(tmp_path / f"l{lam}_w{width}"), lam, width, epochs=2, offline=False)
-  logs = report.find_runs([str(tmp_path)])
-  assert report.differing_keys(logs) == ["rlp.reg_lambda", "model.width"]
-  fig, axes = report._new(3)
-  data = report.plot_lambda(axes, logs)
+  logs = run_logs.find_runs([str(tmp_path)])
+  assert run_logs.differing_keys(logs) == ["rlp.reg_lambda", "model.width"]
+  fig, axes = figures.new_figure(3)
+  data = figures.plot_lambda(axes, logs)
   assert sorted(data) == sorted(
     f"{k} model.width={w}"
     for k in ("rlp/pre_logits/accuracy", "train/accuracy", "test/accuracy")
     for w in (8, 16)
   )
   assert {k for k in _lines(axes[0]) if not k.startswith("_")} >= {"model.width=8", "model.width=16"}
+
+
+def test_report_shows_the_memorization_summary(tmp_path):
+  """memorization.json (analysis/memorization.analyze) -> the capacity table, the AUC and external
+  correlation lines, and the image grid linked relative to the report."""
+  run = write_synthetic_run(str(tmp_path / "run"), epochs=2, offline=False)
+  rng = np.random.default_rng(7)
+  grid = os.path.join(run, "memorization_grid_pre_logits.png")
+  with open(grid, "wb") as f:
+    f.write(PNG)
+  capacity = {}
+  for layer in ("block_1", "pre_logits"):
+    est = rng.uniform(0.1, 0.9)
+    capacity[layer] = {
+      "estimate": est,
+      "ci_low": est - rng.uniform(0.01, 0.05),
+      "ci_high": est + rng.uniform(0.01, 0.05),
+      "level": 0.9,
+      "accuracy": rng.uniform(0.1, 1.0),
+      "chance": 0.1,
+      "num_heads": int(rng.integers(2, 9)),
+    }
+  auc, rho = rng.uniform(0.5, 1.0), rng.uniform(-1.0, 1.0)
+  mem = {
+    "score": "margin",
+    "layer": "pre_logits",
+    "step": 44,
+    "capacity": capacity,
+    "noisy_vs_clean_auc": auc,
+    "external": {"spearman": rho, "num_examples": 1234, "label_agreement": 1.0},
+    "image_grid": grid,
+  }
+  with open(os.path.join(run, "memorization.json"), "w") as f:
+    json.dump(mem, f)
+  report.make_report([run], out=str(tmp_path / "rep"))
+  with open(tmp_path / "rep" / "report.md") as f:
+    md = f.read()
+  assert "Per-example score `margin` on `pre_logits` at step 44." in md
+  assert "| 90% CI |" in md  # the level the interval was computed at
+  for layer, c in capacity.items():
+    row = (
+      f"| {layer} | {c['estimate']:.4f} | [{c['ci_low']:.4f}, {c['ci_high']:.4f}] | {c['accuracy']:.4f} | "
+      f"0.1000 | {c['num_heads']} |"
+    )
+    assert row in md.splitlines()
+  assert f"ROC AUC of the score for noisy vs clean labels: {auc:.4f}" in md
+  assert f"Spearman correlation with the external score: {rho:.4f} (1234 examples)" in md
+  assert "](../run/memorization_grid_pre_logits.png)" in md  # from rep/ to the run's own file
+
+  # A grid path relative to the run resolves against it; a grid that is gone is not linked.
+  mem["image_grid"] = "memorization_grid_pre_logits.png"
+  with open(os.path.join(run, "memorization.json"), "w") as f:
+    json.dump(mem, f)
+  report.make_report([run])  # out = run/report
+  with open(os.path.join(run, "report", "report.md")) as f:
+    assert "](../memorization_grid_pre_logits.png)" in f.read()
+  os.remove(grid)
+  report.make_report([run])
+  with open(os.path.join(run, "report", "report.md")) as f:
+    md = f.read()
+  assert "memorization_grid" not in md and f"{auc:.4f}" in md
 
 
 @pytest.fixture(scope="module")
@@ -206,9 +267,9 @@ def test_report_of_a_real_tiny_run_from_the_command_line(real_run, tmp_path):
   for name in ("accuracy.png", "layers.png", "layer_map.png", "probes.png", "report.md"):
     assert os.path.getsize(os.path.join(out, name)) > 300, name
   assert _is_png(os.path.join(out, "accuracy.png"))
-  logs = report.RunLogs.load(real_run)
-  fig, ax = report._new()
-  data = report.plot_accuracy(ax, logs)
+  logs = run_logs.RunLogs.load(real_run)
+  fig, ax = figures.new_figure()
+  data = figures.plot_accuracy(ax, logs)
   recs = _records(real_run)
   assert len(recs) == 6
   np.testing.assert_array_equal(data["test"][1], [r["test/accuracy"] for r in recs])

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 import configs.digits
+from rlp_jax import sweep as sweep_cli
 from rlp_jax.analysis import sweep
 from rlp_jax.training import loop
 
@@ -197,7 +198,9 @@ def test_a_config_file_can_declare_its_sweep(tmp_path):
   points = sweep.points_from(sweep.sweep_from_config_file(f"{path}:layers"), config)
   assert sweep.apply_point(config, points[0]).rlp.layers == "block_1,pre_logits"
   assert sweep.sweep_from_config_file("configs/digits.py") is None  # no get_sweep: --sweep is needed
-  assert sweep._config_overrides(["x", "--config.seed=3", "--config.rlp.num_labels", "20", "--emit=tpu"]) == [
+  assert sweep_cli._config_overrides(
+    ["x", "--config.seed=3", "--config.rlp.num_labels", "20", "--emit=tpu"]
+  ) == [
     "--config.seed=3",
     "--config.rlp.num_labels=20",
   ]

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from rlp_jax.data import input_pipeline, labels
+from rlp_jax.data import input_pipeline, labels, tfds_source
 from rlp_jax.infra import configuration
 
 
@@ -85,9 +85,9 @@ def fake_dir(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("fake_tfds"))
   write_fake_tfds(d, "cifar100", {"train": TRAIN_SHARDS, "test": TEST_SHARDS})
   write_fake_tfds(d, "imagenet2012", {"train": [10, 9, 11], "validation": [5, 4]})
-  input_pipeline._builder.cache_clear()
+  tfds_source.builder.cache_clear()
   yield d
-  input_pipeline._builder.cache_clear()
+  tfds_source.builder.cache_clear()
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def _position(image: np.ndarray) -> np.ndarray:
 
 def test_index_from_tfds_id_matches_the_real_tfds_reader(fake_dir):
   builder = tfds.builder("cifar100", data_dir=fake_dir)
-  offsets = input_pipeline.shard_offsets(builder.info.splits["train"])
+  offsets = tfds_source.shard_offsets(builder.info.splits["train"])
   assert offsets.tolist() == [0, 13, 24, 36]
   for split in ("train", "train[5:30]", tfds.even_splits("train", 3)[1]):
     ds = builder.as_dataset(
@@ -127,7 +127,7 @@ def test_index_from_tfds_id_matches_the_real_tfds_reader(fake_dir):
     )
     ex = list(
       tfds.as_numpy(
-        ds.map(lambda e: {**e, "index": input_pipeline.index_from_tfds_id(e["tfds_id"], offsets)})
+        ds.map(lambda e: {**e, "index": tfds_source.index_from_tfds_id(e["tfds_id"], offsets)})
       )
     )
     assert ex, split
@@ -255,7 +255,7 @@ def test_cifar100_under_tfds_mock_data(tmp_path):
   c = configuration.base_config()
   c.dataset, c.batch_size, c.eval.batch_size, c.shuffle_buffer = "cifar100", 8, 16, 64
   c.augment.normalize = "cifar100"
-  input_pipeline._builder.cache_clear()
+  tfds_source.builder.cache_clear()
   try:
     with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=meta):
       info = input_pipeline.get_info(c)
@@ -268,4 +268,4 @@ def test_cifar100_under_tfds_mock_data(tmp_path):
       ev = list(input_pipeline.eval_batches(c, info, "test"))
       assert sum(int(b["mask"].sum()) for b in ev) == 24
   finally:
-    input_pipeline._builder.cache_clear()
+    tfds_source.builder.cache_clear()

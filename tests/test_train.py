@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from rlp_jax.data import input_pipeline
-from rlp_jax.training import checkpointing, experiment, loop, metric_logging, steps
+from rlp_jax.infra import rundir
+from rlp_jax.training import checkpointing, experiment, loop, steps
 
 
 def _run_steps(config, num_steps: int):
@@ -57,7 +58,7 @@ def test_lambda_zero_is_bit_identical_to_no_heads(tiny_config, model_name):
 
 
 def _read_jsonl(workdir):
-  return metric_logging.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return rundir.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
 
 
 def test_end_to_end_writes_metrics_checkpoints_and_table(tiny_config, tmp_path):

@@ -219,8 +219,7 @@ def run_local(runs: Sequence[Run], log=print) -> dict[str, str]:
     try:
       result = loop.train_and_evaluate(run.config, run.workdir)
     except loop.NonFiniteLossError as e:
-      with open(os.path.join(run.workdir, DIVERGED_FILE), "w") as f:
-        f.write(str(e) + "\n")
+      rundir.atomic_write(os.path.join(run.workdir, DIVERGED_FILE), str(e) + "\n")
       log(f"  diverged: {e}")
       out[run.name] = "diverged"
       continue

@@ -1,6 +1,6 @@
 """Everything that is a pure function of (seed, example index): random labels, label noise, fractions.
 
-DESIGN §2: every training example has a stable global index ``i``; the random label of head ``k`` is
+docs/design.md §2: every training example has a stable global index ``i``; the random label of head ``k`` is
 ``H(seed, k, i) mod n``. No label table is stored, so every host, every restart and every shuffle order
 computes the same labels, and memory does not grow with the dataset (ImageNet with n = m included).
 
@@ -67,7 +67,7 @@ def random_labels(
 ) -> np.ndarray:
   """Random labels ``ŷ_k(i)`` for every head k, shape ``index.shape + (num_heads,)``, int32.
 
-  Modes (DESIGN §2):
+  Modes (docs/design.md §2):
     fixed:    ``H(seed, k, i) mod n`` — the paper's default; the same labels every epoch.
     shuffled: ``H(seed, k, epoch, i) mod n`` — new labels each epoch (A.2 sanity check: nothing to memorize).
     unique:   ``π_k(i)`` for a keyed bijection π_k on ``[0, m)``: every example its own label (A.5), so

@@ -8,7 +8,7 @@ For logits ``s = x @ W + b`` over n labels and a random label y, per example and
 
 The label axis may be *chunked* (``chunk`` labels at a time: the (B, H, n) logits never exist whole) and
 *sharded* over the mesh's ``model`` axis (each device owns n / model labels; statistics are merged with
-pmax / psum, DESIGN §4). Both are exact; everything is float32 past the matmuls.
+pmax / psum, docs/design.md §3). Both are exact; everything is float32 past the matmuls.
 
 Why a custom VJP: autodiff of the two log-sum-exps writes and reads several (B, H, n) float32 matrices in
 the backward pass — for one label per example (n = 1.28M, B = 1024) each is 5 GB of memory traffic — and
@@ -24,9 +24,9 @@ a per-row scale. The backward pass builds V once (in the matmul dtype), then
   dW = (c ⊙ x)ᵀ V,   db = cᵀ V,   dx = c ⊙ (V Wᵀ).
 
 Both factors are exact and cancellation-free: 1 - p_y = exp(log1m), p_y = exp(-ce). The gradient routing
-of DESIGN §1 is *not* decided here: ``rlp.routed_losses`` passes the head and features through which ce
-is differentiated (``sg(x)``, live W, b: L_rnd) and, as ``log1m_inputs``, those through which log1m is
-(live x, ``sg(W)``, ``sg(b)``: L_reg). The stop_gradients cut the cotangents that must not flow; the
+of docs/design.md §1 is *not* decided here: ``routing.routed_losses`` passes the head and features through
+which ce is differentiated (``sg(x)``, live W, b: L_rnd) and, as ``log1m_inputs``, those through which
+log1m is (live x, ``sg(W)``, ``sg(b)``: L_reg). The stop_gradients cut the cotangents that must not flow; the
 logits, V and V Wᵀ are computed once for both (each set adds one rank-B product per gradient it needs), with
 full logits and with chunks alike.
 """
@@ -93,7 +93,7 @@ def head_stats(
     log1m_inputs: optional ``(x', kernel', bias')``, equal in value to ``(x, kernel, bias)``, through
       which ``log1m`` is differentiated instead (``ce`` stays a function of ``(x, kernel, bias)``). The
       values are computed once, from the first set; the equality is the caller's promise. This is how
-      one evaluation serves two gradient routes (rlp.routed_losses) — also when chunked, where two
+      one evaluation serves two gradient routes (routing.routed_losses) — also when chunked, where two
       separate calls would each run their own backward loop.
     dtype: the matmuls' input type ('bfloat16' on accelerators; CPU falls back to float32).
     chunk: > 0 processes that many labels at a time (it must divide n, or n / model when sharded);

@@ -37,9 +37,9 @@ def pool_features(z: jax.Array, pool: str = "mean") -> jax.Array:
 class ParallelHeads(nnx.Module):
   """``num_heads`` independent classifiers over the same features, computed as one batched einsum.
 
-  Variants (DESIGN §1): linear (default); ``norm=True`` puts a LayerNorm (own scale/bias per head) before
-  the dense layer, as the paper does for transformer blocks; ``hidden_dim > 0`` adds one ReLU hidden layer
-  of that width (A.6). Output logits have shape (B, num_heads, num_labels) and are float32.
+  Variants (docs/design.md §1): linear (default); ``norm=True`` puts a LayerNorm (own scale/bias per head)
+  before the dense layer, as the paper does for transformer blocks; ``hidden_dim > 0`` adds one ReLU hidden
+  layer of that width (A.6). Output logits have shape (B, num_heads, num_labels) and are float32.
 
   ``dtype`` is the matmuls' input type ('bfloat16' halves their cost on accelerators); parameters,
   accumulation, logits and everything downstream (softmax, losses) stay float32.

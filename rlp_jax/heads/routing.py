@@ -103,7 +103,7 @@ def routed_losses(
   mesh=None,
   label_chunk: int = 0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Total loss ``L_class + L_rnd + λ·L_reg + L_probe`` and its parts, with DESIGN §1's routing.
+  """Total loss ``L_class + L_rnd + λ·L_reg + L_probe`` and its parts, with docs/design.md §1's routing.
 
   Args:
     class_logits: g_φ(f_θ(x)), (B, N).

@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"
   c.model.classifier = "token"
 
-  # Preprocessing and train-time augmentation (input_pipeline.py documents exactly what each does).
+  # Preprocessing and train-time augmentation (data/preprocess.py documents exactly what each does).
   c.augment = ml_collections.ConfigDict()
   c.augment.flip = False  # random horizontal flip of training images
   c.augment.crop = "none"  # train crop: 'none' (the eval resize + center crop) | 'inception' (random-resized)
@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.offline.batch_size = 128
   c.offline.train_examples = -1  # training examples the offline head fits (-1 = all trained-on ones)
 
-  # Device mesh (DESIGN §4): the batch is split over `data`; large RLP heads' label axis over `model`.
+  # Device mesh (docs/design.md §5): the batch is split over `data`; large RLP heads' label axis over `model`.
   # -1 takes the remaining devices. fsdp additionally shards large parameters over `data`.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1, fsdp=False))
 

@@ -64,9 +64,18 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def append_jsonl(path: str, record: Mapping) -> None:
-  """Appends one record as one line, flushed to disk (a result computed once is not lost to a kill)."""
+  """Appends one record as one line, flushed to disk (a result computed once is not lost to a kill).
+
+  After a line cut short by a kill, the record starts on a line of its own: the fragment stays in the
+  file as it was (read_jsonl skips it) and never swallows the new record.
+  """
+  torn = False
+  if os.path.exists(path) and os.path.getsize(path):
+    with open(path, "rb") as f:
+      f.seek(-1, os.SEEK_END)
+      torn = f.read(1) != b"\n"
   with open(path, "a") as f:
-    f.write(json.dumps(dict(record)) + "\n")
+    f.write(("\n" if torn else "") + json.dumps(dict(record)) + "\n")
     f.flush()
     os.fsync(f.fileno())
 

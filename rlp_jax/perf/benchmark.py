@@ -223,7 +223,7 @@ def format_results(config, results) -> str:
 
 def input_throughput(config, *, num_batches: int = 50, epoch: int = 0) -> dict[str, float]:
   """Examples/s of the real training pipeline (read, decode, augment, batch, attach labels) and the share
-  of that time spent attaching labels (hashing the index), which DESIGN §2 wants negligible (< 2%)."""
+  of that time spent attaching labels (hashing the index), which docs/design.md §2 wants negligible (< 2%)."""
   info = input_pipeline.get_info(config)
   num_batches = min(num_batches, input_pipeline.steps_per_epoch(config, info))
   it = input_pipeline.train_batches(config, info, epoch)

@@ -84,7 +84,7 @@ class _Counter:
   nothing after the loop reads, and that no live value in the body reads, costs nothing (XLA removes it
   from the while loop), and likewise for a shard_map's unused outputs. This is what makes the count match
   the compiled program where a custom VJP computes gradients that a stop_gradient then discards (the
-  head statistics of rlp.routed_losses), with or without label chunks.
+  head statistics of routing.routed_losses), with or without label chunks.
   """
 
   def __init__(self):

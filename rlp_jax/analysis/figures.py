@@ -1,0 +1,352 @@
+"""Figures like the paper's, from the logs of one run or several (docs/design.md §4, §6).
+
+Figures (paper numbering), each drawn by ``report.make_report`` only when its data exists:
+
+  per run   2A accuracy.png       class train/test accuracy and random-label accuracy vs epoch, chance 1/n
+            2B online_offline.png online head vs a fresh head trained on the frozen checkpoint, per layer
+            2C layers.png         random-label accuracy of every measured layer vs epoch
+               layer_map.png      the same as a layer x epoch heat map
+            9  probes.png         per-layer class probes, train and test accuracy vs epoch
+  several   4/5 lambda.png        final random-label / train / test accuracy vs λ (log axis; λ = 0 drawn at
+                                  the left, one decade below the smallest λ > 0, after an axis break)
+               lambda_curves.png  the three accuracies vs epoch, one line per λ
+            8/9 per_layer.png     final random-label accuracy and probe train/test accuracy per layer, one
+                                  line per run (per λ when the runs differ in λ)
+
+Every plotting function takes a matplotlib Axes and returns the data it drew, ``{series: (x, y)}``, so
+tests (and notebooks) can check the picture against the log.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from rlp_jax.analysis.run_logs import LAMBDA, RunLogs, differing_keys, run_label
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def _plt():
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def new_figure(ncols: int = 1, width: float = 6.4, height: float = 4.2):
+  """``(figure, Axes or array of ncols Axes)``: one row of panels, ``width`` each."""
+  plt = _plt()
+  fig, axes = plt.subplots(1, ncols, figsize=(width * ncols if ncols > 1 else width, height), dpi=110)
+  return fig, axes
+
+
+def save_figure(fig, path: str) -> str:
+  """Writes and closes ``fig`` (a report draws dozens; open figures would pile up); returns ``path``."""
+  fig.tight_layout()
+  fig.savefig(path)
+  _plt().close(fig)
+  return path
+
+
+def _chance_line(ax, value, label="chance 1/n"):
+  if value is not None:
+    ax.axhline(value, color="0.45", ls=":", lw=1.2, label=f"{label} = {value:.3g}")
+
+
+def _finish(ax, xlabel: str, ylabel: str, title: str = "", legend: bool = True):
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  ax.grid(alpha=0.3)
+  if legend and ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=8, framealpha=0.85)
+
+
+def _colors(n: int, cmap: str = "viridis"):
+  """n colors: categorical C0, C1, ... for ``tab10``; else evenly spaced along the colormap (ordered data)."""
+  if cmap == "tab10":
+    return [f"C{i % 10}" for i in range(n)]
+  plt = _plt()
+  return [plt.get_cmap(cmap)(x) for x in np.linspace(0.0, 0.85, max(n, 1))]
+
+
+def layer_sort_key(name: str):
+  """Model order: block_1, block_2, ..., block_10, ..., then pre_logits (and anything else by name)."""
+  m = re.fullmatch(r"block_(\d+)", name)
+  return (0, int(m.group(1)), "") if m else (2 if name == "pre_logits" else 1, 0, name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-run figures
+# ----------------------------------------------------------------------------------------------------
+
+
+def main_layer(run: RunLogs) -> str | None:
+  """The layer of Fig. 2A: ``pre_logits`` if measured, else the deepest measured layer."""
+  layers = run.layers()
+  return "pre_logits" if "pre_logits" in layers else (layers[-1] if layers else None)
+
+
+def plot_accuracy(ax, run: RunLogs) -> dict:
+  """Fig. 2A: class train/test accuracy and the random-label accuracy vs epoch, with the chance level."""
+  data = {}
+  for key, label, style in (("train/accuracy", "train", "-"), ("test/accuracy", "test", "-")):
+    x, y = run.series(key)
+    if len(x):
+      ax.plot(x, y, style, marker="o", ms=3, label=label)
+      data[label] = (x, y)
+  layer = main_layer(run)
+  if layer:
+    x, y = run.series(f"rlp/{layer}/accuracy")
+    ax.plot(x, y, "-", marker="s", ms=3, color="C3", label=f"random labels ({layer})")
+    data[f"random labels ({layer})"] = (x, y)
+    _chance_line(ax, run.chance(layer))
+  ax.set_ylim(-0.02, 1.02)
+  _finish(ax, "epoch", "accuracy", f"Accuracy — {run.name}")
+  return data
+
+
+def plot_online_offline(ax, run: RunLogs) -> dict:
+  """Fig. 2B: the online head's random-label accuracy vs a fresh head trained offline on each checkpoint."""
+  data = {}
+  layers = run.layers("offline")
+  colors = _colors(len(layers), "tab10") if len(layers) > 1 else ["C3"]
+  for layer, c in zip(layers, colors):
+    x, y = run.series(f"offline/{layer}/accuracy", run.offline)
+    ax.plot(x, y, "-", marker="o", ms=4, color=c, label=f"offline ({layer})")
+    data[f"offline ({layer})"] = (x, y)
+    x, y = run.series(f"rlp/{layer}/accuracy")
+    if len(x):
+      ax.plot(x, y, "--", marker=".", ms=4, color=c, alpha=0.8, label=f"online ({layer})")
+      data[f"online ({layer})"] = (x, y)
+  if layers:
+    _chance_line(ax, run.chance(layers[0]))
+  _finish(
+    ax, "epoch (checkpoint; 0 = initialization)", "random-label accuracy", f"Online vs offline — {run.name}"
+  )
+  return data
+
+
+def plot_layers(ax, run: RunLogs) -> dict:
+  """Fig. 2C: random-label accuracy of each measured layer vs epoch."""
+  data = {}
+  layers = run.layers()
+  for layer, c in zip(layers, _colors(len(layers), "plasma")):
+    x, y = run.series(f"rlp/{layer}/accuracy")
+    ax.plot(x, y, "-", marker="o", ms=3, color=c, label=layer)
+    data[layer] = (x, y)
+  if layers:
+    _chance_line(ax, run.chance(layers[0]))
+  _finish(ax, "epoch", "random-label accuracy", f"Random-label accuracy per layer — {run.name}")
+  return data
+
+
+def plot_layer_map(ax, run: RunLogs) -> dict:
+  """Layer x epoch memorization map: random-label accuracy (color) of each layer (row) at each epoch."""
+  layers = run.layers()
+  epochs = np.array(sorted({r["epoch"] for r in run.metrics}), float)
+  grid = np.full((len(layers), len(epochs)), np.nan)
+  for j, r in enumerate(sorted(run.metrics, key=lambda r: r["epoch"])):
+    for i, layer in enumerate(layers):
+      grid[i, j] = r.get(f"rlp/{layer}/accuracy", np.nan)
+  if not layers:
+    return {}
+  lo = run.chance(layers[0]) or np.nanmin(grid)
+  im = ax.imshow(
+    grid,
+    aspect="auto",
+    origin="lower",
+    cmap="magma",
+    vmin=lo,
+    vmax=max(np.nanmax(grid), lo + 1e-6),
+    extent=(epochs[0] - 0.5, epochs[-1] + 0.5, -0.5, len(layers) - 0.5),
+    interpolation="nearest",
+  )
+  ax.set_yticks(range(len(layers)))
+  ax.set_yticklabels(layers)
+  cbar = ax.figure.colorbar(im, ax=ax)
+  cbar.set_label("random-label accuracy")
+  _finish(ax, "epoch", "layer", f"Memorization map (color scale from chance) — {run.name}", legend=False)
+  ax.grid(False)
+  return {"epochs": epochs, "layers": layers, "accuracy": grid}
+
+
+def plot_probes(axes, run: RunLogs) -> dict:
+  """Fig. 9 (over training): per-layer class-probe accuracy vs epoch; train left, test right."""
+  data = {}
+  layers = run.layers("probe", "train_accuracy")
+  for ax, split in zip(axes, ("train", "test")):
+    for layer, c in zip(layers, _colors(len(layers), "plasma")):
+      x, y = run.series(f"probe/{layer}/{split}_accuracy")
+      ax.plot(x, y, "-", marker="o", ms=3, color=c, label=layer)
+      data[f"{split} {layer}"] = (x, y)
+    x, y = run.series(f"{split}/accuracy")
+    if len(x):
+      ax.plot(x, y, "k--", lw=1, label="class head")
+      data[f"{split} class head"] = (x, y)
+    _finish(ax, "epoch", f"{split} accuracy", f"Class probes per layer, {split} — {run.name}")
+  return data
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures across runs
+# ----------------------------------------------------------------------------------------------------
+
+
+def lambda_positions(lams: Sequence[float], all_lams: Sequence[float] | None = None):
+  """x positions on a log10 axis for λ values; λ = 0 goes one decade left of the smallest λ > 0 among
+  ``all_lams`` (default: ``lams``). Returns (positions, the position of λ = 0 or None)."""
+  lams = np.asarray(lams, float)
+  ref = np.asarray(lams if all_lams is None else all_lams, float)
+  pos = ref[ref > 0]
+  zero_at = None
+  if (ref == 0).any() or (lams == 0).any():
+    zero_at = math.floor(np.log10(pos.min())) - 1.0 if len(pos) else 0.0
+  x = np.log10(np.where(lams > 0, lams, 1.0))
+  return np.where(lams > 0, x, zero_at if zero_at is not None else np.nan), zero_at
+
+
+def _lambda_axis(ax, all_lams: Sequence[float]):
+  """Decade ticks for λ > 0, a tick '0' for λ = 0, and an axis break between them."""
+  _, zero_at = lambda_positions(all_lams)
+  logs = np.log10([v for v in all_lams if v > 0])
+  ticks = [float(t) for t in range(math.floor(logs.min()), math.ceil(logs.max()) + 1)] if len(logs) else []
+  if len(ticks) > 8:  # many decades: label every other one
+    ticks = ticks[:: math.ceil(len(ticks) / 8)]
+  labels = [f"$10^{{{int(t)}}}$" for t in ticks]
+  if zero_at is not None:
+    ticks, labels = [zero_at, *ticks], ["0", *labels]
+  ax.set_xticks(ticks)
+  ax.set_xticklabels(labels)
+  if zero_at is not None and len(logs):
+    brk = zero_at + 0.5
+    ax.axvline(brk, color="0.6", lw=0.8, ls=(0, (2, 2)))
+    ax.text(
+      brk,
+      0.0,
+      "//",
+      transform=ax.get_xaxis_transform(),
+      ha="center",
+      va="center",
+      fontsize=10,
+      color="0.3",
+      bbox=dict(fc="white", ec="none", pad=0.5),
+    )
+  ax.set_xlabel("λ (log scale; 0 = no regularization)")
+
+
+def _groups(runs: Sequence[RunLogs], keys: Sequence[str]) -> dict[str, list[RunLogs]]:
+  """Runs grouped by every differing key except λ (one line per group in the λ panels)."""
+  others = [k for k in keys if k != LAMBDA]
+  groups: dict[str, list[RunLogs]] = {}
+  for r in runs:
+    groups.setdefault(run_label(r, others) if others else "", []).append(r)
+  return groups
+
+
+def plot_lambda(axes, runs: Sequence[RunLogs], layer: str | None = None) -> dict:
+  """Figs. 4/5: final random-label, train and test accuracy vs λ (one line per group of other settings)."""
+  keys = differing_keys(runs)
+  layer = layer or main_layer(runs[0])
+  panels = (
+    (f"rlp/{layer}/accuracy", f"random-label accuracy ({layer})"),
+    ("train/accuracy", "train accuracy"),
+    ("test/accuracy", "test accuracy"),
+  )
+  data = {}
+  lams_all = [float(r.config.get(LAMBDA, 0.0)) for r in runs]
+  groups = _groups(runs, keys)
+  colors = _colors(len(groups), "tab10") if len(groups) > 1 else ["C0"]
+  for ax, (key, ylabel) in zip(axes, panels):
+    for (group, members), c in zip(groups.items(), colors):
+      members = sorted(members, key=lambda r: float(r.config.get(LAMBDA, 0.0)))
+      lams = np.array([float(r.config.get(LAMBDA, 0.0)) for r in members])
+      ys = np.array([r.final.get(key, np.nan) for r in members], float)
+      x, _ = lambda_positions(lams, lams_all)
+      pos = lams > 0
+      ax.plot(x[pos], ys[pos], "-o", color=c, label=group or None)
+      if (~pos).any():  # λ = 0 across the axis break: its own marker, a dotted link
+        ax.plot(x[~pos], ys[~pos], "o", color=c)
+        if pos.any():
+          ax.plot([x[~pos][-1], x[pos][0]], [ys[~pos][-1], ys[pos][0]], ":", color=c, lw=1)
+      data[f"{key} {group}".strip()] = (lams, ys)
+    if key.startswith("rlp/"):
+      _chance_line(ax, runs[0].chance(layer))
+    _lambda_axis(ax, lams_all)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8)
+  axes[0].set_title("Final accuracy under RLP regularization")
+  return data
+
+
+def plot_lambda_curves(axes, runs: Sequence[RunLogs], layer: str | None = None) -> dict:
+  """Figs. 4/5 over training: random-label, train and test accuracy vs epoch, one line per run (by λ)."""
+  keys = differing_keys(runs)
+  layer = layer or main_layer(runs[0])
+  ordered = sorted(runs, key=lambda r: (float(r.config.get(LAMBDA, 0.0)), r.name))
+  colors = _colors(len(ordered))
+  data = {}
+  for ax, (key, ylabel) in zip(
+    axes,
+    (
+      (f"rlp/{layer}/accuracy", f"random-label accuracy ({layer})"),
+      ("train/accuracy", "train accuracy"),
+      ("test/accuracy", "test accuracy"),
+    ),
+  ):
+    for r, c in zip(ordered, colors):
+      x, y = r.series(key)
+      label = run_label(r, keys)
+      ax.plot(x, y, "-", color=c, label=label)
+      data[f"{key} {label}"] = (x, y)
+    if key.startswith("rlp/"):
+      _chance_line(ax, runs[0].chance(layer))
+    _finish(ax, "epoch", ylabel)
+  return data
+
+
+def plot_per_layer(axes, runs: Sequence[RunLogs]) -> dict:
+  """Figs. 8/9: final random-label accuracy (left) and probe train / test accuracy (middle, right) per layer,
+  one line per run."""
+  keys = differing_keys(runs)
+  ordered = sorted(runs, key=lambda r: (float(r.config.get(LAMBDA, 0.0)), r.name))
+  colors = _colors(len(ordered))
+  data = {}
+  panels = (
+    ("rlp", "accuracy", "random-label accuracy"),
+    ("probe", "train_accuracy", "probe train accuracy"),
+    ("probe", "test_accuracy", "probe test accuracy"),
+  )
+  # One x position per layer, shared by the three panels (heads and probes may read different layers).
+  layer_order = sorted(
+    {lay for r in ordered for p, suf, _ in panels for lay in r.layers(p, suf)}, key=layer_sort_key
+  )
+  for ax, (prefix, suffix, ylabel) in zip(axes, panels):
+    for r, c in zip(ordered, colors):
+      present = [lay for lay in layer_order if f"{prefix}/{lay}/{suffix}" in r.final]
+      if not present:
+        continue
+      x = np.array([layer_order.index(lay) for lay in present])
+      y = np.array([r.final[f"{prefix}/{lay}/{suffix}"] for lay in present], float)
+      label = run_label(r, keys)
+      ax.plot(x, y, "-o", color=c, label=label)
+      data[f"{prefix}/{suffix} {label}"] = (present, y)
+    ax.set_xticks(range(len(layer_order)))
+    ax.set_xticklabels(layer_order, rotation=30, ha="right")
+    rlp_layers = ordered[0].layers() if ordered else []
+    if prefix == "rlp" and rlp_layers:
+      _chance_line(ax, ordered[0].chance(rlp_layers[0]))
+    _finish(ax, "layer", ylabel)
+  axes[0].set_title("Final values per layer")
+  return data

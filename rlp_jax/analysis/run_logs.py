@@ -1,0 +1,116 @@
+"""The logs of finished (or running) runs, as the report reads them (docs/design.md §6): one ``RunLogs`` per
+run directory, found from run directories or sweep roots, and what a set of runs varied.
+
+Reads ``metrics.jsonl``, ``config.json`` and, where present, ``offline.jsonl`` (``python -m rlp_jax.offline``)
+and ``memorization.json`` (``python -m rlp_jax.memorization``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from rlp_jax.infra import configuration, rundir
+
+LAMBDA = "rlp.reg_lambda"
+SHORT_NAMES = {LAMBDA: "λ", "rlp.num_labels": "n", "rlp.num_heads": "heads"}
+
+
+@dataclasses.dataclass
+class RunLogs:
+  """What the figures need of one run."""
+
+  workdir: str
+  name: str
+  config: dict  # flattened config.json ({} if absent)
+  metrics: list[dict]  # metrics.jsonl, one record per evaluation
+  offline: list[dict]  # offline.jsonl (may be empty)
+  memorization: dict | None = None  # memorization.json
+
+  @classmethod
+  def load(cls, workdir: str, name: str | None = None) -> RunLogs:
+    config_path = os.path.join(workdir, rundir.CONFIG_FILE)
+    config = rundir.flatten(rundir.read_json(config_path)) if os.path.exists(config_path) else {}
+    mem_path = os.path.join(workdir, "memorization.json")
+    mem = rundir.read_json(mem_path) if os.path.exists(mem_path) else None
+    return cls(
+      workdir=workdir,
+      name=name or os.path.basename(os.path.normpath(workdir)),
+      config=config,
+      metrics=rundir.read_jsonl(os.path.join(workdir, rundir.METRICS_FILE)),
+      offline=sorted(rundir.read_jsonl(os.path.join(workdir, "offline.jsonl")), key=lambda r: r["step"]),
+      memorization=mem,
+    )
+
+  def series(self, key: str, records: Sequence[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, values) of ``key`` over the records that have it."""
+    rows = [r for r in (self.metrics if records is None else records) if key in r and r[key] is not None]
+    return np.array([r["epoch"] for r in rows], float), np.array([r[key] for r in rows], float)
+
+  def layers(self, prefix: str = "rlp", suffix: str = "accuracy") -> list[str]:
+    """Layers with ``<prefix>/<layer>/<suffix>`` in the log, in the model's order (the order logged)."""
+    out: dict[str, None] = {}
+    for r in self.metrics + self.offline:
+      for k in r:
+        m = re.fullmatch(rf"{prefix}/([^/]+)/{suffix}", k)
+        if m:
+          out[m.group(1)] = None
+    return list(out)
+
+  @property
+  def final(self) -> dict:
+    """The record of the run's last epoch (rundir.final_record); {} while the run is unfinished."""
+    if "num_epochs" not in self.config:  # no config.json: take the log as complete
+      return self.metrics[-1] if self.metrics else {}
+    return rundir.final_record(self.metrics, self.config["num_epochs"]) or {}
+
+  def chance(self, layer: str) -> float | None:
+    for r in self.metrics + self.offline:
+      for key in (f"rlp/{layer}/chance", f"offline/{layer}/chance"):
+        if key in r:
+          return r[key]
+    n = self.config.get("rlp.num_labels")
+    return 1.0 / n if n else None
+
+
+def find_runs(paths: Sequence[str]) -> list[RunLogs]:
+  """Run directories from the arguments: a run itself, or a sweep root whose subdirectories are runs."""
+  runs = []
+  for path in paths:
+    if os.path.exists(os.path.join(path, "metrics.jsonl")):
+      runs.append(RunLogs.load(path))
+      continue
+    subs = (
+      sorted(d for d in os.listdir(path) if os.path.exists(os.path.join(path, d, "metrics.jsonl")))
+      if os.path.isdir(path)
+      else []
+    )
+    if not subs:
+      raise FileNotFoundError(
+        f"{path}: no metrics.jsonl there nor in its subdirectories; is it a run's workdir?"
+      )
+    runs.extend(RunLogs.load(os.path.join(path, d)) for d in subs)
+  return runs
+
+
+def differing_keys(runs: Sequence[RunLogs]) -> list[str]:
+  """Config keys whose values differ between the runs (what a sweep varied), λ first."""
+  keys = sorted({k for r in runs for k in r.config} - set(configuration.RESUMABLE_KEYS))
+  diff = [k for k in keys if len({json.dumps(r.config.get(k)) for r in runs}) > 1]
+  return sorted(diff, key=lambda k: (k != LAMBDA, k))
+
+
+def fmt_value(v) -> str:
+  """A config value for a label or table cell: floats in short form (1e+04, 0.01, 0)."""
+  if isinstance(v, float):
+    return "0" if v == 0 else format(v, "g")
+  return str(v)
+
+
+def run_label(run: RunLogs, keys: Sequence[str]) -> str:
+  return ", ".join(f"{SHORT_NAMES.get(k, k)}={fmt_value(run.config.get(k))}" for k in keys) or run.name

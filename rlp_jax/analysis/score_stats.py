@@ -1,0 +1,84 @@
+"""Statistics of per-example scores (docs/design.md §4): rank correlation, noisy-vs-clean ROC AUC, and the
+capacity estimate with its bootstrap interval.
+
+Spearman and the AUC are the libraries' own (scipy, scikit-learn); what is ours is the handling of missing
+values: examples not scored (NaN) are dropped rather than ranked.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics
+
+
+def finite_pairs(a, b) -> tuple[np.ndarray, np.ndarray]:
+  """``a``, ``b`` (same shape) without the positions where either is NaN or infinite."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.shape != b.shape:
+    raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+  ok = np.isfinite(a) & np.isfinite(b)
+  return a[ok], b[ok]
+
+
+def spearman(a, b) -> float:
+  """Spearman's rank correlation (average ranks for ties) over the pairs where both are finite; NaN with
+  fewer than two such pairs or a constant side."""
+  a, b = finite_pairs(a, b)
+  if len(a) < 2:
+    return float("nan")
+  with warnings.catch_warnings():  # a constant input: NaN is the answer, not a warning per call
+    warnings.simplefilter("ignore", stats.ConstantInputWarning)
+    return float(stats.spearmanr(a, b).statistic)
+
+
+def roc_auc(score_values, positive) -> float:
+  """Area under the ROC curve of ``score`` for ``positive`` vs the rest: the probability that a random
+  positive scores above a random negative, ties counting one half. Unscored (NaN) examples are dropped;
+  NaN when either class is absent."""
+  s = np.asarray(score_values, np.float64)
+  pos = np.asarray(positive, bool)
+  ok = np.isfinite(s)
+  s, pos = s[ok], pos[ok]
+  if pos.all() or not pos.any():
+    return float("nan")
+  return float(metrics.roc_auc_score(pos, s))
+
+
+def capacity(correct, num_labels: int, *, num_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+  """Empirical Rademacher-style capacity from K independent random-label draws.
+
+  ``correct`` (M, K): whether head k (its own label draw) predicts example i's random label. The estimate
+  is the mean over heads of the chance-corrected accuracy ``(acc - 1/n) / (1 - 1/n)`` (0 = chance,
+  1 = every arbitrary labeling fitted). The interval is a percentile bootstrap that resamples examples
+  and label draws (heads) together: both are samples, and a K = 1 estimate is as uncertain as its one draw.
+  """
+  c = np.asarray(correct, np.float64)
+  if c.ndim == 1:
+    c = c[:, None]
+  m, k = c.shape
+  chance = 1.0 / num_labels
+
+  def corrected(acc):
+    return (acc - chance) / (1.0 - chance)
+
+  rng = np.random.default_rng(seed)
+  boots = np.empty(num_boot)
+  for b in range(num_boot):
+    rows, cols = rng.integers(0, m, m), rng.integers(0, k, k)
+    boots[b] = corrected(c[rows][:, cols].mean())
+  lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+  per_head = c.mean(0)
+  return {
+    "estimate": float(corrected(per_head.mean())),
+    "ci_low": float(lo),
+    "ci_high": float(hi),
+    "level": level,
+    "accuracy": float(per_head.mean()),
+    "chance": chance,
+    "num_heads": k,
+    "num_examples": m,
+    "per_head_accuracy": per_head.tolist(),
+  }

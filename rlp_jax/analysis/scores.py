@@ -1,0 +1,185 @@
+r"""Per-example memorization scores from the RLP heads (docs/design.md §4), aligned to the dataset index.
+
+For every training example ``i`` (the examples trained on, all of them, in eval mode) and every RLP head
+``h`` on every measured layer, at the chosen checkpoints, with the heads saved in that checkpoint (the
+online heads):
+
+  p_own    softmax probability of the example's own random label ŷ_h(i)
+  correct  argmax == ŷ_h(i)
+  margin   logit of ŷ_h(i) minus the largest other logit (> 0 iff correct, up to exact ties)
+
+Written to ``DIR/memorization.npz``, **aligned to the dataset index**: every per-example array has
+length m (the train split) and row ``i`` is example ``i``; rows of examples not trained on (dataset
+fraction) have ``scored = False`` and NaN scores. Arrays:
+
+  index (m,)  scored (m,)  label (m,) clean class label  train_label (m,) the label trained on
+  is_noisy (m,) (all False without label noise)
+  steps (C,)  epochs (C,)  layers (L,)  num_labels ()
+  rlp_labels (C, m, H) the random labels each checkpoint was scored against
+  p_own/<layer>, margin/<layer> (C, m, H) float32,  correct/<layer> (C, m, H) bool
+
+The one-number score of an example (for ranking) is one of these, averaged over the heads, at one step
+(``score``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from rlp_jax.infra import rundir
+
+SCORE_FILE = "memorization.npz"
+KINDS = ("p_own", "margin", "correct")
+
+
+def scores_from_logits(logits: np.ndarray, own: np.ndarray) -> dict[str, np.ndarray]:
+  """``logits`` (B, H, n), ``own`` labels (B, H) -> p_own, margin (float32), correct (bool), each (B, H)."""
+  logits = np.asarray(logits, np.float64)
+  own = np.asarray(own)[..., None]
+  own_logit = np.take_along_axis(logits, own, -1)[..., 0]
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_p = np.take_along_axis(shifted, own, -1)[..., 0] - np.log(np.exp(shifted).sum(-1))
+  others = logits.copy()
+  np.put_along_axis(others, own, -np.inf, -1)
+  margin = own_logit - others.max(-1)
+  return {
+    "p_own": np.exp(log_p).astype(np.float32),
+    "margin": margin.astype(np.float32),
+    "correct": logits.argmax(-1) == own[..., 0],  # as the online metric counts it
+  }
+
+
+def collect(
+  batches: Iterable[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]], num_examples: int
+) -> dict[str, np.ndarray]:
+  """Scores of every real example, placed at row ``batch['index']`` of length-m arrays.
+
+  ``batches`` yields ``(batch, {layer: (B, H, n) logits})`` (training/evaluators.head_logits). Batches come
+  in whatever order the input pipeline reads them; alignment rests on each example's own ``index`` alone
+  (docs/design.md §2), so ``rlp_labels`` here is (m, H), the labels of this one pass.
+  """
+  m = num_examples
+  out: dict[str, np.ndarray] = {}
+  for batch, logits_by_layer in batches:
+    real = np.asarray(batch["mask"], bool)
+    idx = np.asarray(batch["index"])[real].astype(np.int64)
+    if "scored" not in out:
+      h = batch["rlp_labels"].shape[1]
+      out["scored"] = np.zeros(m, bool)
+      out["label"] = np.full(m, -1, np.int64)
+      out["train_label"] = np.full(m, -1, np.int64)
+      out["is_noisy"] = np.zeros(m, bool)
+      out["rlp_labels"] = np.full((m, h), -1, np.int64)
+    out["scored"][idx] = True
+    out["label"][idx] = np.asarray(batch.get("clean_label", batch["label"]))[real]
+    out["train_label"][idx] = np.asarray(batch["label"])[real]
+    if "is_noisy" in batch:
+      out["is_noisy"][idx] = np.asarray(batch["is_noisy"])[real]
+    out["rlp_labels"][idx] = np.asarray(batch["rlp_labels"])[real]
+    for layer, logits in logits_by_layer.items():
+      for kind, value in scores_from_logits(np.asarray(logits)[real], batch["rlp_labels"][real]).items():
+        key = f"{kind}/{layer}"
+        if key not in out:
+          fill = False if kind == "correct" else np.nan
+          out[key] = np.full((m,) + value.shape[1:], fill, value.dtype)
+        out[key][idx] = value
+  if "scored" not in out:
+    raise ValueError("no training examples to score")
+  out["index"] = np.arange(m)
+  return out
+
+
+def label_epoch(step: int, steps_per_epoch: int, num_epochs: int) -> int:
+  """The epoch whose random labels the heads saved at ``step`` last trained on.
+
+  Step s (s >= 1) is the s-th update, in epoch ``(s - 1) // steps_per_epoch``; step 0 (initialization)
+  reads epoch 0. Only ``label_mode='shuffled'`` draws new labels per epoch (docs/design.md §2), and there
+  a checkpoint scored against another epoch's labels would measure nothing but chance.
+  """
+  return min(max(step - 1, 0) // steps_per_epoch, num_epochs - 1)
+
+
+def _choose_steps(saved: list[int], steps) -> list[int]:
+  if steps == "last":
+    return [saved[-1]]
+  if steps == "all":
+    return saved
+  chosen = sorted(int(s) for s in steps)
+  missing = [s for s in chosen if s not in saved]
+  if missing:
+    raise ValueError(f"--steps: no checkpoint at {missing}; saved steps are {saved}.")
+  return chosen
+
+
+def compute(workdir: str, steps="last", layers=None, *, config=None, output: str = SCORE_FILE, log=print):
+  """Scores at the chosen checkpoints (``'last'``, ``'all'`` or a list of steps), written to DIR/<output>.
+
+  Returns the arrays as written. ``config`` defaults to the run's own (``rundir.load_config``).
+  """
+  from rlp_jax.training import checkpointing, evaluators, experiment
+
+  config = config or rundir.load_config(workdir)
+  exp, state = experiment.build(config)
+  if not exp.rlp_layers:
+    raise ValueError("The run has no RLP heads (config.rlp.num_heads=0): there is nothing to score with.")
+  layers = list(layers or exp.rlp_layers)
+  unknown = [name for name in layers if name not in exp.rlp_layers]
+  if unknown:
+    raise ValueError(f"--layers={unknown}: the run's heads read {list(exp.rlp_layers)}.")
+  mngr = checkpointing.manager(workdir)
+  saved = sorted(mngr.all_steps())
+  if not saved:
+    raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint.")
+  chosen = _choose_steps(saved, steps)
+
+  per_step = []
+  for step in chosen:
+    restored = checkpointing.restore(mngr, step, state)
+    epoch = label_epoch(step, exp.steps_per_epoch, config.num_epochs)
+    batches = evaluators.head_logits(exp, restored.params, restored.batch_stats, layers, epoch=epoch)
+    per_step.append(collect(batches, exp.info.num_train))
+    log(
+      f"scored step {step}: " + ", ".join(f"{k}={np.nanmean(per_step[-1][f'p_own/{k}']):.4f}" for k in layers)
+    )
+  out = {k: v for k, v in per_step[0].items() if "/" not in k and k != "rlp_labels"}
+  # Per checkpoint, like the scores: with shuffled labels each one was scored against its own epoch's.
+  out["rlp_labels"] = np.stack([s["rlp_labels"] for s in per_step])
+  for kind in KINDS:
+    for layer in layers:
+      out[f"{kind}/{layer}"] = np.stack([s[f"{kind}/{layer}"] for s in per_step])
+  out.update(
+    steps=np.asarray(chosen),
+    epochs=np.asarray(chosen) / exp.steps_per_epoch,
+    layers=np.asarray(layers),
+    num_labels=np.asarray(exp.num_labels),
+  )
+  buf = io.BytesIO()
+  np.savez_compressed(buf, **out)
+  rundir.atomic_write(os.path.join(workdir, output), buf.getvalue())
+  return out
+
+
+def load(path: str) -> dict[str, np.ndarray]:
+  with np.load(path, allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
+
+
+def score(
+  data: Mapping[str, np.ndarray], kind: str = "p_own", layer: str | None = None, step=-1
+) -> np.ndarray:
+  """One number per example (length m, NaN where not scored): ``kind`` averaged over the heads at ``step``
+  (a saved step number, or -1 for the last one computed), on ``layer`` (default: the last layer)."""
+  if kind not in KINDS:
+    raise ValueError(f"score kind must be one of {KINDS}, got {kind!r}")
+  layers = [str(x) for x in data["layers"]]
+  layer = layer or layers[-1]
+  if layer not in layers:
+    raise ValueError(f"layer {layer!r} was not scored; the file has {layers}")
+  steps = list(np.asarray(data["steps"]))
+  pos = -1 if step == -1 else steps.index(step)
+  values = np.asarray(data[f"{kind}/{layer}"][pos], np.float64).mean(-1)
+  return np.where(data["scored"], values, np.nan)

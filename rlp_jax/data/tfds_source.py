@@ -1,0 +1,185 @@
+"""Where examples come from: a tfds split, read by this host, each example with its stable global index.
+
+**The global index.** Datasets built by ``rlp_jax.data.datasets`` store it as an ``index`` feature. Any other
+tfds dataset (``cifar100``, ``imagenet2012``, any image classification dataset with ``image`` and ``label``)
+is read with ``tfds.ReadConfig(add_tfds_id=True)``: tfds then attaches to every example the id
+``"<name>-<split>.<format>-<shard:05d>-of-<num_shards:05d>__<offset>"`` (tensorflow_datasets/core/reader.py:
+``_make_id`` joins the shard file's name and the example's position in that file with ``__``; the position
+is absolute within the file even when a sub-split skips into it). The index is then
+``sum(shard_lengths[:shard]) + offset`` (``info.splits[split].shard_lengths``), computed with TF string ops
+in the pipeline. It is the example's position in the stored split, so it is the same for any host count,
+read order, file shuffling, epoch or restart, and covers ``[0, m)`` exactly.
+
+Reading is per host (``tfds.split_for_jax_process``): no host reads another's examples (docs/design.md §2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+
+import jax
+import numpy as np
+from etils import epy
+
+# TensorFlow is loaded on first use, not on import: the train step and the benchmark need no data
+# pipeline, and accelerator machines may have JAX without TensorFlow.
+with epy.lazy_imports():
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+# The tfds_id of an example: "<file name>-<shard>-of-<num shards>__<offset in that file>".
+_TFDS_ID = r"^.*-(\d+)-of-(\d+)__(\d+)$"
+SHARD_FILE = re.compile(r"-(\d+)-of-(\d+)$")
+
+
+@functools.cache
+def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+  import rlp_jax.data.datasets  # noqa: F401  (registers the embedded builders with tfds)
+
+  # Keep TensorFlow off the accelerators: it only feeds the input pipeline.
+  tf.config.set_visible_devices([], "GPU")
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(
+      f"config.dataset={name!r} is not a tfds dataset ({e.__class__.__name__}). Use an "
+      "embedded one ('digits', 'mnist1d/4k', 'mnist1d/10k', 'mnist1d/100k') or any "
+      "tfds image classification name."
+    ) from None
+  # Embedded datasets build offline in seconds; others download (or need manual_dir) as tfds documents.
+  builder.download_and_prepare()
+  return builder
+
+
+def shard_offsets(split_info) -> np.ndarray:
+  """Index of the first example of every shard file of a split: ``cumsum(shard_lengths)`` shifted by one.
+
+  Checks that the split's files are named ``...-<shard>-of-<num_shards>`` in shard order, which is what makes
+  the shard number in a ``tfds_id`` a position in ``shard_lengths``.
+  """
+  lengths = list(split_info.shard_lengths)
+  for i, name in enumerate(split_info.filenames):
+    m = SHARD_FILE.search(name)
+    if not m or int(m[1]) != i or int(m[2]) != len(lengths):
+      raise ValueError(
+        f"tfds split {split_info.name!r}: shard file {name!r} is not '...-{i:05d}-of-{len(lengths):05d}', so "
+        "the example index cannot be derived from tfds_id. Rebuild the dataset with a current tfds."
+      )
+  return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def index_from_tfds_id(tfds_id: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
+  """Global int64 index of the example whose tfds_id is ``tfds_id``: ``offsets[shard] + offset``."""
+  shard = tf.strings.to_number(tf.strings.regex_replace(tfds_id, _TFDS_ID, r"\1"), tf.int64)
+  offset = tf.strings.to_number(tf.strings.regex_replace(tfds_id, _TFDS_ID, r"\3"), tf.int64)
+  return tf.gather(offsets, shard) + offset
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  builder: tfds.core.DatasetBuilder
+  keyed: bool  # True: an 'index' feature (embedded datasets); False: derived from tfds_id
+  encoded: bool  # images vary in size: kept encoded through the shuffle buffer, decoded after it
+  jpeg: bool
+  channels: int
+
+
+def source(config) -> Source:
+  tfds_builder = builder(config.dataset, config.data_dir)
+  features = tfds_builder.info.features
+  image = features["image"]
+  encoded = isinstance(image, tfds.features.Image) and None in tuple(image.shape)
+  return Source(
+    builder=tfds_builder,
+    keyed="index" in features,
+    encoded=encoded,
+    jpeg=encoded and image.encoding_format == "jpeg",
+    channels=int(image.shape[-1] or 3),
+  )
+
+
+def test_split(config, src: Source) -> str:
+  if config.eval.test_split:
+    return config.eval.test_split
+  if src.keyed or "test" in src.builder.info.splits:
+    return "test"
+  return "validation"
+
+
+def host() -> tuple[int, int]:
+  return jax.process_index(), jax.process_count()
+
+
+def host_split(split: str, drop_remainder: bool = False, process: tuple[int, int] | None = None):
+  """This process's sub-split of ``split`` (or that of ``process = (index, count)``)."""
+  index, count = process or host()
+  return tfds.split_for_jax_process(
+    split, process_index=index, process_count=count, drop_remainder=drop_remainder
+  )
+
+
+def local_batch(batch_size: int) -> int:
+  count = jax.process_count()
+  if batch_size % count:
+    raise ValueError(f"batch size {batch_size} must be divisible by the {count} hosts.")
+  return batch_size // count
+
+
+def read(src: Source, split: str, *, shuffle_seed: int | None = None) -> tf.data.Dataset:
+  """This host's examples of ``split`` (e.g. 'train', 'train[:5000]') as {image, label, index}.
+
+  ``shuffle_seed`` (training) also shuffles the order of the host's shard files when it reads several.
+  """
+  sub = host_split(split)
+  decoders = {"image": tfds.decode.SkipDecoding()} if src.encoded else None
+  if src.keyed:
+    ds = src.builder.as_dataset(split=sub, shuffle_files=False, decoders=decoders)
+    index_of = lambda ex: ex["index"]
+  else:
+    info = src.builder.info
+    base = re.match(r"\w+", split)[0]
+    offsets = tf.constant(shard_offsets(info.splits[base]))
+    shuffle_files = (
+      shuffle_seed is not None
+      and len(info.splits[sub].file_instructions) > 1
+      and not getattr(info, "disable_shuffling", False)
+    )
+    read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=shuffle_seed if shuffle_files else None)
+    ds = src.builder.as_dataset(
+      split=sub, shuffle_files=shuffle_files, read_config=read_config, decoders=decoders
+    )
+    index_of = lambda ex: index_from_tfds_id(ex["tfds_id"], offsets)
+  return ds.map(
+    lambda ex: {
+      "image": ex["image"],
+      "label": tf.cast(ex["label"], tf.int32),
+      "index": tf.cast(index_of(ex), tf.int64),
+    },
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  )
+
+
+def host_counts(src: Source, split: str, chosen: np.ndarray | None, count: int) -> list[int]:
+  """Examples each of ``count`` hosts yields from ``split``, read from the split metadata alone.
+
+  Exact for tfds_id-indexed datasets (whose file instructions give each host's index ranges); for datasets
+  with an ``index`` feature and a ``chosen`` filter, the host's slice size (an upper bound).
+  """
+  info = src.builder.info
+  counts = []
+  for h in range(count):
+    sub = info.splits[host_split(split, process=(h, count))]
+    if chosen is None or src.keyed:
+      counts.append(sub.num_examples)
+      continue
+    base = re.match(r"\w+", split)[0]
+    offsets = shard_offsets(info.splits[base])
+    n = 0
+    for fi in sub.file_instructions:
+      start = offsets[int(SHARD_FILE.search(str(fi.filename))[1])] + fi.skip
+      n += int(chosen[start : start + fi.take].sum())
+    counts.append(n)
+  return counts
