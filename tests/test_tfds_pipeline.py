@@ -126,9 +126,7 @@ def test_index_from_tfds_id_matches_the_real_tfds_reader(fake_dir):
       split=split, shuffle_files=True, read_config=tfds.ReadConfig(add_tfds_id=True, shuffle_seed=3)
     )
     ex = list(
-      tfds.as_numpy(
-        ds.map(lambda e: {**e, "index": tfds_source.index_from_tfds_id(e["tfds_id"], offsets)})
-      )
+      tfds.as_numpy(ds.map(lambda e: {**e, "index": tfds_source.index_from_tfds_id(e["tfds_id"], offsets)}))
     )
     assert ex, split
     for e in ex:
