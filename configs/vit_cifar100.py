@@ -52,7 +52,7 @@ def get_config(arg: str = ""):
   c.rlp.update(num_heads=1, num_labels=10_000, layers="pre_logits", reg_layers="all", norm=True)
   c.eval.update(batch_size=1024, train_examples=10_000)
   c.offline.update(batch_size=256)
-  c.checkpoint_every_epochs = 1
+  c.checkpoint.every_epochs = 1
   c.log_every_steps = 100
   if "runlocal" in args:
     c.model.update(width=32, depth=2, num_heads=2, patch_size=8)

@@ -32,12 +32,38 @@ def define_flags() -> None:
     "Compile from abstract shapes and report FLOPs, bytes moved and device memory without running a step "
     "(sizes a configuration this machine cannot hold).",
   )
+  flags.DEFINE_enum(
+    "io",
+    "",
+    ["", "save", "prefetch"],
+    "Instead: step time while a checkpoint is written vs not (save), or with device prefetch vs without "
+    "(prefetch, on the real input pipeline).",
+  )
   flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.io:
+    from rlp_jax.perf import io_cost
+
+    if FLAGS.io == "save":
+      r = io_cost.save_cost(FLAGS.config, steps=FLAGS.steps)
+      line = (
+        f"step {1e3 * r['step_s']:.2f} ms, {1e3 * r['step_s_while_saving']:.2f} ms while a "
+        f"{r['checkpoint_bytes'] / 1e6:.1f} MB checkpoint is written: ratio {r['ratio']:.3f}"
+      )
+    else:
+      r = io_cost.prefetch_gain(FLAGS.config, num_batches=FLAGS.steps)
+      line = (
+        f"step {1e3 * r['step_s_no_prefetch']:.2f} ms without prefetch, {1e3 * r['step_s_prefetch']:.2f} ms "
+        f"with: ratio {r['ratio']:.3f}"
+      )
+    print(f"{FLAGS.config.model.name} on {FLAGS.config.dataset}: {line}", flush=True)
+    if FLAGS.json:
+      rundir.atomic_write(FLAGS.json, json.dumps(r, indent=2))
+    return
   if FLAGS.input_batches:
     r = benchmark.input_throughput(FLAGS.config, num_batches=FLAGS.input_batches)
     print(

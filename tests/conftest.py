@@ -50,7 +50,10 @@ def analysis_run(tmp_path_factory, data_dir):
   config.rlp.num_heads = 2
   config.rlp.num_labels = 200
   config.rlp.optimizer.learning_rate = 1e-2
-  config.checkpoint_every_epochs = 3
+  config.checkpoint.every_epochs = 3
+  config.checkpoint.snapshot_every_epochs = 3
+  config.checkpoint.keep = 3
+  config.checkpoint.snapshot_heads = True  # memorization scores read the online heads
   config.offline.at_init = False
   config.offline.num_epochs = 3
   config.offline.batch_size = 64

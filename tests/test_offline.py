@@ -33,15 +33,15 @@ def workdir(run, tmp_path):
   return dst
 
 
-def _restore_all(state, workdir):
-  mngr = checkpointing.manager(workdir)
-  return {s: jax.device_get(checkpointing.restore(mngr, s, state)) for s in mngr.all_steps()}
+def _restore_all(config, state, workdir):
+  ckpt = checkpointing.Checkpoints(workdir, config, read_only=True)
+  return {s: jax.device_get(ckpt.restore_snapshot(s, state)) for s in ckpt.snapshot_steps()}
 
 
 def test_cli_records_every_checkpoint_beside_online_and_leaves_the_network_untouched(run, workdir):
   config = run[0]
   state = experiment.build(config)[1]
-  before = _restore_all(state, workdir)
+  before = _restore_all(config, state, workdir)
   wd, cfg, output, steps = offline_cli.parse_cli(
     ["offline", f"--workdir={workdir}", "--config.offline.num_epochs=10"]
   )
@@ -71,7 +71,7 @@ def test_cli_records_every_checkpoint_beside_online_and_leaves_the_network_untou
   acc = [r["offline/pre_logits/accuracy"] for r in records]
   assert acc[2] > 3 * acc[0] and acc[2] > 0.03, acc
 
-  after = _restore_all(state, workdir)
+  after = _restore_all(config, state, workdir)
   for step in before:  # every saved network is bit-identical after its offline heads were trained
     same = jax.tree.map(np.array_equal, before[step].params, after[step].params)
     assert all(jax.tree.leaves(same)), step
@@ -83,9 +83,9 @@ def test_cli_records_every_checkpoint_beside_online_and_leaves_the_network_untou
 def test_offline_heads_use_the_online_labels_and_initialization_and_learn(run):
   config, workdir = run
   exp, state = experiment.build(config)
-  mngr = checkpointing.manager(workdir)
-  init = jax.device_get(checkpointing.restore(mngr, 0, state))
-  last = checkpointing.restore(mngr, 132, state)
+  ckpt = checkpointing.Checkpoints(workdir, config, read_only=True)
+  init = jax.device_get(ckpt.restore_snapshot(0, state))
+  last = ckpt.restore_snapshot(132, state)
 
   # Same initialization: the heads offline_heads.fit_heads builds are the online heads at step 0.
   fresh = nnx.split(heads_lib.build_heads(config, exp.feature_dims, exp.rlp_layers, exp.num_labels))[1]

@@ -87,7 +87,9 @@ def test_end_to_end_writes_metrics_checkpoints_and_table(tiny_config, tmp_path):
   assert last["rlp/pre_logits/chance"] == pytest.approx(0.1)
   assert last["test/accuracy"] > 0.3  # it learned something in two tiny epochs
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
-  assert checkpointing.manager(workdir).all_steps() == [0, 22, 44]
+  ckpt = checkpointing.Checkpoints(workdir, tiny_config, read_only=True)
+  assert ckpt.resume_steps() == [22, 44]  # the last checkpoint.keep = 2 of 0, 22, 44
+  assert ckpt.snapshot_steps() == [0, 22, 44]
   assert "offline @ init" in result["table"] and "pre_logits/head_0" in result["table"]
   rows = {r["layer"]: r for r in result["rlp_heads"]}
   assert 0.0 <= rows["pre_logits"]["offline_at_init_accuracy"] <= 1.0
@@ -115,7 +117,7 @@ def test_resume_after_sigterm_equals_uninterrupted(tiny_config, tmp_path, monkey
   with pytest.raises(SystemExit, match="Preempted"):
     loop.train_and_evaluate(tiny_config, workdir)
   monkeypatch.setattr(input_pipeline, "train_batches", original)
-  assert 31 in checkpointing.manager(workdir).all_steps()
+  assert 31 in checkpointing.Checkpoints(workdir, tiny_config, read_only=True).resume_steps()
   resumed = loop.train_and_evaluate(tiny_config, workdir)
 
   assert resumed["metrics"] == full["metrics"]
@@ -187,10 +189,11 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
   workdir = str(tmp_path / "run")
   with pytest.raises(FloatingPointError, match="last good checkpoint"):
     loop.train_and_evaluate(tiny_config, workdir)
-  mngr = checkpointing.manager(workdir)
-  assert mngr.all_steps() == [0]
+  ckpt = checkpointing.Checkpoints(workdir, tiny_config, read_only=True)
+  assert ckpt.resume_steps() == [0]
   exp, state = experiment.build(tiny_config)
-  restored = checkpointing.restore(mngr, 0, state)
+  step, restored = ckpt.restore_latest(state)
+  assert step == 0
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(restored.params)))
 
 

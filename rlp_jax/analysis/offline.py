@@ -1,10 +1,11 @@
-"""Offline heads on every saved checkpoint of a run (Fig. 2B): ``python -m rlp_jax.offline --workdir=DIR``.
+"""Offline heads on every analysis snapshot of a run (Fig. 2B): ``python -m rlp_jax.offline --workdir=DIR``.
 
-For each checkpoint (step 0, the initialization, always included) the frozen network's features are
-extracted and fresh heads are fitted to them (training/offline_heads.py). One JSON line per checkpoint
-goes to ``DIR/offline.jsonl`` as soon as that checkpoint is done, so a killed run resumes after the last
-written step. The settings used are kept beside it (``DIR/offline.config.json``); resuming with other
-settings is refused instead of mixing two curves.
+For each snapshot (training/checkpointing.py; step 0, the initialization, always included) the frozen
+network's features are extracted and fresh heads are fitted to them (training/offline_heads.py). One JSON line
+per checkpoint goes to ``DIR/offline.jsonl`` as soon as that checkpoint is done, so a killed run resumes after
+the last written step.
+The settings used are kept beside it (``DIR/offline.config.json``); resuming with other settings is refused
+instead of mixing two curves.
 """
 
 from __future__ import annotations
@@ -77,10 +78,10 @@ def run_offline(
   is_writer = jax.process_index() == 0
   if is_writer:
     _check_settings(config, path)
-  mngr = checkpointing.manager(workdir)
-  all_steps = sorted(set(mngr.all_steps()))
+  ckpt = checkpointing.Checkpoints(workdir, saved, read_only=True)
+  kind, all_steps = ckpt.analysis_steps(heads=False)
   if 0 not in all_steps:
-    raise FileNotFoundError(f"{workdir}/checkpoints has no step 0 (initialization), the offline control.")
+    raise FileNotFoundError(f"{workdir}/{kind} has no step 0 (initialization), the offline control.")
   todo = all_steps if steps is None else [s for s in all_steps if s in set(steps) | {0}]
   records = rundir.read_jsonl(path)  # a line cut short by a kill is skipped (and redone), never deleted
   done = {r["step"] for r in records}
@@ -98,7 +99,7 @@ def run_offline(
   online = {r["step"]: r for r in rundir.read_jsonl(os.path.join(workdir, rundir.METRICS_FILE))}
   for step in todo:
     start = time.time()
-    state = checkpointing.restore(mngr, step, abstract)
+    state = ckpt.restore_for_analysis(kind, step, abstract)
     acc = offline_heads.offline_accuracy(exp, state.params["model"], state.batch_stats)
     rec = offline_record(exp, step, acc, online.get(step), steps_per_epoch=run_exp.steps_per_epoch)
     if is_writer:

@@ -130,15 +130,19 @@ def compute(workdir: str, steps="last", layers=None, *, config=None, output: str
   unknown = [name for name in layers if name not in exp.rlp_layers]
   if unknown:
     raise ValueError(f"--layers={unknown}: the run's heads read {list(exp.rlp_layers)}.")
-  mngr = checkpointing.manager(workdir)
-  saved = sorted(mngr.all_steps())
+  # The online heads are needed: snapshots written with checkpoint.snapshot_heads, else the resume state.
+  ckpt = checkpointing.Checkpoints(workdir, config, read_only=True)
+  kind, saved = ckpt.analysis_steps(heads=True)
   if not saved:
-    raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint.")
+    raise FileNotFoundError(
+      f"{workdir}/{kind} holds no checkpoint with the online heads (config.checkpoint.snapshot_heads="
+      "True keeps them in every snapshot)."
+    )
   chosen = _choose_steps(saved, steps)
 
   per_step = []
   for step in chosen:
-    restored = checkpointing.restore(mngr, step, state)
+    restored = ckpt.restore_for_analysis(kind, step, state)
     epoch = label_epoch(step, exp.steps_per_epoch, config.num_epochs)
     batches = evaluators.head_logits(exp, restored.params, restored.batch_stats, layers, epoch=epoch)
     per_step.append(collect(batches, exp.info.num_train))

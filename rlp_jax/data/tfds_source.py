@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
+import shutil
+import socket
 
 import jax
 import numpy as np
@@ -49,8 +52,75 @@ def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
       "tfds image classification name."
     ) from None
   # Embedded datasets build offline in seconds; others download (or need manual_dir) as tfds documents.
-  builder.download_and_prepare()
+  if not builder.is_prepared() and not _embedded(builder):
+    _check_can_prepare(name, builder, data_dir)
+  before = _incomplete_dirs(builder)
+  try:
+    builder.download_and_prepare()
+  except Exception as e:
+    # tfds leaves an `incomplete.*` directory behind a failed build; ours go, nothing else is touched.
+    for path in _incomplete_dirs(builder) - before:
+      shutil.rmtree(path, ignore_errors=True)
+    why = f"preparing it failed: {type(e).__name__}: {e}"
+    raise MissingDataError(_missing(name, builder, data_dir, why)) from e
   return builder
+
+
+class MissingDataError(ValueError):
+  """A dataset that is not prepared and cannot be prepared here."""
+
+
+# Where tfds downloads from: prepared copies on GCS first, then the dataset's own URLs.
+DOWNLOAD_PROBE = ("storage.googleapis.com", 443)
+
+
+def _embedded(builder) -> bool:
+  return type(builder).__module__.startswith("rlp_jax.")
+
+
+def _incomplete_dirs(builder) -> set[str]:
+  parent = os.path.dirname(os.fspath(builder.data_dir))
+  if not os.path.isdir(parent):
+    return set()
+  return {os.path.join(parent, d) for d in os.listdir(parent) if "incomplete" in d}
+
+
+def _check_can_prepare(name: str, builder, data_dir: str) -> None:
+  """Fails within seconds where tfds would retry a download for minutes and end in a traceback."""
+  manual = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+  if manual:
+    manual_dir = os.path.join(
+      os.path.dirname(os.path.dirname(os.fspath(builder.data_dir))), "downloads", "manual"
+    )
+    if not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
+      raise MissingDataError(
+        _missing(
+          name, builder, data_dir, f"it needs a manual download into {manual_dir}: {' '.join(manual.split())}"
+        )
+      )
+    return
+  try:
+    socket.create_connection(DOWNLOAD_PROBE, timeout=3).close()
+  except OSError as e:
+    raise MissingDataError(
+      _missing(
+        name,
+        builder,
+        data_dir,
+        f"it cannot be downloaded from here (no connection to {DOWNLOAD_PROBE[0]}: {e})",
+      )
+    ) from None
+
+
+def _missing(name: str, builder, data_dir: str, why: str) -> str:
+  where = data_dir or "the tfds default (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+  return (
+    f"config.dataset={name!r} is not prepared in data_dir={where} ({builder.data_dir} is missing), "
+    f"and {why}. Prepare it where it can be downloaded: `tfds build {name} --data_dir=DIR` (ImageNet: put "
+    "the archives in DIR/downloads/manual first), copy DIR here or to gs://..., and pass "
+    "--config.data_dir=DIR. Offline, "
+    "the embedded datasets need no download: --config=configs/digits.py, or --config.dataset=mnist1d/4k."
+  )
 
 
 def shard_offsets(split_info) -> np.ndarray:

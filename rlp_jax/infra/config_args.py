@@ -63,4 +63,4 @@ def shrink_for_runlocal(config) -> None:
   config.rlp.hidden_dim = min(config.rlp.hidden_dim, 16)
   config.offline.update(num_epochs=1, batch_size=8, train_examples=16)
   config.log_every_steps = 1
-  config.checkpoint_every_epochs = 1
+  config.checkpoint.every_epochs = 1

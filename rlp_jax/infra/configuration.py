@@ -110,7 +110,14 @@ def base_config() -> ml_collections.ConfigDict:
   # -1 takes the remaining devices. fsdp additionally shards large parameters over `data`.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1, fsdp=False))
 
-  c.checkpoint_every_epochs = 1
+  # Checkpoints (docs/design.md §5, training/checkpointing.py). The resume state (everything, optimizer
+  # moments included) is written in the background every `every_epochs` epochs and only the last `keep`
+  # are kept; analysis snapshots (backbone parameters and batch statistics, plus the online heads with
+  # `snapshot_heads`) at step 0 and every `snapshot_every_epochs` epochs (0 = only the first and last) are
+  # all kept: offline heads (Fig. 2B) and per-example scores read them.
+  c.checkpoint = ml_collections.ConfigDict(
+    dict(every_epochs=1, keep=2, async_save=True, snapshot_every_epochs=1, snapshot_heads=False)
+  )
   c.log_every_steps = 50
   return c
 
@@ -119,7 +126,11 @@ def base_config() -> ml_collections.ConfigDict:
 RESUMABLE_KEYS = (
   "data_dir",
   "log_every_steps",
-  "checkpoint_every_epochs",
+  "checkpoint.every_epochs",
+  "checkpoint.keep",
+  "checkpoint.async_save",
+  "checkpoint.snapshot_every_epochs",
+  "checkpoint.snapshot_heads",
   "eval.batch_size",
   "shuffle_buffer",
   "offline.at_init",
@@ -157,6 +168,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("num_epochs", f"must be >= 1, got {config.num_epochs}.")
   if config.batch_size < 1:
     fail("batch_size", f"must be >= 1, got {config.batch_size}.")
+  if config.checkpoint.every_epochs < 1:
+    fail(
+      "checkpoint.every_epochs",
+      f"must be >= 1 (epochs between resume checkpoints), got {config.checkpoint.every_epochs}.",
+    )
+  if config.checkpoint.keep < 1:
+    fail("checkpoint.keep", f"must be >= 1 (resume checkpoints kept), got {config.checkpoint.keep}.")
+  if config.checkpoint.snapshot_every_epochs < 0:
+    fail(
+      "checkpoint.snapshot_every_epochs",
+      "must be >= 0 (0 = snapshots at the first and last step only), "
+      f"got {config.checkpoint.snapshot_every_epochs}.",
+    )
   if config.rlp.reg_lambda < 0:
     fail("rlp.reg_lambda", f"must be >= 0 (λ = 0 measures only), got {config.rlp.reg_lambda}.")
   if config.rlp.num_heads < 0:

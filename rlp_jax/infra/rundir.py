@@ -15,8 +15,11 @@ Appends are one line each; a line cut short by a kill is skipped on reading, nev
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
 import warnings
 from collections.abc import Iterable, Mapping
 
@@ -176,3 +179,39 @@ def _merge(base, saved: Mapping) -> None:
       _merge(base[k], v)
     else:
       base[k] = v
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def lock(workdir: str, *, enabled: bool = True):
+  """Holds the workdir for one process: a second training process on it is refused while the first lives.
+
+  An advisory ``flock`` on ``WORKDIR/.lock``: the kernel drops it when its process dies, however it dies
+  (SIGKILL included), so a killed run never leaves its workdir stuck. Cloud paths (``gs://``) have no
+  locks; there the launcher is what keeps one job per workdir.
+  """
+  if not enabled or "://" in workdir:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  f = open(path, "a+")  # noqa: SIM115 - held for the whole run
+  try:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      raise RuntimeError(
+        f"--workdir={workdir} is in use by {holder}: two runs would write the same checkpoints and "
+        "logs. Wait for it to finish (or stop it), or use another --workdir."
+      ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    yield
+  finally:
+    f.close()  # releases the lock

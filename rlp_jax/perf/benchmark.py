@@ -52,7 +52,8 @@ KNOWN_DATASETS = {
 
 
 def peak_flops(device) -> float | None:
-  kind = getattr(device, "device_kind", "")
+  """Dense bf16 peak FLOP/s of a device, or of a device kind given as a string (e.g. 'H100')."""
+  kind = device if isinstance(device, str) else getattr(device, "device_kind", "")
   return next((peak for key, peak in PEAK_FLOPS if key.lower() in kind.lower()), None)
 
 

@@ -1,35 +1,172 @@
-"""Orbax checkpoints of the train state, and the guard against mixing experiments in one workdir."""
+"""Orbax checkpoints of a run, in two kinds (docs/design.md §5), and the guard against mixing experiments.
+
+``WORKDIR/checkpoints/<step>``  **resume state**: the whole TrainState (parameters, optimizer moments, batch
+    statistics, the epoch's loss sums). Written in the background while training continues (Orbax's async
+    save: only the device-to-host copy blocks), at every ``checkpoint.every_epochs`` epochs, at the end
+    and on preemption; only the last ``checkpoint.keep`` are kept.
+``WORKDIR/snapshots/<step>``    **analysis snapshots**: the backbone's parameters and batch statistics (and
+    the online heads with ``checkpoint.snapshot_heads``), never optimizer state — what offline heads
+    (Fig. 2B) and per-example scores read. Step 0 (the initialization, the offline control) always, then
+    every ``checkpoint.snapshot_every_epochs`` epochs and the last epoch; all are kept.
+
+This is the split MaxText and big_vision make: a pod run keeps what it needs to continue and what the
+analysis needs, not 91 copies of Adam's moments (``python -m rlp_jax.plan`` prints the storage).
+
+A resume checkpoint that cannot be read (a truncated file, a missing manifest, an empty step directory) is
+renamed ``<step>.unreadable`` with a warning, and the newest readable one is used: nothing is deleted, and
+the renamed step no longer blocks the save of that step number when training gets there again.
+"""
 
 from __future__ import annotations
 
 import os
+import warnings
+from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 from rlp_jax.infra import configuration, rundir
 
-
-def manager(workdir: str) -> ocp.CheckpointManager:
-  """Keeps every checkpoint: offline heads (Fig. 2B) are trained on each saved epoch, step 0 included."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(epath.Path(workdir).absolute() / "checkpoints", options=options)
+RESUME_DIR = "checkpoints"
+SNAPSHOT_DIR = "snapshots"
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, *, force: bool = False) -> None:
-  mngr.save(step, args=ocp.args.StandardSave(state), force=force)
-  mngr.wait_until_finished()
+def snapshot_of(state, *, heads: bool) -> dict[str, Any]:
+  """The part of a TrainState an analysis snapshot holds: no optimizer state, no loss sums."""
+  params = {"model": state.params["model"]}
+  if heads:
+    params["rlp"] = state.params["rlp"]
+  return {"params": params, "batch_stats": state.batch_stats}
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
-  return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+def snapshot_epochs(config: ml_collections.ConfigDict) -> list[int]:
+  """Epochs after which a snapshot is written (0 = the initialization)."""
+  every = config.checkpoint.snapshot_every_epochs
+  epochs = set(range(every, config.num_epochs + 1, every)) if every > 0 else set()
+  return sorted(epochs | {0, config.num_epochs})
+
+
+def resume_epochs(config: ml_collections.ConfigDict) -> list[int]:
+  """Epochs after which the resume state is written (besides preemption); the last ``keep`` survive."""
+  every = config.checkpoint.every_epochs
+  return sorted(set(range(every, config.num_epochs + 1, every)) | {config.num_epochs})
+
+
+def _manager(path: epath.Path, *, keep: int | None, async_save: bool, read_only: bool = False):
+  if read_only and not path.exists():
+    return None  # nothing to read (e.g. a run from before snapshots existed); nothing is created
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=async_save
+  )
+  return ocp.CheckpointManager(path, options=options)
+
+
+class Checkpoints:
+  """The resume state and the analysis snapshots of one workdir."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, *, read_only: bool = False):
+    self.root = epath.Path(workdir).absolute()
+    ck = config.checkpoint
+    self.heads_in_snapshots = bool(ck.snapshot_heads)
+    async_save = bool(ck.async_save) and not read_only
+    self.resume = _manager(self.root / RESUME_DIR, keep=ck.keep, async_save=async_save, read_only=read_only)
+    self.snapshots = _manager(self.root / SNAPSHOT_DIR, keep=None, async_save=async_save, read_only=read_only)
+
+  # -- writing ------------------------------------------------------------------------------------------
+
+  def save_resume(self, step: int, state, *, wait: bool = False) -> None:
+    """Starts writing the resume state of ``step``; returns once its arrays are copied off the devices.
+
+    ``wait=True`` (preemption, the end of the run) returns only when the checkpoint is complete.
+    """
+    if step in self.resume.all_steps():  # preempted at an epoch's end: that state is already saved
+      return
+    self.resume.save(step, args=ocp.args.StandardSave(state), force=True)
+    if wait:
+      self.resume.wait_until_finished()
+
+  def save_snapshot(self, step: int, state) -> None:
+    if step in self.snapshots.all_steps():  # written before a restart; training repeats it exactly
+      return
+    snap = snapshot_of(state, heads=self.heads_in_snapshots)
+    self.snapshots.save(step, args=ocp.args.StandardSave(snap), force=True)
+
+  def wait(self) -> None:
+    self.resume.wait_until_finished()
+    self.snapshots.wait_until_finished()
+
+  def close(self) -> None:
+    self.wait()
+    self.resume.close()
+    self.snapshots.close()
+
+  # -- reading ------------------------------------------------------------------------------------------
+
+  def resume_steps(self) -> list[int]:
+    return sorted(self.resume.all_steps()) if self.resume else []
+
+  def snapshot_steps(self) -> list[int]:
+    return sorted(self.snapshots.all_steps()) if self.snapshots else []
+
+  def restore_latest(self, abstract_state) -> tuple[int | None, Any]:
+    """``(step, state)`` of the newest readable resume checkpoint, or ``(None, abstract_state)``.
+
+    Each unreadable newer one is renamed ``<step>.unreadable`` and named in a warning.
+    """
+    for step in reversed(self.resume_steps()):
+      try:
+        return step, self.resume.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      except Exception as e:  # noqa: BLE001 - any failure to read means: try the one before
+        self._set_aside(RESUME_DIR, step, e)
+        self.resume.reload()
+    return None, abstract_state
+
+  def analysis_steps(self, *, heads: bool) -> tuple[str, list[int]]:
+    """``(kind, steps)`` that the analysis can read at: the snapshots, or — when the heads are needed and
+    the snapshots were written without them — the resume checkpoints that are left."""
+    if heads and not self.heads_in_snapshots:
+      return RESUME_DIR, self.resume_steps()
+    return SNAPSHOT_DIR, self.snapshot_steps()
+
+  def restore_for_analysis(self, kind: str, step: int, abstract_state):
+    if kind == RESUME_DIR:
+      return self.resume.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    return self.restore_snapshot(step, abstract_state)
+
+  def restore_snapshot(self, step: int, abstract_state):
+    """The snapshot of ``step`` as a TrainState-like tree: ``abstract_state`` with params['model'] (and
+    params['rlp'] where the snapshot has it) and batch_stats restored; the rest stays abstract."""
+    target = snapshot_of(abstract_state, heads=self.heads_in_snapshots)
+    snap = self.snapshots.restore(step, args=ocp.args.StandardRestore(target))
+    params = dict(abstract_state.params, **snap["params"])
+    return abstract_state.replace(params=params, batch_stats=snap["batch_stats"])
+
+  def _set_aside(self, kind: str, step: int, error: Exception) -> None:
+    src = self.root / kind / str(step)
+    dst = self.root / kind / f"{step}.unreadable"
+    if jax.process_index() == 0:
+      n = 1
+      while dst.exists():
+        n += 1
+        dst = self.root / kind / f"{step}.unreadable{n}"
+      src.rename(dst)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"rlp_jax set aside checkpoint {step}")
+    warnings.warn(
+      f"{src} cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:200]}); renamed to "
+      f"{dst.name} (nothing deleted) and resuming from an earlier checkpoint.",
+      stacklevel=3,
+    )
 
 
 def check_same_experiment(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses a workdir whose saved config differs in any key that changes the experiment.
 
-  Keys in ``configuration.RESUMABLE_KEYS`` (logging, mesh, batch size of evaluation, ...) may differ.
+  Keys in ``configuration.RESUMABLE_KEYS`` (logging, mesh, checkpoint cadence, ...) may differ.
   """
   rundir.check_same(
     os.path.join(workdir, rundir.CONFIG_FILE),

@@ -9,8 +9,10 @@ checkpoints are plain nested dicts that any tool can read.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import flax
@@ -214,7 +216,25 @@ def zero_sums(exp: Experiment) -> dict[str, jax.Array]:
 
 
 def device_batch(exp: Experiment, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+  """This host's part of a batch -> global arrays in the data sharding (what a step reads of it)."""
   keep = ("image", "label", "rlp_labels", "mask")
   return {
     k: jax.make_array_from_process_local_data(exp.data_sharding, v) for k, v in batch.items() if k in keep
   }
+
+
+def device_batches(
+  exp: Experiment, batches: Iterable[Mapping[str, np.ndarray]], size: int = 2
+) -> Iterator[dict[str, jax.Array]]:
+  """``device_batch`` of each batch, ``size`` batches ahead (device prefetch).
+
+  JAX dispatches a step and returns at once; by the time the loop asks for batch i + 1 it was already read,
+  labelled and on its way to the devices, so neither the input pipeline nor the host-to-device copy waits
+  for the step. ``size=0`` transfers each batch only when it is asked for.
+  """
+  it = iter(batches)
+  ahead = collections.deque(device_batch(exp, b) for b in itertools.islice(it, size))
+  for batch in it:
+    ahead.append(device_batch(exp, batch))
+    yield ahead.popleft()
+  yield from ahead

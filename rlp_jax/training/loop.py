@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Mapping
@@ -14,10 +15,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from rlp_jax.data import input_pipeline
-from rlp_jax.infra import configuration
+from rlp_jax.infra import configuration, rundir
 from rlp_jax.training import checkpointing, offline_heads, summary
 from rlp_jax.training.evaluators import Evaluator
-from rlp_jax.training.experiment import build, device_batch, zero_sums
+from rlp_jax.training.experiment import build, device_batches, zero_sums
 from rlp_jax.training.steps import make_train_step
 
 
@@ -74,30 +75,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains (or resumes) the run in ``workdir``; returns the final metrics and the summary table rows."""
   configuration.validate(config)
   checkpointing.check_same_experiment(config, workdir)
+  with rundir.lock(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   exp, state = build(config)
   checkpointing.write_config(config, workdir)
-  mngr = checkpointing.manager(workdir)
+  ckpt = checkpointing.Checkpoints(workdir, config)
   # Imported here, not at the top: clu's writers pull in TensorFlow, which the train *step* (and so the
   # benchmark on an accelerator machine that has only JAX) does not need.
   from clu import periodic_actions
 
   from rlp_jax.training import metric_logging
 
-  writer, progress_writer, jsonl = metric_logging.create_writers(workdir)
-
-  latest = mngr.latest_step()
+  latest, state = ckpt.restore_latest(state)
   if latest is None:
-    checkpointing.save(mngr, 0, state)  # initialization: the offline control of Fig. 2B
+    _refuse_logs_without_checkpoints(workdir)
     latest = 0
+    ckpt.save_resume(0, state)
+    ckpt.save_snapshot(0, state)  # the initialization: the offline control of Fig. 2B
   else:
-    state = checkpointing.restore(mngr, latest, state)
     logging.info("Resumed from step %d of %d.", latest, exp.total_steps)
+  writer, progress_writer, jsonl = metric_logging.create_writers(workdir)
   if jsonl is not None:
-    jsonl.truncate_after(latest)
+    jsonl.truncate_after(latest)  # records past the restored step belong to the part that is redone
 
   train_step, evaluate = make_train_step(exp), Evaluator(exp)
   spe = exp.steps_per_epoch
   step = int(state.step)
+  resume_at = set(checkpointing.resume_epochs(config))
+  snapshot_at = set(checkpointing.snapshot_epochs(config))
   progress = periodic_actions.ReportProgress(
     num_train_steps=exp.total_steps, writer=progress_writer, every_steps=config.log_every_steps
   )
@@ -106,15 +114,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for epoch in range(step // spe, config.num_epochs):
       if step == epoch * spe:
         state = state.replace(loss_sums=jax.device_put(zero_sums(exp), exp.state_sharding.loss_sums))
-      for batch in input_pipeline.train_batches(config, exp.info, epoch, skip=step - epoch * spe):
-        state = train_step(state, device_batch(exp, batch))
+      batches = input_pipeline.train_batches(config, exp.info, epoch, skip=step - epoch * spe)
+      for batch in device_batches(exp, batches):
+        state = train_step(state, batch)
         step += 1
         progress(step, time.time())
         if step % config.log_every_steps == 0:
           _check_finite(state.loss_sums, step, latest, workdir)
         if preemption.stop_now(step):
           _check_finite(state.loss_sums, step, latest, workdir)
-          checkpointing.save(mngr, step, state, force=True)
+          ckpt.save_resume(step, state, wait=True)
+          ckpt.close()
           writer.flush()
           raise SystemExit(f"Preempted: checkpoint saved at step {step}; re-run the same command to resume.")
       _check_finite(state.loss_sums, step, latest, workdir)
@@ -129,9 +139,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.flush()
         last_eval = metrics
         logging.info("epoch %d: %s", done, _short(metrics))
-      if done % config.checkpoint_every_epochs == 0 or done == config.num_epochs:
-        checkpointing.save(mngr, step, state)
+      # Both saves only start here: the writes proceed while the next epoch trains.
+      if done in snapshot_at:
+        ckpt.save_snapshot(step, state)
+      if done in resume_at:
+        ckpt.save_resume(step, state)
         latest = step
+  ckpt.wait()
   if not last_eval:  # the run had already finished: report its final evaluation again
     last_eval = {
       "epoch": config.num_epochs,
@@ -141,8 +155,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   offline_at_init = {}
   if config.offline.at_init and exp.rlp_layers:
-    init = checkpointing.restore(mngr, 0, state)
+    init = ckpt.restore_snapshot(0, state)
     offline_at_init = offline_heads.offline_accuracy(exp, init.params["model"], init.batch_stats)
+  ckpt.close()
   head_rows = summary.rows(last_eval, offline_at_init, exp.num_labels, exp.rlp_layers)
   if jax.process_index() == 0:
     summary.write(workdir, last_eval, head_rows)
@@ -154,6 +169,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     "experiment": exp,
     "state": state,
   }
+
+
+def _refuse_logs_without_checkpoints(workdir: str) -> None:
+  """A fresh start in a workdir whose log records training means its checkpoints were lost: starting over
+  would overwrite that log with a new run's, so it is refused and nothing is changed."""
+  records = rundir.read_jsonl(os.path.join(workdir, rundir.METRICS_FILE))
+  if records:
+    last = max(r.get("step", 0) for r in records)
+    raise ValueError(
+      f"--workdir={workdir}: {rundir.METRICS_FILE} records training up to step {last}, but "
+      f"{checkpointing.RESUME_DIR}/ holds no readable checkpoint to continue from. Restore the checkpoints, "
+      "or use a new --workdir to train again. Nothing in the workdir was changed."
+    )
 
 
 def _short(metrics: Mapping[str, float]) -> str:

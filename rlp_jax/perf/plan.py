@@ -1,0 +1,105 @@
+"""A whole run planned from abstract shapes: what it holds, computes, writes and costs (docs/design.md §5).
+
+Nothing is allocated and no data is read: the state comes from ``experiment.build(abstract=True)`` and the
+train step is compiled for the configured mesh, so a 1B-parameter head on an 8-chip mesh is sized in
+seconds on a laptop (simulate the devices with ``--devices=8``). For the run as configured it reports:
+
+- parameters per group (backbone + class head, RLP heads, class probes);
+- per-device memory of the compiled train step (XLA's memory analysis: arguments + outputs - donated +
+  temporaries);
+- FLOPs per step (matmuls and convolutions counted in the traced step, perf/flops.py) and per run
+  (training steps only: evaluation and offline heads come on top);
+- bytes of one resume checkpoint (the whole TrainState) and of one analysis snapshot
+  (training/checkpointing.py), how many of each the run keeps, and the storage that makes;
+- device-hours at an assumed MFU, given the device's peak.
+
+Checkpoint bytes are the arrays' own bytes; Orbax adds a few kB of metadata per checkpoint and may
+compress (random-looking weights barely compress).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from rlp_jax.perf import benchmark, flops
+from rlp_jax.training import checkpointing, experiment
+from rlp_jax.training.steps import make_train_step
+
+
+def tree_bytes(tree) -> int:
+  return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def tree_size(tree) -> int:
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def plan(config, *, devices=None, peak_flops: float | None = None, mfu: float = 0.4) -> dict[str, Any]:
+  """The plan of the run ``config`` describes, on ``devices`` (default: all)."""
+  info = benchmark.data_info(config)
+  exp, state = experiment.build(config, info, devices, abstract=True)
+  batch = benchmark.synthetic_batch(exp, abstract=True)
+  step_fn = make_train_step(exp)
+  compiled = step_fn.lower(state, batch).compile()
+  costs = benchmark.compiled_costs(compiled)
+  step_flops = float(flops.count(step_fn, state, batch))
+  resume_epochs = checkpointing.resume_epochs(config)
+  snapshot_epochs = checkpointing.snapshot_epochs(config)
+  resume_bytes = tree_bytes(state)
+  snapshot_bytes = tree_bytes(checkpointing.snapshot_of(state, heads=config.checkpoint.snapshot_heads))
+  kept_resume = min(config.checkpoint.keep, len(resume_epochs))
+  out: dict[str, Any] = {
+    "devices": exp.mesh.size,
+    "mesh": dict(exp.mesh.shape),
+    "device_kind": getattr(exp.mesh.devices.flat[0], "device_kind", ""),
+    "params": {g: tree_size(state.params[g]) for g in ("model", "rlp", "probes")},
+    "device_memory_bytes": costs.get("device_memory_bytes"),
+    "flops_per_step": step_flops,
+    "steps": exp.total_steps,
+    "flops_per_run": step_flops * exp.total_steps,
+    "resume_checkpoint_bytes": resume_bytes,
+    "resume_checkpoints_kept": kept_resume,
+    "snapshot_bytes": snapshot_bytes,
+    "snapshots": len(snapshot_epochs),
+    "storage_bytes": kept_resume * resume_bytes + len(snapshot_epochs) * snapshot_bytes,
+    # What the run would write if every checkpoint were a full, kept resume state (the old policy).
+    "storage_bytes_all_full": (len(resume_epochs) + 1) * resume_bytes,
+    "mfu": mfu,
+    "peak_flops_per_device": peak_flops,
+  }
+  if peak_flops:
+    out["device_hours"] = out["flops_per_run"] / (peak_flops * mfu) / 3600
+    out["wall_hours"] = out["device_hours"] / exp.mesh.size
+  return out
+
+
+def _gb(x) -> str:
+  return "-" if x is None else f"{x / 1e9:,.2f} GB"
+
+
+def format_plan(config, p: dict[str, Any]) -> str:
+  n = p["params"]
+  lines = [
+    f"{config.model.name} on {config.dataset}: {p['steps']:,} steps ({config.num_epochs} epochs, batch "
+    f"{config.batch_size}); mesh {p['mesh']} of {p['devices']} x {p['device_kind'] or 'device'}",
+    f"  parameters        backbone {n['model']:,}  RLP heads {n['rlp']:,}  probes {n['probes']:,}",
+    f"  device memory     {_gb(p['device_memory_bytes'])} per device (compiled train step)",
+    f"  FLOPs             {p['flops_per_step'] / 1e12:,.2f} TFLOP per step, "
+    f"{p['flops_per_run'] / 1e18:,.3f} EFLOP per run (training steps)",
+    f"  resume checkpoint {_gb(p['resume_checkpoint_bytes'])} each, last {p['resume_checkpoints_kept']} kept",
+    f"  analysis snapshot {_gb(p['snapshot_bytes'])} each, {p['snapshots']} kept",
+    f"  storage           {_gb(p['storage_bytes'])} for the run "
+    f"(every checkpoint a full, kept state: {_gb(p['storage_bytes_all_full'])})",
+  ]
+  if "device_hours" in p:
+    lines.append(
+      f"  compute           {p['device_hours']:,.1f} device-hours ({p['wall_hours']:,.2f} h on this mesh) "
+      f"at {p['mfu']:.0%} MFU of {p['peak_flops_per_device'] / 1e12:,.0f} TFLOP/s per device"
+    )
+  else:
+    lines.append("  compute           device-hours: pass --device_kind (e.g. H100) or --peak_tflops")
+  return "\n".join(lines)
