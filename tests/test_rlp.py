@@ -1,4 +1,4 @@
-"""The losses of DESIGN §1: numerics, the sign of L_reg, and gradient routing."""
+"""The losses of docs/design.md §1: numerics, the sign of L_reg, and gradient routing."""
 
 from __future__ import annotations
 
@@ -203,7 +203,7 @@ LOSSES = ("loss/class", "loss/rnd", "loss/reg", "loss/probe")
 
 
 def _groups(grads):
-  """Split the gradient tree into DESIGN §1's groups: θ (backbone), φ (class head), ψ, probes."""
+  """Split the gradient tree into docs/design.md §1's groups: θ (backbone), φ (class head), ψ, probes."""
   model = grads["model"]
   return {
     "theta": {k: v for k, v in model.items() if k != "head"},

@@ -27,7 +27,8 @@ import numpy as np
 
 from rlp_jax.data import input_pipeline
 from rlp_jax.perf import flops
-from rlp_jax.training import experiment, steps
+from rlp_jax.training import experiment
+from rlp_jax.training.steps import make_train_step
 
 # Dense bf16 peak FLOP/s per chip, by a substring of jax.Device.device_kind (first match wins).
 PEAK_FLOPS = (
@@ -109,7 +110,7 @@ def compile_step(config, info, *, abstract: bool = False):
   """(exp, state, batch, compiled train step, compile seconds); ``abstract`` allocates nothing."""
   exp, state = experiment.build(config, info, abstract=abstract)
   batch = synthetic_batch(exp, abstract=abstract)
-  step = steps.make_train_step(exp)
+  step = make_train_step(exp)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   return exp, state, batch, compiled, time.perf_counter() - t0
@@ -127,7 +128,7 @@ def measure(config, info, *, steps: int, warmup: int = 2, repeats: int = 3, comp
     "rlp_params": float(sum(x.size for x in jax.tree.leaves(state.params["rlp"]))),
     # Matmul + convolution FLOPs per device, counted in the traced step (flops.py: XLA's own count
     # omits the cuBLAS/cuDNN calls on GPU and counts loop bodies once, so MFU and FLOP ratios use this).
-    "model_flops_per_step": flops.count(steps.make_train_step(exp), state, batch) / jax.device_count(),
+    "model_flops_per_step": flops.count(make_train_step(exp), state, batch) / jax.device_count(),
     **compiled_costs(compiled),
   }
   if compile_only:
