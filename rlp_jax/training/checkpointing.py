@@ -73,7 +73,10 @@ class Checkpoints:
     ck = config.checkpoint
     self.heads_in_snapshots = bool(ck.snapshot_heads)
     async_save = bool(ck.async_save) and not read_only
-    self.resume = _manager(self.root / RESUME_DIR, keep=ck.keep, async_save=async_save, read_only=read_only)
+    self._resume_manager = lambda: _manager(
+      self.root / RESUME_DIR, keep=ck.keep, async_save=async_save, read_only=read_only
+    )
+    self.resume = self._resume_manager()
     self.snapshots = _manager(self.root / SNAPSHOT_DIR, keep=None, async_save=async_save, read_only=read_only)
 
   # -- writing ------------------------------------------------------------------------------------------
@@ -96,13 +99,23 @@ class Checkpoints:
     self.snapshots.save(step, args=ocp.args.StandardSave(snap), force=True)
 
   def wait(self) -> None:
-    self.resume.wait_until_finished()
-    self.snapshots.wait_until_finished()
+    for mngr in (self.resume, self.snapshots):
+      if mngr is not None:
+        mngr.wait_until_finished()
 
   def close(self) -> None:
-    self.wait()
-    self.resume.close()
-    self.snapshots.close()
+    """Waits for the saves in flight and releases the managers (once; later calls do nothing)."""
+    for mngr in (self.resume, self.snapshots):
+      if mngr is not None:
+        mngr.wait_until_finished()
+        mngr.close()
+    self.resume = self.snapshots = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
   # -- reading ------------------------------------------------------------------------------------------
 
@@ -122,7 +135,9 @@ class Checkpoints:
         return step, self.resume.restore(step, args=ocp.args.StandardRestore(abstract_state))
       except Exception as e:  # noqa: BLE001 - any failure to read means: try the one before
         self._set_aside(RESUME_DIR, step, e)
-        self.resume.reload()
+        # A manager that failed once may keep the damaged step's handler state: start a fresh one.
+        self.resume.close()
+        self.resume = self._resume_manager()
     return None, abstract_state
 
   def analysis_steps(self, *, heads: bool) -> tuple[str, list[int]]:

@@ -76,13 +76,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   configuration.validate(config)
   checkpointing.check_same_experiment(config, workdir)
   with rundir.lock(workdir, enabled=jax.process_index() == 0):
-    return _train_and_evaluate(config, workdir)
+    exp, state = build(config)
+    checkpointing.write_config(config, workdir)
+    with checkpointing.Checkpoints(workdir, config) as ckpt:  # closing waits for the saves in flight
+      return _run(config, workdir, exp, state, ckpt)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  exp, state = build(config)
-  checkpointing.write_config(config, workdir)
-  ckpt = checkpointing.Checkpoints(workdir, config)
+def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> dict[str, Any]:
   # Imported here, not at the top: clu's writers pull in TensorFlow, which the train *step* (and so the
   # benchmark on an accelerator machine that has only JAX) does not need.
   from clu import periodic_actions
@@ -124,7 +124,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         if preemption.stop_now(step):
           _check_finite(state.loss_sums, step, latest, workdir)
           ckpt.save_resume(step, state, wait=True)
-          ckpt.close()
           writer.flush()
           raise SystemExit(f"Preempted: checkpoint saved at step {step}; re-run the same command to resume.")
       _check_finite(state.loss_sums, step, latest, workdir)
@@ -157,7 +156,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   if config.offline.at_init and exp.rlp_layers:
     init = ckpt.restore_snapshot(0, state)
     offline_at_init = offline_heads.offline_accuracy(exp, init.params["model"], init.batch_stats)
-  ckpt.close()
   head_rows = summary.rows(last_eval, offline_at_init, exp.num_labels, exp.rlp_layers)
   if jax.process_index() == 0:
     summary.write(workdir, last_eval, head_rows)
