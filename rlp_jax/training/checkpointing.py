@@ -88,6 +88,7 @@ class Checkpoints:
     """
     if step in self.resume.all_steps():  # preempted at an epoch's end: that state is already saved
       return
+    self._one_in_flight(self.snapshots)
     self.resume.save(step, args=ocp.args.StandardSave(state), force=True)
     if wait:
       self.resume.wait_until_finished()
@@ -96,7 +97,15 @@ class Checkpoints:
     if step in self.snapshots.all_steps():  # written before a restart; training repeats it exactly
       return
     snap = snapshot_of(state, heads=self.heads_in_snapshots)
+    self._one_in_flight(self.resume)
     self.snapshots.save(step, args=ocp.args.StandardSave(snap), force=True)
+
+  def _one_in_flight(self, other) -> None:
+    """On several processes, one save at a time: Orbax finishes an async save with barriers named from a
+    per-process counter, and two managers finishing concurrently could reach them in different orders on
+    different hosts and wait forever. A single process has no barriers and overlaps both."""
+    if jax.process_count() > 1 and other is not None:
+      other.wait_until_finished()
 
   def wait(self) -> None:
     for mngr in (self.resume, self.snapshots):
