@@ -12,7 +12,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from rlp_jax.infra import rundir
+from rlp_jax.infra import errors, rundir
 from rlp_jax.perf import benchmark
 
 FLAGS = flags.FLAGS
@@ -82,4 +82,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  errors.run(main)

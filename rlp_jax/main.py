@@ -8,7 +8,7 @@ import logging as pylogging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rlp_jax.infra import multihost
+from rlp_jax.infra import errors, multihost
 from rlp_jax.training import loop
 
 FLAGS = flags.FLAGS
@@ -38,4 +38,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  errors.run(main)

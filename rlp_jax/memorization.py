@@ -14,7 +14,7 @@ import os
 from absl import app, flags
 
 from rlp_jax.analysis import external_scores, image_grid, memorization, scores
-from rlp_jax.infra import rundir
+from rlp_jax.infra import errors, rundir
 
 
 def main(argv) -> None:
@@ -65,4 +65,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  errors.run(main)

@@ -14,7 +14,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from rlp_jax.analysis import offline
-from rlp_jax.infra import multihost, rundir
+from rlp_jax.infra import errors, multihost, rundir
 
 
 def parse_cli(argv: list[str]):
@@ -30,6 +30,7 @@ def parse_cli(argv: list[str]):
     raise flags.Error("--workdir=DIR is required: the directory of a run trained by rlp_jax.main.")
   fv = flags.FlagValues()
   flags.DEFINE_string("workdir", None, "Directory of a trained run.", flag_values=fv)
+  flags.DEFINE_bool("debug", False, "Show the Python traceback of a user error too.", flag_values=fv)
   flags.DEFINE_string(
     "output", offline.OFFLINE_FILE, "File name (in the workdir) of the offline curve.", flag_values=fv
   )
@@ -53,4 +54,10 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except (errors.UserError, flags.Error) as e:  # one line, like every command (infra/errors.py)
+    if "--debug" in sys.argv:
+      raise
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)

@@ -15,7 +15,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from rlp_jax.infra import rundir
+from rlp_jax.infra import errors, rundir
 
 FLAGS = flags.FLAGS
 
@@ -57,4 +57,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  errors.run(main)

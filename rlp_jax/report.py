@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from rlp_jax.analysis.report import make_report
+from rlp_jax.infra import errors
 
 
 def define_flags() -> None:
@@ -32,4 +33,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  errors.run(main)

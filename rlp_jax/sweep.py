@@ -17,6 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rlp_jax.analysis import sweep
+from rlp_jax.infra import errors
 
 
 def _config_overrides(argv: Sequence[str]) -> list[str]:
@@ -82,4 +83,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  errors.run(main)

@@ -18,6 +18,7 @@ import pytest
 
 from rlp_jax.data import input_pipeline, tfds_source
 from rlp_jax.infra import rundir
+from rlp_jax.infra.errors import UserError
 from rlp_jax.perf import plan
 from rlp_jax.training import checkpointing, experiment, loop, offline_heads
 
@@ -173,7 +174,7 @@ def test_a_second_process_is_refused_while_the_first_lives_and_not_after_a_kill(
   holder = subprocess.Popen([sys.executable, "-c", _HOLD, workdir], stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(RuntimeError, match=rf"--workdir={workdir} is in use by process {holder.pid}"):
+    with pytest.raises(UserError, match=rf"--workdir={workdir} is in use by process {holder.pid}"):
       loop.train_and_evaluate(tiny_config, workdir)
     assert not os.path.exists(os.path.join(workdir, rundir.METRICS_FILE))
   finally:

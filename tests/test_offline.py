@@ -17,6 +17,7 @@ from rlp_jax.analysis import offline
 from rlp_jax.data import input_pipeline, labels
 from rlp_jax.heads import heads as heads_lib
 from rlp_jax.infra import rundir
+from rlp_jax.infra.errors import UserError
 from rlp_jax.training import checkpointing, experiment, offline_heads
 
 
@@ -160,7 +161,7 @@ def test_a_killed_offline_run_resumes_after_its_last_written_step(run, workdir, 
 
 
 def test_bad_invocations_name_the_fix(run, tmp_path):
-  with pytest.raises(FileNotFoundError, match="config.json"):
+  with pytest.raises(UserError, match="config.json"):
     offline.run_offline(str(tmp_path))
   config = rundir.load_config(run[1])
   config.model.width = 8

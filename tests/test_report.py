@@ -12,6 +12,7 @@ import pytest
 
 import configs.digits
 from rlp_jax.analysis import figures, report, run_logs
+from rlp_jax.infra.errors import UserError
 
 LAYERS = ("block_1", "block_2", "block_10", "pre_logits")  # block_10 after block_2: model order, not text
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -279,5 +280,5 @@ def test_report_of_a_real_tiny_run_from_the_command_line(real_run, tmp_path):
 
 
 def test_bad_paths_are_named(tmp_path):
-  with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+  with pytest.raises(UserError, match="metrics.jsonl"):
     report.make_report([str(tmp_path)])

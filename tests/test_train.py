@@ -225,3 +225,33 @@ def test_unknown_config_key_on_the_command_line_is_rejected(tmp_path, data_dir):
   assert proc.returncode != 0
   assert "reg_lamda" in proc.stderr
   assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+  "override,key",
+  [
+    ("--config.rlp.reg_lambda=-1", "config.rlp.reg_lambda"),
+    ("--config.rlp.layers=block_9", "config.rlp.layers"),
+  ],
+)
+def test_a_bad_value_on_the_command_line_is_one_line_and_exit_status_2(tmp_path, data_dir, override, key):
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "rlp_jax.main",
+      "--config=configs/digits.py:tiny",
+      f"--workdir={tmp_path / 'run'}",
+      f"--config.data_dir={data_dir}",
+      override,
+    ],
+    capture_output=True,
+    text=True,
+    cwd=os.path.dirname(os.path.dirname(__file__)),
+    timeout=300,
+  )
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and errors[0].startswith(f"error: {key}"), proc.stderr[-2000:]
+  assert not (tmp_path / "run" / "checkpoints").exists()

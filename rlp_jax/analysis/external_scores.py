@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from rlp_jax.analysis import score_stats
+from rlp_jax.infra.errors import UserError
 
 
 def load_external(path: str, score_key: str = "score", label_key: str = "label", index_key: str = "index"):
@@ -29,7 +30,7 @@ def load_external(path: str, score_key: str = "score", label_key: str = "label",
   if ext == ".npz":
     with np.load(path) as f:
       if score_key not in f:
-        raise KeyError(f"{path} has no array {score_key!r} (it has {f.files}); pass its score key.")
+        raise UserError(f"{path} has no array {score_key!r} (it has {f.files}); pass its score key.")
       s = np.asarray(f[score_key], np.float64)
       index = np.asarray(f[index_key]) if index_key in f else np.arange(len(s))
       labels = np.asarray(f[label_key]) if label_key in f else None
@@ -40,13 +41,13 @@ def load_external(path: str, score_key: str = "score", label_key: str = "label",
     with open(path, newline="") as f:
       rows = list(csv.DictReader(f))
     if not rows or index_key not in rows[0] or score_key not in rows[0]:
-      raise KeyError(f"{path} needs columns {index_key!r} and {score_key!r}.")
+      raise UserError(f"{path} needs columns {index_key!r} and {score_key!r}.")
     index = np.asarray([int(r[index_key]) for r in rows])
     s = np.asarray([float(r[score_key]) for r in rows])
     if label_key in rows[0]:
       labels = np.asarray([int(r[label_key]) for r in rows])
   else:
-    raise ValueError(f"{path}: use a .npz, .npy or .csv file.")
+    raise UserError(f"{path}: use a .npz, .npy or .csv file.")
   return index.astype(np.int64), s, labels
 
 
@@ -68,7 +69,7 @@ def correlate_external(
   m = len(ours)
   index = np.asarray(index, np.int64)
   if index.min() < 0 or index.max() >= m:
-    raise ValueError(f"external indices span [{index.min()}, {index.max()}]; the dataset has {m} examples.")
+    raise UserError(f"external indices span [{index.min()}, {index.max()}]; the dataset has {m} examples.")
   theirs = np.full(m, np.nan)
   theirs[index] = external
   out: dict = {}
@@ -77,7 +78,7 @@ def correlate_external(
     agree = float(np.mean(np.asarray(external_labels)[scored] == data["label"][index][scored]))
     out["label_agreement"] = agree
     if agree < min_label_agreement:
-      raise ValueError(
+      raise UserError(
         f"The external file's class labels agree with the dataset's on only {agree:.1%} of the examples: "
         "its example order is not the dataset index. Reorder it (or give its index column) first."
       )

@@ -19,6 +19,7 @@ import numpy as np
 
 from rlp_jax.heads import metrics
 from rlp_jax.infra import rundir
+from rlp_jax.infra.errors import UserError
 from rlp_jax.training import checkpointing, experiment, offline_heads
 
 OFFLINE_FILE = "offline.jsonl"
@@ -65,12 +66,12 @@ def run_offline(
   config = saved if config is None else config
   changed = [k for k in ("dataset", "model") if rundir.config_dict(saved[k]) != rundir.config_dict(config[k])]
   if changed:
-    raise ValueError(
+    raise UserError(
       f"The config overrides change the network (config.{changed[0]}); offline heads read the saved "
       "network as it is. Drop those overrides."
     )
   if not (config.rlp.num_heads and config.rlp.layers):
-    raise ValueError(
+    raise UserError(
       "config.rlp.num_heads is 0 or config.rlp.layers is empty: there is no head to train offline. "
       "Pass e.g. --config.rlp.num_heads=1 --config.rlp.layers=pre_logits."
     )
@@ -81,7 +82,7 @@ def run_offline(
   ckpt = checkpointing.Checkpoints(workdir, saved, read_only=True)
   kind, all_steps = ckpt.analysis_steps(heads=False)
   if 0 not in all_steps:
-    raise FileNotFoundError(f"{workdir}/{kind} has no step 0 (initialization), the offline control.")
+    raise UserError(f"{workdir}/{kind} has no step 0 (initialization), the offline control.")
   todo = all_steps if steps is None else [s for s in all_steps if s in set(steps) | {0}]
   records = rundir.read_jsonl(path)  # a line cut short by a kill is skipped (and redone), never deleted
   done = {r["step"] for r in records}

@@ -26,6 +26,7 @@ from rlp_jax.analysis.run_logs import (
   run_label,
 )
 from rlp_jax.infra import rundir
+from rlp_jax.infra.errors import UserError
 
 
 def _slug(name: str) -> str:
@@ -36,7 +37,7 @@ def make_report(paths: Sequence[str], out: str | None = None, *, per_run: bool =
   """Writes every figure the logs allow and ``report.md``; returns ``{figure file: plotted data}``."""
   runs = find_runs(paths)
   if not runs:
-    raise FileNotFoundError("no runs found")
+    raise UserError("no runs found")
   if out is None:
     base = (
       runs[0].workdir if len(runs) == 1 else os.path.commonpath([os.path.abspath(r.workdir) for r in runs])

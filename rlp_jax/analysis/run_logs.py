@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rlp_jax.infra import configuration, rundir
+from rlp_jax.infra.errors import UserError
 
 LAMBDA = "rlp.reg_lambda"
 SHORT_NAMES = {LAMBDA: "λ", "rlp.num_labels": "n", "rlp.num_heads": "heads"}
@@ -91,9 +92,7 @@ def find_runs(paths: Sequence[str]) -> list[RunLogs]:
       else []
     )
     if not subs:
-      raise FileNotFoundError(
-        f"{path}: no metrics.jsonl there nor in its subdirectories; is it a run's workdir?"
-      )
+      raise UserError(f"{path}: no metrics.jsonl there nor in its subdirectories; is it a run's workdir?")
     runs.extend(RunLogs.load(os.path.join(path, d)) for d in subs)
   return runs
 

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from rlp_jax.infra import rundir
+from rlp_jax.infra.errors import UserError
 
 SCORE_FILE = "memorization.npz"
 KINDS = ("p_own", "margin", "correct")
@@ -88,7 +89,7 @@ def collect(
           out[key] = np.full((m,) + value.shape[1:], fill, value.dtype)
         out[key][idx] = value
   if "scored" not in out:
-    raise ValueError("no training examples to score")
+    raise UserError("no training examples to score")
   out["index"] = np.arange(m)
   return out
 
@@ -111,7 +112,7 @@ def _choose_steps(saved: list[int], steps) -> list[int]:
   chosen = sorted(int(s) for s in steps)
   missing = [s for s in chosen if s not in saved]
   if missing:
-    raise ValueError(f"--steps: no checkpoint at {missing}; saved steps are {saved}.")
+    raise UserError(f"--steps: no checkpoint at {missing}; saved steps are {saved}.")
   return chosen
 
 
@@ -125,16 +126,16 @@ def compute(workdir: str, steps="last", layers=None, *, config=None, output: str
   config = config or rundir.load_config(workdir)
   exp, state = experiment.build(config)
   if not exp.rlp_layers:
-    raise ValueError("The run has no RLP heads (config.rlp.num_heads=0): there is nothing to score with.")
+    raise UserError("The run has no RLP heads (config.rlp.num_heads=0): there is nothing to score with.")
   layers = list(layers or exp.rlp_layers)
   unknown = [name for name in layers if name not in exp.rlp_layers]
   if unknown:
-    raise ValueError(f"--layers={unknown}: the run's heads read {list(exp.rlp_layers)}.")
+    raise UserError(f"--layers={unknown}: the run's heads read {list(exp.rlp_layers)}.")
   # The online heads are needed: snapshots written with checkpoint.snapshot_heads, else the resume state.
   ckpt = checkpointing.Checkpoints(workdir, config, read_only=True)
   kind, saved = ckpt.analysis_steps(heads=True)
   if not saved:
-    raise FileNotFoundError(
+    raise UserError(
       f"{workdir}/{kind} holds no checkpoint with the online heads (config.checkpoint.snapshot_heads="
       "True keeps them in every snapshot)."
     )
@@ -178,11 +179,11 @@ def score(
   """One number per example (length m, NaN where not scored): ``kind`` averaged over the heads at ``step``
   (a saved step number, or -1 for the last one computed), on ``layer`` (default: the last layer)."""
   if kind not in KINDS:
-    raise ValueError(f"score kind must be one of {KINDS}, got {kind!r}")
+    raise UserError(f"score kind must be one of {KINDS}, got {kind!r}")
   layers = [str(x) for x in data["layers"]]
   layer = layer or layers[-1]
   if layer not in layers:
-    raise ValueError(f"layer {layer!r} was not scored; the file has {layers}")
+    raise UserError(f"layer {layer!r} was not scored; the file has {layers}")
   steps = list(np.asarray(data["steps"]))
   pos = -1 if step == -1 else steps.index(step)
   values = np.asarray(data[f"{kind}/{layer}"][pos], np.float64).mean(-1)

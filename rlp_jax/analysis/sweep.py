@@ -44,6 +44,7 @@ from typing import Any
 import ml_collections
 
 from rlp_jax.infra import rundir
+from rlp_jax.infra.errors import UserError
 
 MAIN = "python -m rlp_jax.main"
 LAUNCHERS = {"tpu": "launch/tpu.sh run", "slurm": "launch/slurm.sh"}
@@ -61,7 +62,7 @@ def _get(config: ml_collections.ConfigDict, key: str):
     try:
       node = node[part]
     except KeyError:
-      raise ValueError(f"sweep key {key!r}: config has no key {key!r}.") from None
+      raise UserError(f"sweep key {key!r}: config has no key {key!r}.") from None
   return node
 
 
@@ -79,7 +80,7 @@ def parse_value(config: ml_collections.ConfigDict, key: str, text: str):
     if isinstance(current, float):
       return float(text)
   except ValueError:
-    raise ValueError(
+    raise UserError(
       f"sweep key {key!r}: {text!r} is not a {type(current).__name__} (the type of its default {current!r})."
     ) from None
   return text
@@ -93,12 +94,12 @@ def parse_spec(spec: str, config: ml_collections.ConfigDict) -> list[dict[str, A
     if not part:
       continue
     if "=" not in part:
-      raise ValueError(f"sweep axis {part!r}: expected KEY=V1,V2,... (axes separated by ';').")
+      raise UserError(f"sweep axis {part!r}: expected KEY=V1,V2,... (axes separated by ';').")
     key, values = part.split("=", 1)
     key = key.strip().removeprefix("--config.").removeprefix("config.")
     vals = [parse_value(config, key, v) for v in values.split(",") if v.strip()]
     if not vals:
-      raise ValueError(f"sweep axis {part!r} has no values.")
+      raise UserError(f"sweep axis {part!r} has no values.")
     axes.append((key, vals))
   return grid(dict(axes)) if axes else []
 
@@ -122,9 +123,9 @@ def points_from(sweep, config: ml_collections.ConfigDict) -> list[dict[str, Any]
   names = [run_name(p) for p in points]
   dupes = sorted({n for n in names if names.count(n) > 1})
   if dupes:
-    raise ValueError(f"the sweep names some runs twice: {dupes}.")
+    raise UserError(f"the sweep names some runs twice: {dupes}.")
   if not points:
-    raise ValueError("the sweep is empty: pass --sweep='KEY=V1,V2;...' or define get_sweep() in the config.")
+    raise UserError("the sweep is empty: pass --sweep='KEY=V1,V2;...' or define get_sweep() in the config.")
   return points
 
 
@@ -251,7 +252,7 @@ def command_lines(
         *overrides,
       ]
     else:
-      raise ValueError(f"--emit={emit!r}: use local, tpu or slurm.")
+      raise UserError(f"--emit={emit!r}: use local, tpu or slurm.")
     lines.append(shlex.join(words))
   return lines
 

@@ -30,6 +30,7 @@ import numpy as np
 from etils import epy
 
 from rlp_jax.data import labels, preprocess, tfds_source
+from rlp_jax.infra.errors import UserError
 
 with epy.lazy_imports():
   import tensorflow as tf
@@ -60,7 +61,7 @@ def get_info(config: ml_collections.ConfigDict) -> DataInfo:
   info = src.builder.info
   missing = [k for k in ("image", "label") if k not in info.features]
   if missing:
-    raise ValueError(
+    raise UserError(
       f"config.dataset={config.dataset!r} has no {missing} feature(s); rlp_jax reads image classification "
       "datasets with 'image' and 'label' features."
     )
@@ -86,7 +87,7 @@ def num_labels(config: ml_collections.ConfigDict, info: DataInfo) -> int:
 def steps_per_epoch(config: ml_collections.ConfigDict, info: DataInfo) -> int:
   steps = info.num_selected // config.batch_size
   if steps < 1:
-    raise ValueError(
+    raise UserError(
       f"config.batch_size={config.batch_size} exceeds the {info.num_selected} training examples; lower it."
     )
   cap = config.get("max_steps_per_epoch", 0)
@@ -189,7 +190,7 @@ def eval_batches(
     tfds_split = tfds_source.test_split(config, src)
     ds = tfds_source.read(src, tfds_split)
   else:
-    raise ValueError(f"unknown eval split {split!r}")
+    raise UserError(f"unknown eval split {split!r}")
   local = tfds_source.local_batch(config.eval.batch_size)
   ds = ds.map(
     preprocess.preprocessor(config, info.input_shape, src, train=False),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from rlp_jax.infra.configuration import LABEL_MODES
+from rlp_jax.infra.errors import UserError
 
 # Distinct stream tags; arbitrary odd constants.
 _RANDOM_LABEL = 0x2545F491
@@ -75,7 +76,7 @@ def random_labels(
   """
   index = np.asarray(index)
   if num_labels < 2:
-    raise ValueError(f"config.rlp.num_labels must be >= 2, got {num_labels}.")
+    raise UserError(f"config.rlp.num_labels must be >= 2, got {num_labels}.")
   heads = np.arange(num_heads, dtype=np.uint32)
   idx = index[..., None]
   if mode == "fixed":
@@ -84,7 +85,7 @@ def random_labels(
     h = hash32(seed, _RANDOM_LABEL, heads, epoch + 1, idx)
   elif mode == "unique":
     if num_examples is None or num_labels != num_examples:
-      raise ValueError(
+      raise UserError(
         "label_mode='unique' needs num_labels == number of training examples "
         f"(got num_labels={num_labels}, num_examples={num_examples})."
       )
@@ -94,7 +95,7 @@ def random_labels(
     )
     return out.astype(np.int32)
   else:
-    raise ValueError(f"config.rlp.label_mode must be one of {LABEL_MODES}, got {mode!r}.")
+    raise UserError(f"config.rlp.label_mode must be one of {LABEL_MODES}, got {mode!r}.")
   return (h % np.uint32(num_labels)).astype(np.int32)
 
 
@@ -107,7 +108,7 @@ def keyed_permutation(key, index, size: int) -> np.ndarray:
   """
   index = np.asarray(index, dtype=np.int64)
   if size < 1 or np.any((index < 0) | (index >= size)):
-    raise ValueError(f"indices must lie in [0, {size}).")
+    raise UserError(f"indices must lie in [0, {size}).")
   half_bits = max(1, int(np.ceil(np.log2(max(size, 2)) / 2)))
   mask = np.uint32((1 << half_bits) - 1)
   key = np.uint32(key)
@@ -135,7 +136,7 @@ def noisy_labels(seed: int, index, labels, num_classes: int, rate: float) -> tup
   of wrong labels. Returns ``(new_labels, is_noisy)``.
   """
   if not 0.0 <= rate < 1.0:
-    raise ValueError(f"config.label_noise must lie in [0, 1), got {rate}.")
+    raise UserError(f"config.label_noise must lie in [0, 1), got {rate}.")
   index = np.asarray(index)
   labels = np.asarray(labels)
   is_noisy = uniform01(seed, _NOISE_COIN, index) < rate
@@ -151,9 +152,9 @@ def fraction_mask(seed: int, num_examples: int, fraction: float) -> np.ndarray:
   size, a pure function of (seed, i), and nested: a smaller fraction selects a subset of a larger one.
   """
   if not 0.0 < fraction <= 1.0:
-    raise ValueError(f"config.dataset_fraction must lie in (0, 1], got {fraction}.")
+    raise UserError(f"config.dataset_fraction must lie in (0, 1], got {fraction}.")
   keep = int(np.floor(fraction * num_examples))
   if keep < 1:
-    raise ValueError(f"config.dataset_fraction={fraction} keeps no example of {num_examples}.")
+    raise UserError(f"config.dataset_fraction={fraction} keeps no example of {num_examples}.")
   ranks = keyed_permutation(hash32(seed, _FRACTION), np.arange(num_examples), num_examples)
   return ranks < keep

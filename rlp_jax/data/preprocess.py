@@ -29,6 +29,7 @@ from etils import epy
 
 from rlp_jax.data import labels
 from rlp_jax.data.tfds_source import Source
+from rlp_jax.infra.errors import UserError
 
 with epy.lazy_imports():
   import tensorflow as tf
@@ -48,21 +49,21 @@ def check_augment(config, image_shape: tuple) -> tuple[int, ...]:
   """Validates ``config.augment`` against the stored images; returns the model's input shape."""
   aug = config.augment
   if aug.crop not in CROPS:
-    raise ValueError(f"config.augment.crop must be one of {CROPS}, got {aug.crop!r}.")
+    raise UserError(f"config.augment.crop must be one of {CROPS}, got {aug.crop!r}.")
   if aug.normalize not in NORMALIZATION:
-    raise ValueError(f"config.augment.normalize must be one of {list(NORMALIZATION)}, got {aug.normalize!r}.")
+    raise UserError(f"config.augment.normalize must be one of {list(NORMALIZATION)}, got {aug.normalize!r}.")
   if aug.image_size < 0 or aug.eval_resize < 0:
-    raise ValueError("config.augment.image_size and config.augment.eval_resize must be >= 0.")
+    raise UserError("config.augment.image_size and config.augment.eval_resize must be >= 0.")
   is_image = len(image_shape) == 3
   if not is_image and (aug.image_size or aug.flip or aug.crop != "none"):
-    raise ValueError(
+    raise UserError(
       f"config.augment: the inputs of config.dataset={config.dataset!r} have shape {image_shape}, not "
       "(H, W, C) images; set augment.image_size=0, augment.flip=False and augment.crop='none'."
     )
   if aug.image_size:
     shape = (aug.image_size, aug.image_size, image_shape[-1] or 3)
   elif None in image_shape:
-    raise ValueError(
+    raise UserError(
       f"config.augment.image_size: the images of config.dataset={config.dataset!r} vary in size "
       f"{image_shape}; set the model's input side, e.g. --config.augment.image_size=224."
     )
@@ -70,7 +71,7 @@ def check_augment(config, image_shape: tuple) -> tuple[int, ...]:
     shape = tuple(image_shape)
   mean, _ = NORMALIZATION[aug.normalize]
   if len(mean) > 1 and len(mean) != shape[-1]:
-    raise ValueError(
+    raise UserError(
       f"config.augment.normalize={aug.normalize!r} has {len(mean)}-channel statistics but the images have "
       f"{shape[-1]} channels; use 'unit' or 'symmetric'."
     )

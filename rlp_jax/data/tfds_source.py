@@ -26,6 +26,8 @@ import jax
 import numpy as np
 from etils import epy
 
+from rlp_jax.infra.errors import UserError
+
 # TensorFlow is loaded on first use, not on import: the train step and the benchmark need no data
 # pipeline, and accelerator machines may have JAX without TensorFlow.
 with epy.lazy_imports():
@@ -46,7 +48,7 @@ def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(
+    raise UserError(
       f"config.dataset={name!r} is not a tfds dataset ({e.__class__.__name__}). Use an "
       "embedded one ('digits', 'mnist1d/4k', 'mnist1d/10k', 'mnist1d/100k') or any "
       "tfds image classification name."
@@ -66,7 +68,7 @@ def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   return builder
 
 
-class MissingDataError(ValueError):
+class MissingDataError(UserError):
   """A dataset that is not prepared and cannot be prepared here."""
 
 
@@ -133,7 +135,7 @@ def shard_offsets(split_info) -> np.ndarray:
   for i, name in enumerate(split_info.filenames):
     m = SHARD_FILE.search(name)
     if not m or int(m[1]) != i or int(m[2]) != len(lengths):
-      raise ValueError(
+      raise UserError(
         f"tfds split {split_info.name!r}: shard file {name!r} is not '...-{i:05d}-of-{len(lengths):05d}', so "
         "the example index cannot be derived from tfds_id. Rebuild the dataset with a current tfds."
       )
@@ -193,7 +195,7 @@ def host_split(split: str, drop_remainder: bool = False, process: tuple[int, int
 def local_batch(batch_size: int) -> int:
   count = jax.process_count()
   if batch_size % count:
-    raise ValueError(f"batch size {batch_size} must be divisible by the {count} hosts.")
+    raise UserError(f"batch size {batch_size} must be divisible by the {count} hosts.")
   return batch_size // count
 
 

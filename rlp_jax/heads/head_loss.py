@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from rlp_jax.infra.errors import UserError
 from rlp_jax.infra.mesh import DATA, MODEL, shard_map
 
 
@@ -105,7 +106,7 @@ def head_stats(
   model = mesh.shape[MODEL] if mesh is not None else 1
   n_local = n // model
   if chunk and n_local % chunk:
-    raise ValueError(
+    raise UserError(
       f"config.rlp.label_chunk={chunk} must divide the labels per device ({n} labels / {model} devices); "
       f"pick a divisor of {n_local}."
     )
@@ -145,7 +146,7 @@ def head_stats(
   inputs = ((x, kernel, bias),) + ((tuple(log1m_inputs),) if split else ())
   shapes = [tuple(a.shape for a in s) for s in inputs]
   if shapes[-1] != shapes[0]:
-    raise ValueError(f"log1m_inputs must have the shapes {shapes[0]} of (x, kernel, bias), got {shapes[-1]}.")
+    raise UserError(f"log1m_inputs must have the shapes {shapes[0]} of (x, kernel, bias), got {shapes[-1]}.")
   dtypes = [tuple(a.dtype for a in s) for s in inputs]  # each set's cotangents in its own dtypes
   return stats(inputs, labels)
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlp_jax.heads.head_loss import dense, mask_padding
+from rlp_jax.infra.errors import UserError
 
 
 def pool_features(z: jax.Array, pool: str = "mean") -> jax.Array:
@@ -31,7 +32,7 @@ def pool_features(z: jax.Array, pool: str = "mean") -> jax.Array:
     return z.reshape(z.shape[0], -1, z.shape[-1]).mean(axis=1)
   if pool == "flatten":
     return z.reshape(z.shape[0], -1)
-  raise ValueError(f"config.rlp.pool must be 'mean' or 'flatten', got {pool!r}.")
+  raise UserError(f"config.rlp.pool must be 'mean' or 'flatten', got {pool!r}.")
 
 
 class ParallelHeads(nnx.Module):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rlp_jax.infra.errors import UserError
+
 LAYER_ARGS = ("all_blocks", "reg_last", "reg_all", "reg_block8")
 
 
@@ -26,7 +28,7 @@ def parse(arg: str, valid: Sequence[str], path: str) -> set[str]:
   args = {a.strip() for a in arg.split(",") if a.strip()}
   unknown = sorted(args - set(valid))
   if unknown:
-    raise ValueError(f"{path}: unknown arg(s) {unknown}; valid args: {', '.join(valid)}.")
+    raise UserError(f"{path}: unknown arg(s) {unknown}; valid args: {', '.join(valid)}.")
   return args
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from rlp_jax.infra.errors import UserError
+
 OPTIMIZERS = ("sgd", "adamw", "adam")
 # How random labels are drawn (data/labels.py, docs/design.md §2).
 LABEL_MODES = ("fixed", "shuffled", "unique")
@@ -151,7 +153,7 @@ def parse_layers(spec: str, available: list[str], key: str) -> list[str]:
   names = [s.strip() for s in spec.split(",") if s.strip()]
   unknown = [n for n in names if n not in available]
   if unknown:
-    raise ValueError(
+    raise UserError(
       f"config.{key}={spec!r}: the model does not sow {unknown}. "
       f"It sows {available}; use some of those names or 'all'."
     )
@@ -162,7 +164,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Checks that need no data and no model; each error names the key and the fix."""
 
   def fail(key, msg):
-    raise ValueError(f"config.{key}: {msg}")
+    raise UserError(f"config.{key}: {msg}")
 
   if config.num_epochs < 1:
     fail("num_epochs", f"must be >= 1, got {config.num_epochs}.")

@@ -14,6 +14,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from rlp_jax.infra.errors import UserError
+
 try:  # jax >= 0.7 exports shard_map at the top level; older versions keep it in experimental.
   from jax import shard_map as _shard_map
 
@@ -32,20 +34,20 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
   data, model = int(mesh_config.data), int(mesh_config.model)
   n = devices.size
   if data == -1 and model == -1:
-    raise ValueError("config.mesh: at most one of data, model may be -1.")
+    raise UserError("config.mesh: at most one of data, model may be -1.")
   if data == -1:
     data = n // model if model > 0 and n % model == 0 else 0
   if model == -1:
     model = n // data if data > 0 and n % data == 0 else 0
   if data < 1 or model < 1 or data * model != n:
-    raise ValueError(
+    raise UserError(
       f"config.mesh: data={mesh_config.data}, model={mesh_config.model} does not fit the {n} "
       f"devices; use data * model = {n} (or -1 on one axis)."
     )
   hosts = len({d.process_index for d in devices.flat})
   if data % hosts:
     # Each host reads its own examples; a data-axis entry spanning hosts would need the same rows on both.
-    raise ValueError(
+    raise UserError(
       f"config.mesh: data={data} is not a multiple of the {hosts} hosts: each host reads its own slice of "
       f"the batch, so the model axis must stay within a host (model <= {n // hosts} devices per host)."
     )

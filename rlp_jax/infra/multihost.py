@@ -12,6 +12,8 @@ import os
 import jax
 from absl import logging
 
+from rlp_jax.infra.errors import UserError
+
 
 def is_multihost(env=os.environ) -> bool:
   """True on a multi-process launch: a TPU pod slice, a SLURM job with several tasks, or explicit env."""
@@ -31,7 +33,7 @@ def initialize_args(env=os.environ) -> dict[str, int]:
       try:
         args[key] = int(env[name])
       except ValueError:
-        raise ValueError(
+        raise UserError(
           f"{name}={env[name]!r} must be an integer (this process's place in the job)."
         ) from None
   return args

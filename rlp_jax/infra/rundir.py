@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 
 from rlp_jax.infra import configuration
+from rlp_jax.infra.errors import UserError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -124,7 +125,7 @@ def read_json(path: str) -> dict:
     try:
       return json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path} is not valid JSON ({e}). Restore it, or use a new --workdir.") from None
+      raise UserError(f"{path} is not valid JSON ({e}). Restore it, or use a new --workdir.") from None
 
 
 def write_config_file(path: str, config) -> None:
@@ -152,7 +153,7 @@ def check_same(path: str, config, *, ignore: Iterable[str] = (), what: str, fix:
   if diffs:
     a, b = flatten(saved), flatten(config_dict(config))
     detail = ", ".join(f"config.{k}: saved {a.get(k)!r} vs now {b.get(k)!r}" for k in diffs[:8])
-    raise ValueError(f"{what} ({detail}). {fix}")
+    raise UserError(f"{what} ({detail}). {fix}")
 
 
 def load_config(workdir: str):
@@ -163,7 +164,7 @@ def load_config(workdir: str):
   """
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise UserError(
       f"{path} does not exist: --workdir must be the directory of a run trained by rlp_jax.main "
       "(it writes config.json, metrics.jsonl and checkpoints/ there)."
     )
@@ -204,7 +205,7 @@ def lock(workdir: str, *, enabled: bool = True):
     except BlockingIOError:
       f.seek(0)
       holder = f.read().strip() or "another process"
-      raise RuntimeError(
+      raise UserError(
         f"--workdir={workdir} is in use by {holder}: two runs would write the same checkpoints and "
         "logs. Wait for it to finish (or stop it), or use another --workdir."
       ) from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ml_collections
 from flax import nnx
 
+from rlp_jax.infra.errors import UserError
 from rlp_jax.models.cnn import CNN
 from rlp_jax.models.mlp import MLP
 from rlp_jax.models.vit import VisionTransformer
@@ -38,7 +39,7 @@ def create_model(
   """
   name = model_config.name
   if name not in _MODELS:
-    raise ValueError(f"Unknown config.model.name {name!r}; valid names: {', '.join(MODEL_NAMES)}.")
+    raise UserError(f"Unknown config.model.name {name!r}; valid names: {', '.join(MODEL_NAMES)}.")
   extra = {k: model_config[k] for k in _VIT_KEYS if k in model_config} if name == "vit" else {}
   return _MODELS[name](
     tuple(input_shape),

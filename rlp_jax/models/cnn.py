@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlp_jax.infra.errors import UserError
 from rlp_jax.models.mlp import sow_intermediate
 
 
@@ -37,7 +38,7 @@ class CNN(nnx.Module):
     rngs: nnx.Rngs,
   ):
     if depth < 1:
-      raise ValueError(f"CNN depth must be >= 1, got {depth}.")
+      raise UserError(f"CNN depth must be >= 1, got {depth}.")
     kernel = (3,) * (len(input_shape) - 1)
     channels = [input_shape[-1]] + [width * 2**i for i in range(depth)]
     self.convs = nnx.List(

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlp_jax.infra.errors import UserError
+
 
 def sow_intermediate(module: nnx.Module, name: str, value: jax.Array) -> None:
   """Sow ``value`` as ``nnx.Intermediate`` ``name``, but only under ``nnx.capture``.
@@ -43,7 +45,7 @@ class MLP(nnx.Module):
     rngs: nnx.Rngs,
   ):
     if depth < 1:
-      raise ValueError(f"MLP depth must be >= 1, got {depth}.")
+      raise UserError(f"MLP depth must be >= 1, got {depth}.")
     in_features = math.prod(input_shape)
     self.layers = nnx.List(
       [nnx.Linear(in_features if i == 0 else width, width, rngs=rngs) for i in range(depth)]

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlp_jax.infra.errors import UserError
 from rlp_jax.models.mlp import sow_intermediate
 
 # name -> (width D, depth, attention heads); the MLP hidden width is always 4·D (head dim 64 throughout).
@@ -132,25 +133,25 @@ class VisionTransformer(nnx.Module):
     rngs: nnx.Rngs,
   ):
     if variant not in VARIANTS:
-      raise ValueError(f"config.model.variant={variant!r} is not a ViT variant; use one of {list(VARIANTS)}.")
+      raise UserError(f"config.model.variant={variant!r} is not a ViT variant; use one of {list(VARIANTS)}.")
     if dtype not in DTYPES:
-      raise ValueError(f"config.model.dtype={dtype!r} must be one of {list(DTYPES)}.")
+      raise UserError(f"config.model.dtype={dtype!r} must be one of {list(DTYPES)}.")
     if classifier not in CLASSIFIERS:
-      raise ValueError(f"config.model.classifier={classifier!r} must be one of {list(CLASSIFIERS)}.")
+      raise UserError(f"config.model.classifier={classifier!r} must be one of {list(CLASSIFIERS)}.")
     v_width, v_depth, v_heads = VARIANTS[variant]
     width, depth, num_heads = width or v_width, depth or v_depth, num_heads or v_heads
     if depth < 1:
-      raise ValueError(f"config.model.depth={depth}: a ViT needs at least one block.")
+      raise UserError(f"config.model.depth={depth}: a ViT needs at least one block.")
     if width % num_heads:
-      raise ValueError(
+      raise UserError(
         f"config.model.width={width} is not divisible by {num_heads} attention heads; set "
         "config.model.num_heads to a divisor of the width (0 = the variant's)."
       )
     if len(input_shape) != 3:
-      raise ValueError(f"ViT needs (H, W, C) images, got input shape {tuple(input_shape)}.")
+      raise UserError(f"ViT needs (H, W, C) images, got input shape {tuple(input_shape)}.")
     h, w, c = input_shape
     if patch_size < 1 or h % patch_size or w % patch_size:
-      raise ValueError(
+      raise UserError(
         f"config.model.patch_size={patch_size} must divide the image size {h}x{w} "
         "(set config.augment.image_size or the patch size)."
       )

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlp_jax.infra.errors import UserError
 from rlp_jax.models.mlp import sow_intermediate
 
 _HE_FAN_OUT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -85,7 +86,7 @@ class WideResNet(nnx.Module):
     rngs: nnx.Rngs,
   ):
     if depth < 10 or (depth - 4) % 6 != 0:
-      raise ValueError(
+      raise UserError(
         f"WRN depth must satisfy (depth - 4) % 6 == 0 and depth >= 10 (e.g. 16, 22, 28), got {depth}."
       )
     blocks_per_group = (depth - 4) // 6

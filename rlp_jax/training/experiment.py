@@ -30,6 +30,7 @@ from rlp_jax.data import input_pipeline
 from rlp_jax.heads import heads as heads_lib
 from rlp_jax.infra import configuration
 from rlp_jax.infra import mesh as mesh_lib
+from rlp_jax.infra.errors import UserError
 from rlp_jax.training import optimizers, sharding
 
 # PRNG streams derived from config.seed (the heads' streams are in heads/heads.py). The model's stream never
@@ -81,7 +82,7 @@ class Experiment:
 def _check_divisible(value: int, key: str, mesh: Mesh) -> None:
   n = mesh.shape["data"]
   if value % n:
-    raise ValueError(
+    raise UserError(
       f"config.{key}={value} is not divisible by the {n} devices of the mesh's data axis; "
       f"use a multiple of {n}."
     )
@@ -138,7 +139,7 @@ def build(
     else ()
   )
   if num_heads and not rlp_layers:
-    raise ValueError(
+    raise UserError(
       "config.rlp.layers is empty but config.rlp.num_heads > 0; name a layer "
       f"(one of {list(sown_layers)}) or set config.rlp.num_heads=0."
     )

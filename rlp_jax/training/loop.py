@@ -16,6 +16,7 @@ from jax.experimental import multihost_utils
 
 from rlp_jax.data import input_pipeline
 from rlp_jax.infra import configuration, rundir
+from rlp_jax.infra.errors import UserError
 from rlp_jax.training import checkpointing, offline_heads, summary
 from rlp_jax.training.evaluators import Evaluator
 from rlp_jax.training.experiment import build, device_batches, zero_sums
@@ -57,8 +58,8 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-class NonFiniteLossError(FloatingPointError):
-  pass
+class NonFiniteLossError(UserError, FloatingPointError):
+  """The loss diverged: the settings need changing, so it is reported like a bad config value."""
 
 
 def _check_finite(sums: Mapping[str, jax.Array], step: int, last_saved: int | None, workdir: str) -> None:
@@ -67,7 +68,8 @@ def _check_finite(sums: Mapping[str, jax.Array], step: int, last_saved: int | No
     raise NonFiniteLossError(
       f"The training loss became {total} by step {step}. Training stopped; the last good checkpoint "
       f"(step {last_saved}) in {workdir}/checkpoints is intact and nothing after it was saved. Lower "
-      "config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, or lower config.rlp.reg_lambda."
+      "config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, or lower config.rlp.reg_lambda, "
+      "in a new --workdir (this one keeps the diverged run's settings)."
     )
 
 
@@ -175,7 +177,7 @@ def _refuse_logs_without_checkpoints(workdir: str) -> None:
   records = rundir.read_jsonl(os.path.join(workdir, rundir.METRICS_FILE))
   if records:
     last = max(r.get("step", 0) for r in records)
-    raise ValueError(
+    raise UserError(
       f"--workdir={workdir}: {rundir.METRICS_FILE} records training up to step {last}, but "
       f"{checkpointing.RESUME_DIR}/ holds no readable checkpoint to continue from. Restore the checkpoints, "
       "or use a new --workdir to train again. Nothing in the workdir was changed."

@@ -8,6 +8,8 @@ import jax
 import ml_collections
 import optax
 
+from rlp_jax.infra.errors import UserError
+
 # Weight decay applies to weight matrices and conv kernels only, never to biases or norm scales,
 # as in the WRN and ViT recipes the paper follows.
 _DECAYED = ("kernel", "hidden")
@@ -48,7 +50,7 @@ def make(
     elif cfg.name == "adam":
       parts.append(optax.adam(lr, b1=cfg.b1, b2=cfg.b2))
     else:
-      raise ValueError(f"unknown optimizer name {cfg.name!r}")
+      raise UserError(f"unknown optimizer name {cfg.name!r}")
   return optax.chain(*parts)
 
 

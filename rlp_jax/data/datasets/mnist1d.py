@@ -14,6 +14,8 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from rlp_jax.infra.errors import UserError
+
 SIGNAL_LENGTH = 40
 """Length of every generated signal (mnist1d's `final_seq_length`)."""
 
@@ -43,7 +45,7 @@ class Mnist1dConfig(tfds.core.BuilderConfig):
     # total would silently yield fewer examples than asked for.
     total = self.num_train + self.num_test
     if self.num_train <= 0 or self.num_test <= 0 or total % NUM_CLASSES:
-      raise ValueError(
+      raise UserError(
         f"num_train and num_test must be positive and sum to a multiple of {NUM_CLASSES}, "
         f"got num_train={self.num_train}, num_test={self.num_test}."
       )
