@@ -109,9 +109,10 @@ def test_resume_after_sigterm_equals_uninterrupted(tiny_config, tmp_path, monkey
   tiny_config.offline.at_init = False
   tiny_config.model.dropout = 0.1
   tiny_config.rlp.reg_lambda = 0.5
+  tiny_config.max_steps_per_epoch = 12
   full = loop.train_and_evaluate(tiny_config, str(tmp_path / "full"))
 
-  # Preempt in the middle of the second epoch (step 30 of 44), then re-run the same call.
+  # Preempt in the middle of the second epoch (about step 18 of 24), then re-run the same call.
   original = input_pipeline.train_batches
 
   def preempting_batches(config, info, epoch, skip=0):
@@ -126,7 +127,7 @@ def test_resume_after_sigterm_equals_uninterrupted(tiny_config, tmp_path, monkey
     loop.train_and_evaluate(tiny_config, workdir)
   monkeypatch.setattr(input_pipeline, "train_batches", original)
   # Saved mid-epoch 2 (batches are fetched two ahead of the step, so the signal lands a little earlier).
-  assert 22 < max(checkpointing.Checkpoints(workdir, tiny_config, read_only=True).resume_steps()) < 44
+  assert 12 < max(checkpointing.Checkpoints(workdir, tiny_config, read_only=True).resume_steps()) < 24
   resumed = loop.train_and_evaluate(tiny_config, workdir)
 
   assert resumed["metrics"] == full["metrics"]
@@ -139,6 +140,7 @@ def test_resume_after_sigterm_equals_uninterrupted(tiny_config, tmp_path, monkey
 
 def test_rerunning_a_finished_run_changes_nothing(tiny_config, tmp_path):
   tiny_config.offline.at_init = False
+  tiny_config.max_steps_per_epoch = 5
   workdir = str(tmp_path / "run")
   first = loop.train_and_evaluate(tiny_config, workdir)
   again = loop.train_and_evaluate(tiny_config, workdir)
@@ -181,6 +183,7 @@ def test_bad_config_fails_early_with_the_key(tiny_config, tmp_path, key, value, 
 
 def test_workdir_of_another_experiment_is_refused_and_left_intact(tiny_config, tmp_path):
   tiny_config.num_epochs = 1
+  tiny_config.max_steps_per_epoch = 3
   tiny_config.offline.at_init = False
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(tiny_config, workdir)
