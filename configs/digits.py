@@ -28,11 +28,11 @@ is accepted for compatibility (the CNN is the default); ``tiny`` shrinks everyth
 the tests run: an MLP, or the CNN with ``cnn,tiny``).
 """
 
-from rlp_jax.infra import configuration
+from rlp_jax.infra import config_args, configuration
 
 
 def get_config(arg: str = ""):
-  args = [a for a in arg.split(",") if a]
+  args = sorted(config_args.parse(arg, ("mlp", "cnn", "tiny"), "configs/digits.py"))
   config = configuration.base_config()
   config.dataset = "digits"
   config.batch_size = 64

@@ -27,6 +27,8 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS.workdir.strip():
+    raise errors.UserError("--workdir is empty: name the directory for this run's checkpoints and logs.")
   logging.set_verbosity(logging.INFO)
   # Keep the console to our progress and metrics: Orbax and tfds narrate every file they touch at INFO.
   for handler in pylogging.getLogger().handlers:

@@ -14,6 +14,7 @@ import pytest
 
 from rlp_jax.data import input_pipeline
 from rlp_jax.infra import rundir
+from rlp_jax.infra.errors import UserError
 from rlp_jax.training import checkpointing, experiment, loop, steps
 
 
@@ -167,6 +168,19 @@ def test_rerunning_a_finished_run_changes_nothing(tiny_config, tmp_path):
     ("batch_size", 4096, "config.batch_size"),
     ("optimizer.name", "lion", "config.optimizer.name"),
     ("model.name", "resnet", "config.model.name"),
+    # Values that used to crash later (ZeroDivisionError, numpy, TensorFlow) or pass silently.
+    ("eval.every_epochs", 0, "config.eval.every_epochs"),
+    ("log_every_steps", 0, "config.log_every_steps"),
+    ("checkpoint.every_epochs", 0, "config.checkpoint.every_epochs"),
+    ("model.width", 0, "config.model.width"),
+    ("seed", -1, "config.seed"),
+    ("eval.batch_size", 0, "config.eval.batch_size"),
+    ("shuffle_buffer", 0, "config.shuffle_buffer"),
+    ("rlp.reg_lambda", float("nan"), "config.rlp.reg_lambda"),
+    ("max_steps_per_epoch", -5, "config.max_steps_per_epoch"),
+    ("optimizer.warmup_epochs", -1.0, "config.optimizer.warmup_epochs"),
+    ("offline.num_epochs", 0, "config.offline.num_epochs"),
+    ("rlp.num_labels", 10**12, "config.rlp.num_labels"),
   ],
 )
 def test_bad_config_fails_early_with_the_key(tiny_config, tmp_path, key, value, message):
@@ -175,6 +189,9 @@ def test_bad_config_fails_early_with_the_key(tiny_config, tmp_path, key, value, 
   if key == "rlp.reg_layers":
     tiny_config.rlp.layers = "pre_logits"
   target[leaf] = value
+  if key == "rlp.reg_layers":  # block_1 is sown, but has no head to regularize with
+    with pytest.raises(UserError, match="config.rlp.layers does not measure"):
+      loop.train_and_evaluate(tiny_config, str(tmp_path / "run"))
   workdir = tmp_path / "run"
   with pytest.raises(ValueError, match=message.replace(".", r"\.")):
     loop.train_and_evaluate(tiny_config, str(workdir))

@@ -7,11 +7,14 @@ unknown key is rejected by ml_collections' locked ConfigDict before any work sta
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from rlp_jax.infra.errors import UserError
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
+MAX_LABELS = 2**31 - 1
 # How random labels are drawn (data/labels.py, docs/design.md §2).
 LABEL_MODES = ("fixed", "shuffled", "unique")
 
@@ -153,9 +156,14 @@ def parse_layers(spec: str, available: list[str], key: str) -> list[str]:
   names = [s.strip() for s in spec.split(",") if s.strip()]
   unknown = [n for n in names if n not in available]
   if unknown:
+    where = "the model does not sow" if key != "rlp.reg_layers" else "config.rlp.layers does not measure"
     raise UserError(
-      f"config.{key}={spec!r}: the model does not sow {unknown}. "
-      f"It sows {available}; use some of those names or 'all'."
+      f"config.{key}={spec!r}: {where} {unknown}. Use some of {available} or 'all'"
+      + (
+        " (a layer regularizes only if it also has a head: add it to rlp.layers)."
+        if key == "rlp.reg_layers"
+        else "."
+      )
     )
   return [n for n in available if n in names]
 
@@ -166,10 +174,39 @@ def validate(config: ml_collections.ConfigDict) -> None:
   def fail(key, msg):
     raise UserError(f"config.{key}: {msg}")
 
-  if config.num_epochs < 1:
-    fail("num_epochs", f"must be >= 1, got {config.num_epochs}.")
-  if config.batch_size < 1:
-    fail("batch_size", f"must be >= 1, got {config.batch_size}.")
+  def at_least(key, low, what=""):
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if not value >= low:  # also refuses NaN
+      fail(key, f"must be >= {low}{what}, got {value}.")
+
+  at_least("num_epochs", 1)
+  at_least("batch_size", 1)
+  at_least("seed", 0, " (it keys the hash of every random label)")
+  at_least("shuffle_buffer", 1)
+  at_least("max_steps_per_epoch", 0, " (0 = whole epochs)")
+  at_least("log_every_steps", 1)
+  at_least("eval.every_epochs", 1)
+  at_least("eval.batch_size", 1)
+  at_least("offline.num_epochs", 1)
+  at_least("offline.batch_size", 1)
+  at_least("model.width", 1)
+  at_least("model.depth", 1)
+  if not math.isfinite(config.rlp.reg_lambda):
+    fail("rlp.reg_lambda", f"must be a finite number >= 0, got {config.rlp.reg_lambda}.")
+  if config.rlp.reg_lambda > 0 and config.rlp.num_heads == 0:
+    fail(
+      "rlp.reg_lambda",
+      f"is {config.rlp.reg_lambda} but config.rlp.num_heads=0: there is no head to regularize with. "
+      "Set rlp.num_heads >= 1, or rlp.reg_lambda=0.",
+    )
+  if config.rlp.label_mode != "unique" and config.rlp.num_labels > MAX_LABELS:
+    fail(
+      "rlp.num_labels",
+      f"must be <= {MAX_LABELS:,} (labels are int32 and hashed to 32 bits), got {config.rlp.num_labels:,}; "
+      "for one label per example use rlp.label_mode='unique'.",
+    )
   if config.checkpoint.every_epochs < 1:
     fail(
       "checkpoint.every_epochs",
@@ -215,7 +252,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       fail(f"{key}.name", f"must be one of {OPTIMIZERS}, got {opt.name!r}.")
     if opt.schedule not in ("cosine", "constant"):
       fail(f"{key}.schedule", f"must be 'cosine' or 'constant', got {opt.schedule!r}.")
-    if opt.learning_rate <= 0:
+    if opt.warmup_epochs < 0:
+      fail(f"{key}.warmup_epochs", f"must be >= 0, got {opt.warmup_epochs}.")
+    if not opt.learning_rate > 0:
       fail(f"{key}.learning_rate", f"must be > 0, got {opt.learning_rate}.")
     if opt.weight_decay < 0:
       fail(f"{key}.weight_decay", f"must be >= 0, got {opt.weight_decay}.")
