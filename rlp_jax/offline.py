@@ -59,5 +59,4 @@ if __name__ == "__main__":
   except (errors.UserError, flags.Error) as e:  # one line, like every command (infra/errors.py)
     if "--debug" in sys.argv:
       raise
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    errors.exit_with(str(e))

@@ -17,6 +17,12 @@ class UserError(ValueError):
   """A bad config value, workdir, file or dataset: reported in one line, never with a traceback."""
 
 
+def exit_with(message: str) -> None:
+  """How every command ends on a user error: one line on stderr, exit status 2."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
 def run(main) -> None:
   """``absl.app.run(main)`` for a command: adds ``--debug``; a ``UserError`` ends the command with
   ``error: ...`` on stderr and exit status 2."""
@@ -39,8 +45,7 @@ def run(main) -> None:
         message = (
           f"--config: the config file cannot be loaded ({why[-1] if why else message.splitlines()[0]})."
         )
-      print(f"error: {message}", file=sys.stderr, flush=True)
-      sys.exit(2)
+      exit_with(message)
 
   app.run(reported, flags_parser=_parse_flags)
 
@@ -61,8 +66,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     else:
       said = str(e).strip("'\"").replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
       message = f"--config.*: no such config key ({said}); check the spelling."
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    exit_with(message)
 
 
 def _user_error(e: BaseException) -> UserError | None:

@@ -148,10 +148,9 @@ def check_same(path: str, config, *, ignore: Iterable[str] = (), what: str, fix:
   """
   if not os.path.exists(path):
     return
-  saved = read_json(path)
-  diffs = differences(saved, config, ignore)
+  a, b = flatten(read_json(path)), flatten(config_dict(config))
+  diffs = differences(a, b, ignore)
   if diffs:
-    a, b = flatten(saved), flatten(config_dict(config))
     detail = ", ".join(f"config.{k}: saved {a.get(k)!r} vs now {b.get(k)!r}" for k in diffs[:8])
     raise UserError(f"{what} ({detail}). {fix}")
 
