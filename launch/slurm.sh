@@ -19,7 +19,7 @@ Write a SLURM batch script that runs
 with one process per GPU (default) or one per node, and submit it with sbatch.
 
 Options (defaults in brackets; each can also be set by the environment variable named):
-  --config FILE[:ARG]    experiment config, relative to --chdir (required)
+  --config FILE[:ARG]    experiment config, relative to --chdir; FILE must exist (required)
   --workdir DIR          experiment directory on a filesystem every node shares; relative paths are
                          relative to --chdir (required). Submitting the same command again resumes.
   --nodes N              number of nodes [$RLP_SLURM_NODES, else 1]
@@ -38,15 +38,16 @@ Options (defaults in brackets; each can also be set by the environment variable 
                          checkpoint (0 = off) [120]
   --requeue              let SLURM requeue the job after preemption or node failure (it resumes)
   --python PATH          Python interpreter on the nodes [$RLP_SLURM_PYTHON, else python]
-  --setup CMD            shell line run before srun, repeatable (e.g. --setup 'module load cuda/12.4'
-                         --setup 'source .venv/bin/activate')
-  --env VAR=VALUE        exported in the job, repeatable
+  --setup CMD            shell line run before srun, as written (it is shell code), repeatable
+                         (e.g. --setup 'module load cuda/12.4' --setup 'source .venv/bin/activate')
+  --env VAR=VALUE        exported in the job (VALUE exactly as given), repeatable
   --sbatch-arg ARG       extra #SBATCH line, repeatable (e.g. --sbatch-arg=--mail-type=END)
   --chdir DIR            repository checkout on the nodes [this checkout]
   --log-dir DIR          where the job script and the SLURM output go [$RLP_SLURM_LOG_DIR, else CHDIR/slurm_logs]
   --dry-run              print the job script and the sbatch command instead of submitting
   -h, --help             show this help
-Everything after -- is passed to python -m rlp_jax.main.
+Everything after -- is passed to python -m rlp_jax.main. Every value is written quoted into the job script
+(or, on #SBATCH lines, must be one word); control characters (newlines, ...) are refused.
 
 jax.distributed.initialize() needs no variables under SLURM: it reads SLURM_JOB_ID, SLURM_STEP_NODELIST,
 SLURM_NTASKS, SLURM_PROCID and SLURM_LOCALID (coordinator = the first node of the step, port derived from
@@ -88,6 +89,7 @@ EXTRA=()
 
 set_opt() {
   need_value "$1" "$2"
+  check_text "$1" "$2"
   case $1 in
     --config) CONFIG=$2 ;;
     --workdir) WORKDIR=$2 ;;
@@ -120,20 +122,21 @@ while (($#)); do
     -h | --help) usage; exit 0 ;;
     --) shift; EXTRA=("$@")
       check_no_dry_run_after_dashdash "$@"
+      check_text "arguments after --" "$@"
       break ;;
     --exclusive) EXCLUSIVE=1 ;;
     --requeue) REQUEUE=1 ;;
     --dry-run) DRY_RUN=1 ;;
     --*=*)
       opt=${1%%=*}
-      [[ $opt =~ ^($VALUE_OPTS)$ ]] || die "unknown option $opt"
+      [[ $opt =~ ^($VALUE_OPTS)$ ]] || die "$(show "$opt"): unknown option; see $PROG --help"
       set_opt "$opt" "${1#*=}" ;;
     -*)
-      [[ $1 =~ ^($VALUE_OPTS)$ ]] || die "unknown option $1"
-      (($# >= 2)) || die "option $1 needs a value"
+      [[ $1 =~ ^($VALUE_OPTS)$ ]] || die "$(show "$1"): unknown option; see $PROG --help"
+      (($# >= 2)) || die "$1: needs a value"
       set_opt "$1" "$2"
       shift ;;
-    *) die "unexpected argument '$1' (pass arguments for rlp_jax.main after --)" ;;
+    *) die "unexpected argument $(show "$1"): pass arguments for rlp_jax.main after --" ;;
   esac
   shift
 done
@@ -141,17 +144,28 @@ done
 require --config "$CONFIG" "e.g. --config configs/digits.py"
 require --workdir "$WORKDIR" "a directory on a filesystem that every node shares"
 require --gpus-per-node "$GPUS" "or RLP_SLURM_GPUS_PER_NODE"
-[[ $NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive integer, got '$NODES'"
-[[ $GPUS =~ ^[1-9][0-9]*$ ]] || die "--gpus-per-node must be a positive integer, got '$GPUS'"
-[[ $SIGNAL_SECONDS =~ ^[0-9]+$ ]] || die "--signal-seconds must be a non-negative integer, got '$SIGNAL_SECONDS'"
+[[ $NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes: must be a positive integer, got $(show "$NODES")"
+[[ $GPUS =~ ^[1-9][0-9]*$ ]] || die "--gpus-per-node: must be a positive integer, got $(show "$GPUS")"
+[[ -z $CPUS || $CPUS =~ ^[1-9][0-9]*$ ]] || die "--cpus-per-task: must be a positive integer, got $(show "$CPUS")"
+[[ $SIGNAL_SECONDS =~ ^[0-9]+$ ]] || die "--signal-seconds: must be a non-negative integer, got $(show "$SIGNAL_SECONDS")"
 case $PROCS in
   gpu | "$GPUS") TASKS_PER_NODE=$GPUS ;;
   node | 1) TASKS_PER_NODE=1 ;;
-  *) die "--procs-per-node must be gpu ($GPUS) or node (1), got '$PROCS'" ;;
+  *) die "--procs-per-node: must be gpu ($GPUS) or node (1), got $(show "$PROCS")" ;;
 esac
-[[ $JOB_NAME =~ ^[A-Za-z0-9_.-]+$ ]] || die "--job-name may hold only letters, digits, '_', '.' and '-', got '$JOB_NAME'"
+[[ $JOB_NAME =~ ^[A-Za-z0-9_.-]+$ ]] || die "--job-name: may hold only letters, digits, '_', '.' and '-', got $(show "$JOB_NAME")"
 LOG_DIR=${LOG_DIR:-$CHDIR/slurm_logs}
-[[ $LOG_DIR != *[[:space:]]* ]] || die "--log-dir must not contain whitespace (#SBATCH --output), got '$LOG_DIR'"
+# Values that the environment variables may have set are checked here, those of options in set_opt too.
+# #SBATCH lines are read by sbatch, not by a shell: nothing can be quoted there, so each value is one word.
+for opt in --partition:"$PARTITION" --time:"$TIME" --account:"$ACCOUNT" --qos:"$QOS" \
+  --constraint:"$CONSTRAINT" --mem:"$MEM" --log-dir:"$LOG_DIR"; do
+  [[ -z ${opt#*:} ]] || check_word "${opt%%:*}" "${opt#*:}"
+done
+for opt in --python:"$PYTHON" --chdir:"$CHDIR"; do
+  check_text "${opt%%:*}" "${opt#*:}"
+  [[ ${opt#*:} != -* ]] || die "${opt%%:*}: must not start with '-', got $(show "${opt#*:}")"
+done
+check_config_file --config "$CONFIG" "$CHDIR"
 
 job_script() {
   local line
@@ -184,7 +198,7 @@ job_script() {
     echo "$line"
   done
   for line in ${ENVS[@]+"${ENVS[@]}"}; do
-    echo "export ${line%%=*}=$(shq "${line#*=}")"
+    echo "export $(env_assignments "$line")"
   done
   echo "# jax.distributed.initialize() reads SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID and"
   echo "# SLURM_LOCALID itself: coordinator = first node of the step; process i of a node uses GPU SLURM_LOCALID."
@@ -205,7 +219,7 @@ if ((DRY_RUN)); then
   run_cmd mkdir -p "$LOG_DIR"
   run_cmd sbatch "$SCRIPT_FILE"
 else
-  command -v sbatch >/dev/null || die "sbatch not found: run this on a SLURM login node (or use --dry-run)"
+  command -v sbatch >/dev/null || die "sbatch: not found; run this on a SLURM login node (or use --dry-run)"
   run_cmd mkdir -p "$LOG_DIR"
   printf '%s\n' "$SCRIPT" >"$SCRIPT_FILE"
   echo "job script: $SCRIPT_FILE" >&2

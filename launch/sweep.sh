@@ -7,6 +7,7 @@ set -euo pipefail
 
 PROG=launch/sweep.sh
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$HERE/.." && pwd)
 # shellcheck source=common.sh
 source "$HERE/common.sh"
 
@@ -21,7 +22,8 @@ each) with --workdir PREFIX/KEY=V (V as rlp_jax.sweep writes it: 1e3 -> 1000) an
   --values V1,V2,...  the values (required)
   --key KEY           the config key to sweep [rlp.reg_lambda]
   --workdir PREFIX    parent of the runs' workdirs (required)
-  --config CONFIG     the experiment's config file, configs/*.py[:arg] (required)
+  --config CONFIG     the experiment's config file, configs/*.py[:arg], relative to the repository root;
+                      it must exist (required)
 LAUNCHER_OPTIONS (e.g. --name/--zone, --gpus-per-node, --dry-run) go to every launch.
 Needs the project installed here (python -m rlp_jax.sweep names the runs); $PYTHON picks the interpreter.
 
@@ -35,8 +37,8 @@ EOF
 LAUNCHER=${1:-}
 case $LAUNCHER in
   tpu | slurm) ;;
-  "") die "missing launcher (tpu or slurm)" ;;
-  *) die "unknown launcher '$LAUNCHER' (tpu or slurm)" ;;
+  "") die "missing launcher (tpu or slurm); see $PROG --help" ;;
+  *) die "unknown launcher $(show "$LAUNCHER") (tpu or slurm)" ;;
 esac
 shift
 
@@ -52,7 +54,7 @@ while (($#)); do
     --) shift; MAIN=("$@"); break ;;
     --key=* | --values=* | --workdir=* | --config=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
     --key | --values | --workdir | --config)
-      (($# >= 2)) && [[ -n $2 ]] || die "option $1 needs a value"
+      (($# >= 2)) && [[ -n $2 ]] || die "$1: needs a value"
       case $1 in
         --key) KEY=$2 ;;
         --values) VALUES=$2 ;;
@@ -60,7 +62,7 @@ while (($#)); do
         --config) CONFIG=$2 ;;
       esac
       shift ;;
-    --detach) [[ $LAUNCHER != tpu ]] || die "--detach would start every run at once on the same TPU: sweep runs them one after the other"
+    --detach) [[ $LAUNCHER != tpu ]] || die "--detach: would start every run at once on the same TPU; sweep runs them one after the other"
       OPTS+=("$1") ;;
     *) OPTS+=("$1") ;;
   esac
@@ -69,12 +71,21 @@ done
 require --values "$VALUES" "e.g. --values 0,1e3,1e4"
 require --workdir "$PREFIX" "the runs go to PREFIX/<key>=<value>"
 require --config "$CONFIG" "e.g. --config configs/digits.py"
+# The launch lines come back from rlp_jax.sweep one per line and are eval'd: a newline inside an argument
+# would cut one of them in two, so control characters are refused before anything is planned.
+check_text --key "$KEY"
+check_text --values "$VALUES"
+check_text --workdir "$PREFIX"
+check_text --config "$CONFIG"
+check_text "launcher options" ${OPTS[@]+"${OPTS[@]}"}
+check_text "arguments after --" ${MAIN[@]+"${MAIN[@]}"}
+check_config_file --config "$CONFIG" "$REPO_ROOT"
 
 # rlp_jax.sweep prints one shell-quoted launcher line per unfinished run, "launch/<launcher> ...": run
 # each with this script's own copy of the launcher.
 lines=$("${PYTHON:-python3}" -m rlp_jax.sweep --config="$CONFIG" --workdir="${PREFIX%/}" \
   --sweep="$KEY=$VALUES" --emit="$LAUNCHER" --launcher_args="$(quote_args ${OPTS[@]+"${OPTS[@]}"})" \
-  ${MAIN[@]+"${MAIN[@]}"}) || die "python -m rlp_jax.sweep could not plan the runs (see above)"
+  ${MAIN[@]+"${MAIN[@]}"}) || exit 2 # rlp_jax.sweep has said why, in one line
 while IFS= read -r line; do
   [[ $line == launch/* ]] || continue
   eval "\"\$HERE\"/${line#launch/}"

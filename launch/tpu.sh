@@ -41,10 +41,10 @@ Options (defaults in brackets; each can also be set by the environment variable 
   --queued             create / delete / describe through 'gcloud compute tpus queued-resources';
                        create waits until the queued resource is ACTIVE
   --create-flag FLAG   extra flag for the create command, repeatable (e.g. --create-flag=--network=NET)
-  --config FILE[:ARG]  experiment config, relative to the repository root (run; required)
+  --config FILE[:ARG]  experiment config, relative to the repository root; FILE must exist (run; required)
   --workdir gs://...   experiment directory; must be a gs:// path that every worker shares (run; required)
   --local-workdir      allow a --workdir that is not gs:// (single-host TPU VMs only)
-  --env VAR=VALUE      environment variable for the run, repeatable
+  --env VAR=VALUE      environment variable for the run (VALUE exactly as given, spaces too), repeatable
   --detach             run: start in the background (nohup) on every worker and return
   --worker W           logs: which worker to follow (0, 1, ... or all) [0]
   --remote-dir DIR     code directory on the workers, relative to the home directory [$RLP_TPU_REMOTE_DIR, else rlp_jax]
@@ -53,7 +53,8 @@ Options (defaults in brackets; each can also be set by the environment variable 
   --python VERSION     setup: Python version for the venv (installed with uv) [$RLP_TPU_PYTHON, else 3.12]
   --dry-run            print each exact command instead of running it
   -h, --help           show this help
-Everything after -- is passed to python -m rlp_jax.main (run) or is the command (exec).
+Everything after -- is passed to python -m rlp_jax.main (run) or is the command (exec). Every value is
+written quoted into the remote command; control characters (newlines, ...) are refused.
 
 Examples:
   launch/tpu.sh create --name rlp-v4 --zone us-central2-b --type v4-32 --spot --queued
@@ -91,6 +92,7 @@ EXTRA=()
 
 set_opt() {
   need_value "$1" "$2"
+  check_text "$1" "$2"
   case $1 in
     --name) NAME=$2 ;;
     --zone) ZONE=$2 ;;
@@ -117,6 +119,7 @@ while (($#)); do
     -h | --help) usage; exit 0 ;;
     --) shift; EXTRA=("$@")
       check_no_dry_run_after_dashdash "$@"
+      check_text "arguments after --" "$@"
       break ;;
     --spot) SPOT=1 ;;
     --queued) QUEUED=1 ;;
@@ -125,27 +128,37 @@ while (($#)); do
     --dry-run) DRY_RUN=1 ;;
     --*=*)
       opt=${1%%=*}
-      [[ $opt =~ ^($VALUE_OPTS)$ ]] || die "unknown option $opt"
+      [[ $opt =~ ^($VALUE_OPTS)$ ]] || die "$(show "$opt"): unknown option; see $PROG --help"
       set_opt "$opt" "${1#*=}" ;;
     -*)
-      [[ $1 =~ ^($VALUE_OPTS)$ ]] || die "unknown option $1"
-      (($# >= 2)) || die "option $1 needs a value"
+      [[ $1 =~ ^($VALUE_OPTS)$ ]] || die "$(show "$1"): unknown option; see $PROG --help"
+      (($# >= 2)) || die "$1: needs a value"
       set_opt "$1" "$2"
       shift ;;
     *)
-      [[ -z $COMMAND ]] || die "unexpected argument '$1' (pass arguments for rlp_jax.main after --)"
+      [[ -z $COMMAND ]] || die "unexpected argument $(show "$1"): pass arguments for rlp_jax.main after --"
       COMMAND=$1 ;;
   esac
   shift
 done
 
-[[ -n $COMMAND ]] || { usage >&2; die "missing COMMAND (create, setup, run, logs, stop, exec, status, delete)"; }
+COMMANDS="create, setup, run, logs, stop, exec, status, delete"
+[[ -n $COMMAND ]] || die "missing COMMAND ($COMMANDS); see $PROG --help"
 case $COMMAND in
   create | setup | run | logs | stop | exec | status | delete) ;;
-  *) die "unknown command '$COMMAND' (create, setup, run, logs, stop, exec, status, delete)" ;;
+  *) die "unknown command $(show "$COMMAND") ($COMMANDS)" ;;
 esac
 require --name "$NAME" "or RLP_TPU_NAME"
 require --zone "$ZONE" "or RLP_TPU_ZONE"
+# Values the environment variables may have set are checked here, those of options in set_opt too.
+for opt in --zone:"$ZONE" --project:"$PROJECT" --type:"$TYPE" --version:"$VERSION" --remote-dir:"$REMOTE_DIR" \
+  --python:"$PYTHON_VERSION" --repo:"$REPO" --ref:"$REF"; do
+  [[ -z ${opt#*:} ]] || check_word "${opt%%:*}" "${opt#*:}"
+done
+# GCP's rule for TPU names; the name is also part of a local file name (setup's tarball).
+[[ $NAME =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] ||
+  die "--name: must be lowercase letters, digits and '-', starting with a letter, got $(show "$NAME")"
+[[ $WORKER =~ ^(all|[0-9]+(,[0-9]+)*)$ ]] || die "--worker: must be all or worker numbers (0 or 0,1), got $(show "$WORKER")"
 
 default_version() {
   case $1 in
@@ -203,7 +216,7 @@ cmd_setup() {
     local repo ref
     repo=$(shq "$REPO")
     ref=$(shq "${REF:-HEAD}")
-    ssh_on all "if [ -d $RDIR/.git ]; then git -C $RDIR fetch origin $ref && git -C $RDIR checkout --force FETCH_HEAD; else git clone $repo $RDIR && git -C $RDIR checkout $ref; fi"
+    ssh_on all "if [ -d $RDIR/.git ]; then git -C $RDIR fetch origin $ref && git -C $RDIR checkout --force FETCH_HEAD; else git clone -- $repo $RDIR && git -C $RDIR checkout $ref; fi"
   else
     local tarball="${TMPDIR:-/tmp}/rlp_jax-$NAME.tar.gz"
     run_cmd tar -czf "$tarball" --exclude=./.venv --exclude=./.git --exclude=__pycache__ --exclude='*.egg-info' \
@@ -216,7 +229,7 @@ cmd_setup() {
   ssh_on all "set -e; cd $RDIR; export PATH=\"\$HOME/.local/bin:\$PATH\"; command -v uv >/dev/null || python3 -m pip install --user --quiet uv; [ -x .venv/bin/python ] || uv venv --seed --python $py .venv; .venv/bin/python -m pip install --quiet -r requirements.txt -e .; .venv/bin/python -m pip install --quiet -U \"jax[tpu]\"; .venv/bin/python -c 'import jax; print(\"process\", jax.process_index(), \"of\", jax.process_count(), \"local devices\", jax.local_device_count(), \"devices\", jax.device_count())'"
 }
 
-# main_command: the rlp_jax.main command line (quoted) with --env assignments in front.
+# main_command: the rlp_jax.main command line, quoted (the --env assignments go in front, see cmd_run).
 main_command() {
   local args=() a extra_config="" extra_workdir=""
   for a in ${EXTRA[@]+"${EXTRA[@]}"}; do
@@ -230,6 +243,7 @@ main_command() {
   else
     require --config "$extra_config" "e.g. --config configs/digits.py"
   fi
+  check_config_file --config "${CONFIG:-$extra_config}" "$REPO_ROOT"
   if [[ -n $WORKDIR ]]; then
     args+=(--workdir="$WORKDIR")
   else
@@ -237,19 +251,21 @@ main_command() {
     WORKDIR=$extra_workdir
   fi
   if [[ $WORKDIR != gs://* ]] && ((!LOCAL_WORKDIR)); then
-    die "--workdir must be a gs:// path that every worker shares (got '$WORKDIR'); pass --local-workdir on a single-host TPU VM to allow a local path"
+    die "--workdir: must be a gs:// path that every worker shares, got $(show "$WORKDIR"); pass --local-workdir on a single-host TPU VM to allow a local path"
   fi
-  quote_args ${ENVS[@]+"${ENVS[@]}"} .venv/bin/python -m rlp_jax.main ${args[@]+"${args[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
+  quote_args .venv/bin/python -m rlp_jax.main ${args[@]+"${args[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
 }
 
 cmd_run() {
-  local main
+  local main envs
   main=$(main_command)
+  # VAR='VALUE' words in front of the command that they are for (nohup's, so that it passes them on).
+  envs=$(env_assignments ${ENVS[@]+"${ENVS[@]}"})
   if ((DETACH)); then
-    ssh_on all "cd $RDIR && mkdir -p logs && { nohup $main >> logs/run.log 2>&1 < /dev/null & echo \$! > logs/run.pid; } && echo \"started pid \$(cat logs/run.pid) on \$(hostname)\""
+    ssh_on all "cd $RDIR && mkdir -p logs && { ${envs:+$envs }nohup $main >> logs/run.log 2>&1 < /dev/null & echo \$! > logs/run.pid; } && echo \"started pid \$(cat logs/run.pid) on \$(hostname)\""
     ((DRY_RUN)) || echo "Started on every worker. Follow it with: $PROG logs --name $(shq "$NAME") --zone $(shq "$ZONE")" >&2
   else
-    ssh_on all "set -o pipefail && cd $RDIR && mkdir -p logs && $main 2>&1 | tee -a logs/run.log"
+    ssh_on all "set -o pipefail && cd $RDIR && mkdir -p logs && ${envs:+$envs }$main 2>&1 | tee -a logs/run.log"
   fi
 }
 
@@ -260,7 +276,7 @@ case $COMMAND in
   logs) ssh_on "$WORKER" "tail -n 200 -F $RDIR/logs/run.log" ;;
   stop) ssh_on all "kill -TERM \"\$(cat $RDIR/logs/run.pid)\"" ;;
   exec)
-    ((${#EXTRA[@]})) || die "exec needs a command after --"
+    ((${#EXTRA[@]})) || die "exec: needs a command after --, e.g. exec -- df -h"
     ssh_on all "cd $RDIR && $(quote_args ${EXTRA[@]+"${EXTRA[@]}"})" ;;
   status)
     if ((QUEUED)); then run_cmd "${QR[@]}" describe "$NAME" "${SCOPE[@]}"; fi

@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ LAUNCH = ROOT / "launch"
 SCRIPTS = sorted(LAUNCH.glob("*.sh"))
 ZONE = "us-central2-b"
 MAIN = ".venv/bin/python -m rlp_jax.main".split()
+CONFIG = "configs/digits.py"  # the launchers refuse a config file that does not exist
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -146,7 +148,7 @@ def test_tpu_setup_from_git():
   )
   assert not any(c[0] == "tar" for c in cmds)
   clone, install = _ssh_commands(cmds)
-  assert "git clone https://example.org/me/rlp_jax.git rlp_jax" in clone
+  assert "git clone -- https://example.org/me/rlp_jax.git rlp_jax" in clone
   assert "checkout v1" in clone
   assert '"jax[tpu]"' in install
 
@@ -238,20 +240,22 @@ def test_tpu_exec_status_delete():
     (["create"], "--zone"),
     (["run", "--zone", ZONE, "--workdir", "gs://b/x"], "--config"),
     (["run", "--zone", ZONE, "--config", "configs/digits.py"], "--workdir"),
-    (["run", "--zone", ZONE, "--config", "c.py", "--workdir", "/tmp/x"], "gs://"),
+    (["run", "--zone", ZONE, "--config", CONFIG, "--workdir", "/tmp/x"], "gs://"),
     (["create", "--zone", ZONE, "--type", "v9-8"], "--version"),
     (["create", "--zone"], "--zone"),
     (["create", "--zone", ZONE, "--bogus"], "--bogus"),
     ([], "COMMAND"),
     (["launch", "--zone", ZONE], "launch"),
     (["exec", "--zone", ZONE], "--"),
+    (["setup", "--zone", ZONE, "--repo=--upload-pack=touch x"], "--repo"),  # an option for git, not a URL
+    (["logs", "--zone", ZONE, "--worker", "0;1"], "--worker"),
   ],
 )
 def test_tpu_errors_name_the_option(args, named):
   proc = launch("tpu.sh", "--dry-run", *args, ok=False)
-  assert proc.returncode != 0
-  assert named in proc.stderr
-  assert proc.stdout.strip() == "" or proc.stdout.startswith("Usage")
+  assert proc.returncode == 2 and proc.stdout == ""
+  (line,) = proc.stderr.splitlines()
+  assert line.startswith("error: ") and named in line
 
 
 @pytest.mark.parametrize("script", ["tpu.sh", "slurm.sh"])
@@ -263,7 +267,7 @@ def test_dry_run_after_double_dash_is_refused(script, tmp_path):
   env = _env(PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
   first = ["run", "--zone", ZONE] if script == "tpu.sh" else ["--gpus-per-node", "1"]
   proc = launch(
-    script, *first, "--config", "c.py", "--workdir", "gs://b/x", "--", "--dry-run", ok=False, env=env
+    script, *first, "--config", CONFIG, "--workdir", "gs://b/x", "--", "--dry-run", ok=False, env=env
   )
   assert proc.returncode == 2 and "--dry-run" in proc.stderr and "CALLED" not in proc.stderr
   assert proc.stdout == ""
@@ -271,7 +275,7 @@ def test_dry_run_after_double_dash_is_refused(script, tmp_path):
 
 def test_tpu_local_workdir_allowed_on_request():
   (cmd,) = commands(
-    tpu("run", "--zone", ZONE, "--config", "c.py", "--workdir", "/tmp/x", "--local-workdir").stdout
+    tpu("run", "--zone", ZONE, "--config", CONFIG, "--workdir", "/tmp/x", "--local-workdir").stdout
   )
   assert "--workdir=/tmp/x" in _main_argv(flag(cmd, "--command"))
 
@@ -352,7 +356,7 @@ def test_slurm_one_process_per_node_drives_all_gpus():
 
 
 def test_slurm_job_script_is_valid_bash(tmp_path):
-  script, _ = slurm("--gpus-per-node", "2", "--config", "c.py", "--workdir", "w", "--", "--config.note=a 'b'")
+  script, _ = slurm("--gpus-per-node", "2", "--config", CONFIG, "--workdir", "w", "--", "--config.note=a 'b'")
   path = tmp_path / "job.sbatch"
   path.write_text(script)
   subprocess.run(["bash", "-n", str(path)], check=True)
@@ -365,7 +369,7 @@ def test_slurm_env_defaults():
   env = _env(
     RLP_SLURM_GPUS_PER_NODE="2", RLP_SLURM_NODES="3", RLP_SLURM_PARTITION="p", RLP_SLURM_TIME="1:00:00"
   )
-  script, _ = slurm("--config", "c.py", "--workdir", "w", env=env)
+  script, _ = slurm("--config", CONFIG, "--workdir", "w", env=env)
   for line in [
     "#SBATCH --nodes=3",
     "#SBATCH --ntasks-per-node=2",
@@ -379,23 +383,23 @@ def test_slurm_env_defaults():
   "args,named",
   [
     (["--workdir", "w", "--gpus-per-node", "8"], "--config"),
-    (["--config", "c.py", "--gpus-per-node", "8"], "--workdir"),
-    (["--config", "c.py", "--workdir", "w"], "--gpus-per-node"),
+    (["--config", CONFIG, "--gpus-per-node", "8"], "--workdir"),
+    (["--config", CONFIG, "--workdir", "w"], "--gpus-per-node"),
     (
-      ["--config", "c.py", "--workdir", "w", "--gpus-per-node", "8", "--procs-per-node", "3"],
+      ["--config", CONFIG, "--workdir", "w", "--gpus-per-node", "8", "--procs-per-node", "3"],
       "--procs-per-node",
     ),
-    (["--config", "c.py", "--workdir", "w", "--gpus-per-node", "0"], "--gpus-per-node"),
-    (["--config", "c.py", "--workdir", "w", "--gpus-per-node", "8", "--nodes", "x"], "--nodes"),
-    (["--config", "c.py", "--workdir", "w", "--gpus-per-node", "8", "--bogus"], "--bogus"),
-    (["--config", "c.py", "--workdir", "w", "--gpus-per-node"], "--gpus-per-node"),
+    (["--config", CONFIG, "--workdir", "w", "--gpus-per-node", "0"], "--gpus-per-node"),
+    (["--config", CONFIG, "--workdir", "w", "--gpus-per-node", "8", "--nodes", "x"], "--nodes"),
+    (["--config", CONFIG, "--workdir", "w", "--gpus-per-node", "8", "--bogus"], "--bogus"),
+    (["--config", CONFIG, "--workdir", "w", "--gpus-per-node"], "--gpus-per-node"),
   ],
 )
 def test_slurm_errors_name_the_option(args, named):
   proc = launch("slurm.sh", "--dry-run", *args, ok=False)
-  assert proc.returncode != 0
-  assert named in proc.stderr and "error" in proc.stderr
-  assert proc.stdout == ""
+  assert proc.returncode == 2 and proc.stdout == ""
+  (line,) = proc.stderr.splitlines()
+  assert line.startswith("error: ") and named in line
 
 
 # -------------------------------------------------------------------------------------------------- sweep.sh
@@ -457,3 +461,162 @@ def test_shellcheck_clean():
     [shellcheck_path(), "-x", *[p.name for p in SCRIPTS]], cwd=LAUNCH, capture_output=True, text=True
   )
   assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------ injection (hardening)
+# Every value a user passes ends up inside a generated shell script (slurm.sh's job script, tpu.sh's remote
+# --command, sweep.sh's eval'd lines). Each attempt below must be refused with a one-line error (exit 2) or
+# pass through literally, and the script it produces, executed under stub srun/sbatch/gcloud binaries, must
+# run no command of the attacker's (the marker file is never created).
+
+
+def _payloads(marker: Path) -> dict[str, str]:
+  return {
+    "semicolon": f"x;touch {marker};y",
+    "subst": f"x$(touch {marker})",
+    "backtick": f"x`touch {marker}`",
+    "newline": f"x\ntouch {marker}\n",
+  }
+
+
+def _stub(path: Path, body: str) -> None:
+  path.write_text("#!/bin/bash\n" + body)
+  path.chmod(0o755)
+
+
+def _stubbed(tmp_path: Path) -> dict[str, str]:
+  """PATH with stub sbatch (keeps the job script), srun and gcloud (runs ssh --command with bash in a fake
+  home whose rlp_jax/.venv/bin/python records its argv and environment), as the real ones would."""
+  bin_dir, home = tmp_path / "bin", tmp_path / "home"
+  (home / "rlp_jax" / ".venv" / "bin").mkdir(parents=True)
+  bin_dir.mkdir()
+  record = 'printf "%s\\0" "$@" >"$REC/argv"; env -0 >"$REC/env"\n'
+  _stub(bin_dir / "sbatch", 'cp "${@: -1}" "$REC/job.sbatch"\n')
+  _stub(bin_dir / "srun", record)
+  _stub(home / "rlp_jax" / ".venv" / "bin" / "python", record)
+  _stub(
+    bin_dir / "gcloud",
+    'printf "%s\\0" "$@" >"$REC/gcloud"\n'
+    'for a; do case $a in --command=*) cd "$FAKE_HOME" && exec bash -c "${a#--command=}" ;; esac; done\n',
+  )
+  return _env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", REC=str(tmp_path), FAKE_HOME=str(home))
+
+
+def _recorded(tmp_path: Path, name: str) -> list[str]:
+  return (tmp_path / name).read_text().split("\0")[:-1]
+
+
+def _recorded_env(tmp_path: Path) -> dict[str, str]:
+  return dict(kv.split("=", 1) for kv in _recorded(tmp_path, "env"))
+
+
+def _slurm_job(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+  """launch/slurm.sh for real (stub sbatch), then the job script it submitted under bash (stub srun)."""
+  base = ["--gpus-per-node", "1", "--config", "configs/digits.py", "--log-dir", str(tmp_path / "logs")]
+  if "--workdir" not in args:
+    base += ["--workdir", "/w"]
+  proc = launch("slurm.sh", *base, *args, ok=False, env=env)
+  if proc.returncode == 0:
+    job = subprocess.run(["bash", str(tmp_path / "job.sbatch")], env=env, capture_output=True, text=True)
+    proc.stderr += job.stderr
+  return proc
+
+
+def _tpu_run(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+  """launch/tpu.sh run for real: the stub gcloud runs its remote --command with bash in the fake home."""
+  base = ["run", "--zone", ZONE, "--config", "configs/digits.py"]
+  if "--workdir" not in args:
+    base += ["--workdir", "gs://b/w"]
+  return launch("tpu.sh", *base, *args, ok=False, env=env)
+
+
+# (launcher, arguments for a payload P, what the stubs must have seen when the launch is accepted)
+INJECTIONS = {
+  "slurm --env NAME": (_slurm_job, lambda p: ["--env", f"{p}=1"], None),
+  "slurm --env VALUE": (_slurm_job, lambda p: ["--env", f"A={p}"], lambda t, p: _recorded_env(t)["A"] == p),
+  "slurm --partition": (_slurm_job, lambda p: ["--partition", p], None),
+  "slurm --job-name": (_slurm_job, lambda p: ["--job-name", p], None),
+  "slurm --python": (_slurm_job, lambda p: ["--python", p], lambda t, p: _recorded(t, "argv")[1] == p),
+  "slurm --workdir": (
+    _slurm_job,
+    lambda p: ["--workdir", f"/w/{p}"],
+    lambda t, p: f"--workdir=/w/{p}" in _recorded(t, "argv"),
+  ),
+  "slurm MAIN_ARGS": (
+    _slurm_job,
+    lambda p: ["--", f"--config.note={p}"],
+    lambda t, p: _recorded(t, "argv")[-1] == f"--config.note={p}",
+  ),
+  "tpu --name": (_tpu_run, lambda p: ["--name", p], lambda t, p: _recorded(t, "gcloud")[4] == p),
+  "tpu --env NAME": (_tpu_run, lambda p: ["--env", f"{p}=1"], None),
+  "tpu --env VALUE": (_tpu_run, lambda p: ["--env", f"A={p}"], lambda t, p: _recorded_env(t)["A"] == p),
+  "tpu --workdir": (
+    _tpu_run,
+    lambda p: ["--workdir", f"gs://b/{p}"],
+    lambda t, p: f"--workdir=gs://b/{p}" in _recorded(t, "argv"),
+  ),
+  "tpu MAIN_ARGS": (
+    _tpu_run,
+    lambda p: ["--", f"--config.note={p}"],
+    lambda t, p: _recorded(t, "argv")[-1] == f"--config.note={p}",
+  ),
+}
+
+
+@pytest.mark.parametrize("kind", ["semicolon", "subst", "backtick", "newline"])
+@pytest.mark.parametrize("case", list(INJECTIONS))
+def test_no_value_becomes_a_command(case, kind, tmp_path):
+  run, make_args, passed = INJECTIONS[case]
+  marker = tmp_path / "INJECTED"
+  payload = _payloads(marker)[kind]
+  proc = run(tmp_path, _stubbed(tmp_path), *make_args(payload))
+  assert not marker.exists(), f"INJECTED: {case} {kind}"
+  if proc.returncode == 0:
+    assert passed is not None, f"{case} accepted {payload!r}; it must be refused"
+    assert passed(tmp_path, payload), f"{case}: {payload!r} did not pass through literally"
+  else:
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1 and "error: " in proc.stderr, proc.stderr
+
+
+def test_sweep_newline_in_main_args_is_no_command(tmp_path):
+  """sweep.sh evals the lines rlp_jax.sweep prints: a newline inside an argument would end one."""
+  marker = tmp_path / "INJECTED"
+  proc = launch(
+    "sweep.sh", "slurm", "--values", "0", "--workdir", str(tmp_path / "s"), "--gpus-per-node", "1",
+    "--config", "configs/digits.py", "--dry-run", "--",
+    f"--config.data_dir=x\nlaunch/{'../' * 8}usr/bin/touch {marker} #",
+    ok=False, env=_env(PYTHON=sys.executable),
+  )  # fmt: skip
+  assert not marker.exists(), "INJECTED: sweep MAIN_ARGS newline"
+  assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_tpu_env_value_with_spaces_reaches_the_run(detach, tmp_path):
+  env = _stubbed(tmp_path)
+  args = ["--env", "XLA_FLAGS=--a=1 --b=2", "--env", "EMPTY="] + (["--detach"] if detach else [])
+  proc = _tpu_run(tmp_path, env, *args)
+  assert proc.returncode == 0, proc.stderr
+  if detach:  # the run went to the background: wait for its record
+    for _ in range(100):
+      if (tmp_path / "env").exists() and _recorded_env(tmp_path).get("XLA_FLAGS"):
+        break
+      time.sleep(0.05)
+  seen = _recorded_env(tmp_path)
+  assert seen["XLA_FLAGS"] == "--a=1 --b=2" and seen["EMPTY"] == ""
+  assert _recorded(tmp_path, "argv")[:2] == ["-m", "rlp_jax.main"]
+
+
+@pytest.mark.parametrize("script", ["tpu.sh", "slurm.sh", "sweep.sh"])
+@pytest.mark.parametrize("config", ["configs/nope.py", "configs/nope.py:arg", "configs"])
+def test_missing_config_file_is_refused(script, config):
+  first = {"tpu.sh": ["run", "--zone", ZONE], "slurm.sh": ["--gpus-per-node", "1"], "sweep.sh": ["slurm"]}
+  more = ["--values", "0"] if script == "sweep.sh" else []
+  proc = launch(
+    script, *first[script], *more, "--dry-run", "--config", config, "--workdir", "gs://b/x", ok=False,
+    env=_env(PYTHON=sys.executable),
+  )  # fmt: skip
+  assert proc.returncode == 2 and proc.stdout == ""
+  (line,) = proc.stderr.splitlines()
+  assert "error: --config" in line and "configs/nope.py" in line or config == "configs"
