@@ -490,7 +490,8 @@ def _stubbed(tmp_path: Path) -> dict[str, str]:
   bin_dir, home = tmp_path / "bin", tmp_path / "home"
   (home / "rlp_jax" / ".venv" / "bin").mkdir(parents=True)
   bin_dir.mkdir()
-  record = 'printf "%s\\0" "$@" >"$REC/argv"; env -0 >"$REC/env"\n'
+  # env last and renamed into place: a run in the background (--detach) is done once env exists.
+  record = 'printf "%s\\0" "$@" >"$REC/argv"; env -0 >"$REC/env.tmp" && mv "$REC/env.tmp" "$REC/env"\n'
   _stub(bin_dir / "sbatch", 'cp "${@: -1}" "$REC/job.sbatch"\n')
   _stub(bin_dir / "srun", record)
   _stub(home / "rlp_jax" / ".venv" / "bin" / "python", record)
@@ -599,8 +600,8 @@ def test_tpu_env_value_with_spaces_reaches_the_run(detach, tmp_path):
   proc = _tpu_run(tmp_path, env, *args)
   assert proc.returncode == 0, proc.stderr
   if detach:  # the run went to the background: wait for its record
-    for _ in range(100):
-      if (tmp_path / "env").exists() and _recorded_env(tmp_path).get("XLA_FLAGS"):
+    for _ in range(200):
+      if (tmp_path / "env").exists():
         break
       time.sleep(0.05)
   seen = _recorded_env(tmp_path)
