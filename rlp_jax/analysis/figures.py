@@ -6,15 +6,18 @@ Figures (paper numbering), each drawn by ``report.make_report`` only when its da
             2B online_offline.png online head vs a fresh head trained on the frozen checkpoint, per layer
             2C layers.png         random-label accuracy of every measured layer vs epoch
                layer_map.png      the same as a layer x epoch heat map
-            9  probes.png         per-layer class probes, train and test accuracy vs epoch
+            9  probes.png         per-layer class probes, train and test accuracy vs epoch, chance 1/classes
   several   4/5 lambda.png        final random-label / train / test accuracy vs λ (log axis; λ = 0 drawn at
                                   the left, one decade below the smallest λ > 0, after an axis break)
                lambda_curves.png  the three accuracies vs epoch, one line per λ
             8/9 per_layer.png     final random-label accuracy and probe train/test accuracy per layer, one
-                                  line per run (per λ when the runs differ in λ)
+                                  line per run (per λ when the runs differ in λ); a gap where a run has no
+                                  head
 
-Every plotting function takes a matplotlib Axes and returns the data it drew, ``{series: (x, y)}``, so
-tests (and notebooks) can check the picture against the log.
+Every figure has a title naming what it shows and the runs' setting (dataset, model, λ, n; never their
+directory); every random-label axis shows chance 1/n, on a log axis when chance is too small to see on a
+0-1 axis. Every plotting function takes a matplotlib Axes and returns the data it drew, ``{series: (x, y)}``,
+so tests (and notebooks) can check the picture against the log.
 """
 
 from __future__ import annotations
@@ -25,7 +28,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rlp_jax.analysis.run_logs import LAMBDA, RunLogs, differing_keys, run_label
+from rlp_jax.analysis.run_logs import LAMBDA, RunLogs, differing_keys, run_label, setting
+
+# Chance below this is a hairline at the bottom of a 0-1 axis (n = 200: 0.005): such an axis is drawn on
+# a log scale, where chance and "10x chance" are as far apart as they are meaningful.
+LOG_BELOW = 0.05
+RANDOM_LABELS = "random-label accuracy"
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
@@ -58,17 +66,43 @@ def save_figure(fig, path: str) -> str:
 
 def _chance_line(ax, value, label="chance 1/n"):
   if value is not None:
-    ax.axhline(value, color="0.45", ls=":", lw=1.2, label=f"{label} = {value:.3g}")
+    # Dotted grey, unlike every data line (the class head is dashed black).
+    ax.axhline(value, color="0.3", ls=(0, (1, 1.5)), lw=1.8, zorder=1.5, label=f"{label} = {value:.3g}")
+
+
+def _show_chance(ax, chance: float | None, log_below: float = LOG_BELOW):
+  """After plotting: a log y axis when ``chance`` is too small to see on a linear one, with the lower
+  limit below both chance and the lowest value drawn (a line at the axis' edge is easily missed)."""
+  if chance is None or chance >= log_below:
+    return
+  # Data lines only: a vertical marker (the λ axis break) spans the axes, not the data.
+  ys = [np.asarray(line.get_ydata(), float) for line in ax.lines if line.get_transform() is ax.transData]
+  ys = np.concatenate([y[np.isfinite(y) & (y > 0)] for y in ys]) if ys else np.array([])
+  top = max(float(ys.max()) if len(ys) else chance, chance)
+  bottom = min(float(ys.min()) if len(ys) else chance, chance)
+  ax.set_yscale("log")
+  ax.set_ylim(bottom / 1.6, min(top * 1.6, 1.5))
+  from matplotlib import ticker
+
+  # Ticks at 1, 2, 5 per decade, written 0.005 rather than 5×10⁻³: readable even over a single decade.
+  ax.yaxis.set_major_locator(ticker.LogLocator(10, subs=(1.0, 2.0, 5.0)))
+  ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+  ax.set_ylabel(f"{ax.get_ylabel()} (log scale)")
 
 
 def _finish(ax, xlabel: str, ylabel: str, title: str = "", legend: bool = True):
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   if title:
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
   ax.grid(alpha=0.3)
   if legend and ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=8, framealpha=0.85)
+
+
+def _suptitle(axes, what: str, runs: Sequence[RunLogs]):
+  axes[0].figure.suptitle(f"{what}\n{setting(runs)}", fontsize=11)
 
 
 def _colors(n: int, cmap: str = "viridis"):
@@ -99,19 +133,22 @@ def main_layer(run: RunLogs) -> str | None:
 def plot_accuracy(ax, run: RunLogs) -> dict:
   """Fig. 2A: class train/test accuracy and the random-label accuracy vs epoch, with the chance level."""
   data = {}
-  for key, label, style in (("train/accuracy", "train", "-"), ("test/accuracy", "test", "-")):
+  for key, label in (("train/accuracy", "class labels, train"), ("test/accuracy", "class labels, test")):
     x, y = run.series(key)
     if len(x):
-      ax.plot(x, y, style, marker="o", ms=3, label=label)
+      ax.plot(x, y, "-", marker="o", ms=3, label=label)
       data[label] = (x, y)
   layer = main_layer(run)
+  chance = run.chance(layer) if layer else None
   if layer:
     x, y = run.series(f"rlp/{layer}/accuracy")
-    ax.plot(x, y, "-", marker="s", ms=3, color="C3", label=f"random labels ({layer})")
-    data[f"random labels ({layer})"] = (x, y)
-    _chance_line(ax, run.chance(layer))
+    label = f"random labels, train ({layer} head)"
+    ax.plot(x, y, "-", marker="s", ms=3, color="C3", label=label)
+    data[label] = (x, y)
+    _chance_line(ax, chance)
   ax.set_ylim(-0.02, 1.02)
-  _finish(ax, "epoch", "accuracy", f"Accuracy — {run.name}")
+  _finish(ax, "epoch", "accuracy", f"Class and random-label accuracy during training\n{setting([run])}")
+  _show_chance(ax, chance)
   return data
 
 
@@ -122,17 +159,23 @@ def plot_online_offline(ax, run: RunLogs) -> dict:
   colors = _colors(len(layers), "tab10") if len(layers) > 1 else ["C3"]
   for layer, c in zip(layers, colors):
     x, y = run.series(f"offline/{layer}/accuracy", run.offline)
-    ax.plot(x, y, "-", marker="o", ms=4, color=c, label=f"offline ({layer})")
-    data[f"offline ({layer})"] = (x, y)
+    label = f"fresh head on the frozen network ({layer})"
+    ax.plot(x, y, "-", marker="o", ms=4, color=c, label=label)
+    data[label] = (x, y)
     x, y = run.series(f"rlp/{layer}/accuracy")
     if len(x):
-      ax.plot(x, y, "--", marker=".", ms=4, color=c, alpha=0.8, label=f"online ({layer})")
-      data[f"online ({layer})"] = (x, y)
-  if layers:
-    _chance_line(ax, run.chance(layers[0]))
+      label = f"head trained alongside ({layer})"
+      ax.plot(x, y, "--", marker=".", ms=4, color=c, alpha=0.8, label=label)
+      data[label] = (x, y)
+  chance = run.chance(layers[0]) if layers else None
+  _chance_line(ax, chance)
   _finish(
-    ax, "epoch (checkpoint; 0 = initialization)", "random-label accuracy", f"Online vs offline — {run.name}"
+    ax,
+    "epoch (checkpoint; 0 = initialization)",
+    RANDOM_LABELS,
+    f"Random-label accuracy: online head vs a fresh head per checkpoint\n{setting([run])}",
   )
+  _show_chance(ax, chance)
   return data
 
 
@@ -144,9 +187,10 @@ def plot_layers(ax, run: RunLogs) -> dict:
     x, y = run.series(f"rlp/{layer}/accuracy")
     ax.plot(x, y, "-", marker="o", ms=3, color=c, label=layer)
     data[layer] = (x, y)
-  if layers:
-    _chance_line(ax, run.chance(layers[0]))
-  _finish(ax, "epoch", "random-label accuracy", f"Random-label accuracy per layer — {run.name}")
+  chance = run.chance(layers[0]) if layers else None
+  _chance_line(ax, chance)
+  _finish(ax, "epoch", RANDOM_LABELS, f"Random-label accuracy of each layer's head\n{setting([run])}")
+  _show_chance(ax, chance)
   return data
 
 
@@ -160,22 +204,34 @@ def plot_layer_map(ax, run: RunLogs) -> dict:
       grid[i, j] = r.get(f"rlp/{layer}/accuracy", np.nan)
   if not layers:
     return {}
-  lo = run.chance(layers[0]) or np.nanmin(grid)
+  chance = run.chance(layers[0])
+  lo = chance or np.nanmin(grid)
+  hi = max(np.nanmax(grid), lo * 1.01 + 1e-6)
+  from matplotlib import colors
+
+  log = chance is not None and chance < LOG_BELOW
+  norm = colors.LogNorm(lo, hi) if log else colors.Normalize(lo, hi)
   im = ax.imshow(
     grid,
     aspect="auto",
     origin="lower",
     cmap="magma",
-    vmin=lo,
-    vmax=max(np.nanmax(grid), lo + 1e-6),
+    norm=norm,
     extent=(epochs[0] - 0.5, epochs[-1] + 0.5, -0.5, len(layers) - 0.5),
     interpolation="nearest",
   )
   ax.set_yticks(range(len(layers)))
   ax.set_yticklabels(layers)
   cbar = ax.figure.colorbar(im, ax=ax)
-  cbar.set_label("random-label accuracy")
-  _finish(ax, "epoch", "layer", f"Memorization map (color scale from chance) — {run.name}", legend=False)
+  if log:
+    from matplotlib import ticker
+
+    cbar.ax.yaxis.set_major_locator(ticker.LogLocator(10, subs=(1.0, 2.0, 5.0)))
+    cbar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    cbar.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+  scale = "log scale, " if log else ""
+  cbar.set_label(f"{RANDOM_LABELS}\n({scale}darkest = chance" + (f" {chance:.3g})" if chance else ")"))
+  _finish(ax, "epoch", "layer", f"Random-label accuracy per layer and epoch\n{setting([run])}", legend=False)
   ax.grid(False)
   return {"epochs": epochs, "layers": layers, "accuracy": grid}
 
@@ -191,9 +247,12 @@ def plot_probes(axes, run: RunLogs) -> dict:
       data[f"{split} {layer}"] = (x, y)
     x, y = run.series(f"{split}/accuracy")
     if len(x):
-      ax.plot(x, y, "k--", lw=1, label="class head")
+      ax.plot(x, y, "k--", lw=1, label="the network's own class head")
       data[f"{split} class head"] = (x, y)
-    _finish(ax, "epoch", f"{split} accuracy", f"Class probes per layer, {split} — {run.name}")
+    _chance_line(ax, run.class_chance, "chance 1/classes")
+    _finish(ax, "epoch", f"class accuracy, {split} set", f"{split} set")
+    _show_chance(ax, run.class_chance)
+  _suptitle(axes, "Class accuracy of a linear probe on each layer's features", [run])
   return data
 
 
@@ -241,7 +300,7 @@ def _lambda_axis(ax, all_lams: Sequence[float]):
       color="0.3",
       bbox=dict(fc="white", ec="none", pad=0.5),
     )
-  ax.set_xlabel("λ (log scale; 0 = no regularization)")
+  ax.set_xlabel("regularization strength λ (log scale; 0 = none)")
 
 
 def _groups(runs: Sequence[RunLogs], keys: Sequence[str]) -> dict[str, list[RunLogs]]:
@@ -253,20 +312,24 @@ def _groups(runs: Sequence[RunLogs], keys: Sequence[str]) -> dict[str, list[RunL
   return groups
 
 
+def _accuracy_panels(layer: str | None):
+  """(log key, panel title, y label) of the three panels of Figs. 4/5."""
+  return (
+    (f"rlp/{layer}/accuracy", f"random labels ({layer} head)", RANDOM_LABELS),
+    ("train/accuracy", "class labels, train set", "train accuracy"),
+    ("test/accuracy", "class labels, test set", "test accuracy"),
+  )
+
+
 def plot_lambda(axes, runs: Sequence[RunLogs], layer: str | None = None) -> dict:
   """Figs. 4/5: final random-label, train and test accuracy vs λ (one line per group of other settings)."""
   keys = differing_keys(runs)
   layer = layer or main_layer(runs[0])
-  panels = (
-    (f"rlp/{layer}/accuracy", f"random-label accuracy ({layer})"),
-    ("train/accuracy", "train accuracy"),
-    ("test/accuracy", "test accuracy"),
-  )
   data = {}
   lams_all = [float(r.config.get(LAMBDA, 0.0)) for r in runs]
   groups = _groups(runs, keys)
   colors = _colors(len(groups), "tab10") if len(groups) > 1 else ["C0"]
-  for ax, (key, ylabel) in zip(axes, panels):
+  for ax, (key, title, ylabel) in zip(axes, _accuracy_panels(layer)):
     for (group, members), c in zip(groups.items(), colors):
       members = sorted(members, key=lambda r: float(r.config.get(LAMBDA, 0.0)))
       lams = np.array([float(r.config.get(LAMBDA, 0.0)) for r in members])
@@ -279,14 +342,16 @@ def plot_lambda(axes, runs: Sequence[RunLogs], layer: str | None = None) -> dict
         if pos.any():
           ax.plot([x[~pos][-1], x[pos][0]], [ys[~pos][-1], ys[pos][0]], ":", color=c, lw=1)
       data[f"{key} {group}".strip()] = (lams, ys)
-    if key.startswith("rlp/"):
-      _chance_line(ax, runs[0].chance(layer))
+    chance = runs[0].chance(layer) if key.startswith("rlp/") else None
+    _chance_line(ax, chance)
     _lambda_axis(ax, lams_all)
     ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=8)
-  axes[0].set_title("Final accuracy under RLP regularization")
+    _show_chance(ax, chance)
+  _suptitle(axes, "Final accuracy vs regularization strength λ", runs)
   return data
 
 
@@ -297,56 +362,57 @@ def plot_lambda_curves(axes, runs: Sequence[RunLogs], layer: str | None = None) 
   ordered = sorted(runs, key=lambda r: (float(r.config.get(LAMBDA, 0.0)), r.name))
   colors = _colors(len(ordered))
   data = {}
-  for ax, (key, ylabel) in zip(
-    axes,
-    (
-      (f"rlp/{layer}/accuracy", f"random-label accuracy ({layer})"),
-      ("train/accuracy", "train accuracy"),
-      ("test/accuracy", "test accuracy"),
-    ),
-  ):
+  for ax, (key, title, ylabel) in zip(axes, _accuracy_panels(layer)):
     for r, c in zip(ordered, colors):
       x, y = r.series(key)
       label = run_label(r, keys)
       ax.plot(x, y, "-", color=c, label=label)
       data[f"{key} {label}"] = (x, y)
-    if key.startswith("rlp/"):
-      _chance_line(ax, runs[0].chance(layer))
-    _finish(ax, "epoch", ylabel)
+    chance = runs[0].chance(layer) if key.startswith("rlp/") else None
+    _chance_line(ax, chance)
+    _finish(ax, "epoch", ylabel, title)
+    _show_chance(ax, chance)
+  _suptitle(axes, "Accuracy during training, one line per run", runs)
   return data
 
 
 def plot_per_layer(axes, runs: Sequence[RunLogs]) -> dict:
   """Figs. 8/9: final random-label accuracy (left) and probe train / test accuracy (middle, right) per layer,
-  one line per run."""
+  one line per run. A layer without a head (or probe) is a gap: no line is drawn across it."""
   keys = differing_keys(runs)
   ordered = sorted(runs, key=lambda r: (float(r.config.get(LAMBDA, 0.0)), r.name))
   colors = _colors(len(ordered))
   data = {}
   panels = (
-    ("rlp", "accuracy", "random-label accuracy"),
-    ("probe", "train_accuracy", "probe train accuracy"),
-    ("probe", "test_accuracy", "probe test accuracy"),
+    ("rlp", "accuracy", "random-label head", RANDOM_LABELS),
+    ("probe", "train_accuracy", "class-label probe, train set", "class accuracy, train set"),
+    ("probe", "test_accuracy", "class-label probe, test set", "class accuracy, test set"),
   )
   # One x position per layer, shared by the three panels (heads and probes may read different layers).
   layer_order = sorted(
-    {lay for r in ordered for p, suf, _ in panels for lay in r.layers(p, suf)}, key=layer_sort_key
+    {lay for r in ordered for p, suf, *_ in panels for lay in r.layers(p, suf)}, key=layer_sort_key
   )
-  for ax, (prefix, suffix, ylabel) in zip(axes, panels):
+  for ax, (prefix, suffix, title, ylabel) in zip(axes, panels):
     for r, c in zip(ordered, colors):
       present = [lay for lay in layer_order if f"{prefix}/{lay}/{suffix}" in r.final]
       if not present:
         continue
-      x = np.array([layer_order.index(lay) for lay in present])
-      y = np.array([r.final[f"{prefix}/{lay}/{suffix}"] for lay in present], float)
+      # NaN where the run has no value: matplotlib breaks the line there, so no segment suggests a
+      # measurement between two layers that were not both measured.
+      y_all = np.array([r.final.get(f"{prefix}/{lay}/{suffix}", np.nan) for lay in layer_order], float)
       label = run_label(r, keys)
-      ax.plot(x, y, "-o", color=c, label=label)
-      data[f"{prefix}/{suffix} {label}"] = (present, y)
+      ax.plot(np.arange(len(layer_order)), y_all, "-o", color=c, label=label)
+      data[f"{prefix}/{suffix} {label}"] = (present, y_all[np.isfinite(y_all)])
     ax.set_xticks(range(len(layer_order)))
     ax.set_xticklabels(layer_order, rotation=30, ha="right")
     rlp_layers = ordered[0].layers() if ordered else []
-    if prefix == "rlp" and rlp_layers:
-      _chance_line(ax, ordered[0].chance(rlp_layers[0]))
-    _finish(ax, "layer", ylabel)
-  axes[0].set_title("Final values per layer")
+    chance = (
+      ordered[0].chance(rlp_layers[0])
+      if prefix == "rlp" and rlp_layers
+      else (ordered[0].class_chance if prefix == "probe" and ordered else None)
+    )
+    _chance_line(ax, chance, "chance 1/n" if prefix == "rlp" else "chance 1/classes")
+    _finish(ax, "layer (input → output)", ylabel, title)
+    _show_chance(ax, chance)
+  _suptitle(axes, "Final accuracy per layer", runs)
   return data

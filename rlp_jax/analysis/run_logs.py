@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import re
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +21,17 @@ from rlp_jax.infra.errors import UserError
 
 LAMBDA = "rlp.reg_lambda"
 SHORT_NAMES = {LAMBDA: "λ", "rlp.num_labels": "n", "rlp.num_heads": "heads"}
+# Classes of the datasets the configs use: the logs do not record it, and asking tfds would load TensorFlow
+# for one number. The class-chance line of a figure is drawn only when the dataset is listed here.
+NUM_CLASSES = {
+  "digits": 10,
+  "mnist": 10,
+  "mnist1d": 10,
+  "fashion_mnist": 10,
+  "cifar10": 10,
+  "svhn_cropped": 10,
+}
+NUM_CLASSES |= {"cifar100": 100, "imagenet2012": 1000, "imagenet_v2": 1000}
 
 
 @dataclasses.dataclass
@@ -32,6 +44,7 @@ class RunLogs:
   metrics: list[dict]  # metrics.jsonl, one record per evaluation
   offline: list[dict]  # offline.jsonl (may be empty)
   memorization: dict | None = None  # memorization.json
+  skipped: list[str] = dataclasses.field(default_factory=list)  # lines of the logs that were not JSON
 
   @classmethod
   def load(cls, workdir: str, name: str | None = None) -> RunLogs:
@@ -39,13 +52,23 @@ class RunLogs:
     config = rundir.flatten(rundir.read_json(config_path)) if os.path.exists(config_path) else {}
     mem_path = os.path.join(workdir, "memorization.json")
     mem = rundir.read_json(mem_path) if os.path.exists(mem_path) else None
+    # read_jsonl skips a damaged line with a warning (the records after it still count, docs/design.md §6);
+    # the warnings are kept too, so that the report can say which lines its figures lack.
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      metrics = rundir.read_jsonl(os.path.join(workdir, rundir.METRICS_FILE))
+      offline = sorted(rundir.read_jsonl(os.path.join(workdir, "offline.jsonl")), key=lambda r: r["step"])
+    skipped = [str(w.message) for w in caught]
+    for message in skipped:
+      warnings.warn(message, stacklevel=2)
     return cls(
       workdir=workdir,
       name=name or os.path.basename(os.path.normpath(workdir)),
       config=config,
-      metrics=rundir.read_jsonl(os.path.join(workdir, rundir.METRICS_FILE)),
-      offline=sorted(rundir.read_jsonl(os.path.join(workdir, "offline.jsonl")), key=lambda r: r["step"]),
+      metrics=metrics,
+      offline=offline,
       memorization=mem,
+      skipped=skipped,
     )
 
   def series(self, key: str, records: Sequence[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +101,12 @@ class RunLogs:
     n = self.config.get("rlp.num_labels")
     return 1.0 / n if n else None
 
+  @property
+  def class_chance(self) -> float | None:
+    """1 / number of classes, where the dataset is one NUM_CLASSES knows."""
+    classes = NUM_CLASSES.get(str(self.config.get("dataset", "")).split("/")[0].split(":")[0])
+    return 1.0 / classes if classes else None
+
 
 def find_runs(paths: Sequence[str]) -> list[RunLogs]:
   """Run directories from the arguments: a run itself, or a sweep root whose subdirectories are runs."""
@@ -92,7 +121,10 @@ def find_runs(paths: Sequence[str]) -> list[RunLogs]:
       else []
     )
     if not subs:
-      raise UserError(f"{path}: no metrics.jsonl there nor in its subdirectories; is it a run's workdir?")
+      raise UserError(
+        f"--workdir={path}: no metrics.jsonl there nor in its subdirectories; give a run's directory or a "
+        "sweep root."
+      )
     runs.extend(RunLogs.load(os.path.join(path, d)) for d in subs)
   return runs
 
@@ -113,3 +145,20 @@ def fmt_value(v) -> str:
 
 def run_label(run: RunLogs, keys: Sequence[str]) -> str:
   return ", ".join(f"{SHORT_NAMES.get(k, k)}={fmt_value(run.config.get(k))}" for k in keys) or run.name
+
+
+def setting(runs: Sequence[RunLogs]) -> str:
+  """What the runs share, for a figure's title: dataset, model, λ and n where they agree ('digits, cnn,
+  λ=0, n=200'); the run's directory name only when there is no config.json to tell."""
+  if not any(r.config for r in runs):
+    return ", ".join(r.name for r in runs)
+  parts = []
+  for key in ("dataset", "model.name", LAMBDA, "rlp.num_labels"):
+    values = {json.dumps(r.config.get(key)) for r in runs}
+    if len(values) == 1 and runs[0].config.get(key) is not None:
+      if key == "rlp.num_labels" and runs[0].config.get("rlp.label_mode") == "unique":
+        parts.append("one label per example")  # n = m; the configured n is not used
+        continue
+      value = fmt_value(runs[0].config[key])
+      parts.append(f"{SHORT_NAMES[key]}={value}" if key in SHORT_NAMES else value)
+  return ", ".join(parts)
