@@ -1,8 +1,10 @@
-"""Shared fixtures: a session-wide tfds data_dir with the embedded datasets, and a tiny config."""
+"""Shared fixtures: a session-wide tfds data_dir with the embedded datasets, a tiny config, and the
+environment of a process that sees the package but not the repository."""
 
 from __future__ import annotations
 
 import os
+import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One XLA compilation cache for the whole test run, subprocesses included: the tiny runs of many tests
@@ -26,6 +28,15 @@ import configs.digits  # noqa: E402
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> str:
   return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def package_only_env(tmp_path_factory) -> dict[str, str]:
+  """os.environ for a subprocess (run it with a cwd outside the repo) that imports this checkout's rlp_jax
+  but not the repository root: ``configs`` and ``tests`` are not importable, as for an installed package."""
+  site = tmp_path_factory.mktemp("package_only")
+  (site / "rlp_jax").symlink_to(pathlib.Path(__file__).resolve().parents[1] / "rlp_jax")
+  return {**os.environ, "PYTHONPATH": str(site)}
 
 
 @pytest.fixture

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import io
 import itertools
 import math
@@ -43,7 +42,7 @@ from typing import Any
 
 import ml_collections
 
-from rlp_jax.infra import rundir
+from rlp_jax.infra import config_args, rundir
 from rlp_jax.infra.errors import UserError
 
 MAIN = "python -m rlp_jax.main"
@@ -161,12 +160,7 @@ def apply_point(config: ml_collections.ConfigDict, point: Mapping[str, Any]) -> 
 def sweep_from_config_file(config_arg: str):
   """The ``get_sweep(arg)`` of a config file ``path[:arg]``, or None when it defines none."""
   path, _, arg = config_arg.partition(":")
-  spec = importlib.util.spec_from_file_location("_rlp_sweep_config", path)
-  if spec is None or spec.loader is None:
-    return None
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  fn = getattr(module, "get_sweep", None)
+  fn = getattr(config_args.load_module(path), "get_sweep", None)
   return None if fn is None else fn(arg) if arg else fn()
 
 

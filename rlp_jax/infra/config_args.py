@@ -12,15 +12,41 @@ Each experiment file lists the args it accepts; their meaning lives here, once:
   two_layer   heads with one hidden layer of 1024 and n = 10 (A.6)
   multihead   10 parallel heads, each with its own labels (A.8)
   runlocal    shrink to a CPU smoke test (see ``shrink_for_runlocal``)
+
+``from_file("configs/digits.py:tiny")`` loads a config file from Python as ``--config=`` does on the
+command line: by path, from any working directory (config files import only from ``rlp_jax``).
 """
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+import os
+import types
 from collections.abc import Sequence
 
 from rlp_jax.infra.errors import UserError
 
 LAYER_ARGS = ("all_blocks", "reg_last", "reg_all", "reg_block8")
+
+
+def load_module(path: str) -> types.ModuleType:
+  """The Python module of a config file, by path (relative to the working directory, or absolute)."""
+  if not os.path.isfile(path):
+    raise UserError(f"{path}: no such config file; give the path of a configs/*.py file.")
+  # A source loader whatever the file's suffix, as ml_collections' config flags load it.
+  loader = importlib.machinery.SourceFileLoader("_rlp_config", path)
+  module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+  loader.exec_module(module)
+  return module
+
+
+def from_file(config_arg: str):
+  """``get_config(arg)`` of a config file named ``path[:arg]`` (``get_config()`` without an arg), as
+  ml_collections' ``--config=path[:arg]`` flag calls it."""
+  path, _, arg = config_arg.partition(":")
+  get_config = load_module(path).get_config
+  return get_config(arg) if arg else get_config()
 
 
 def parse(arg: str, valid: Sequence[str], path: str) -> set[str]:

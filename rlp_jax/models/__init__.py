@@ -5,16 +5,19 @@ Every model shares one calling convention,
 ``nnx.Param``/``nnx.BatchStat`` state, names its class head ``head`` and, under
 ``nnx.capture(model, nnx.Intermediate)``, sows flat top-level intermediates
 ``block_1 .. block_k`` (ViT: ``block_01 .. block_NN``, zero-padded) and ``pre_logits``.
+
+``sown_features`` is that capture for any nnx model, ours or not: what RLP heads read.
 """
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 from flax import nnx
 
 from rlp_jax.infra.errors import UserError
 from rlp_jax.models.cnn import CNN
-from rlp_jax.models.mlp import MLP
+from rlp_jax.models.mlp import MLP, sow_intermediate
 from rlp_jax.models.vit import VisionTransformer
 from rlp_jax.models.wrn import WideResNet
 
@@ -23,7 +26,17 @@ MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 # ViT-only keys of config.model (absent keys take the model's defaults).
 _VIT_KEYS = ("variant", "patch_size", "num_heads", "dtype", "classifier")
 
-__all__ = ["CNN", "MLP", "MODEL_NAMES", "VisionTransformer", "WideResNet", "apply", "create_model"]
+__all__ = [
+  "CNN",
+  "MLP",
+  "MODEL_NAMES",
+  "VisionTransformer",
+  "WideResNet",
+  "apply",
+  "create_model",
+  "sow_intermediate",
+  "sown_features",
+]
 
 
 def create_model(
@@ -60,6 +73,17 @@ def apply(model_def, params, batch_stats, x, *, train: bool, dropout_key=None):
   """
   model = nnx.merge(model_def, params, batch_stats)
   rngs = nnx.Rngs(dropout=dropout_key) if train else None
-  logits, sown = nnx.capture(model, nnx.Intermediate)(x, train=train, rngs=rngs)
-  features = {name: var.get_value()[-1] for name, var in sown.items()}
+  logits, features = sown_features(model, x, train=train, rngs=rngs)
   return logits, features, nnx.state(model, nnx.BatchStat).to_pure_dict()
+
+
+def sown_features(model: nnx.Module, *args, **kwargs) -> tuple[object, dict[str, jax.Array]]:
+  """``model(*args, **kwargs)`` under ``nnx.capture``: ``(output, {name: activation})``.
+
+  Each ``nnx.Intermediate`` the call sows (``self.sow(nnx.Intermediate, name, x)`` anywhere in the model)
+  is returned by its path: ``name`` when sown by the top module, ``'block/name'`` by a submodule. A
+  value sown several times in one call keeps its last. The activations stay connected to the parameters,
+  which the regularizer L_reg needs (docs/design.md §1).
+  """
+  out, sown = nnx.capture(model, nnx.Intermediate)(*args, **kwargs)
+  return out, {"/".join(map(str, path)): var.get_value()[-1] for path, var in sown.flat_state()}
