@@ -20,9 +20,14 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-  flags.DEFINE_integer("steps", 20, "Timed steps per repeat.")
+  flags.DEFINE_integer("steps", 20, "Timed steps per repeat.", lower_bound=1)
   flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
   flags.DEFINE_list("variants", [], "Measure only these of rlp_off, measure, regularize (default: all).")
+  flags.register_validator(
+    "variants",
+    lambda names: set(names) <= {"rlp_off", "measure", "regularize"},
+    message="--variants: must name some of rlp_off, measure, regularize (comma-separated).",
+  )
   flags.DEFINE_integer(
     "input_batches", 0, "If > 0, measure the input pipeline over this many batches instead."
   )

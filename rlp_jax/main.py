@@ -3,16 +3,13 @@
 Re-running the same command resumes from the latest checkpoint in DIR.
 """
 
-import logging as pylogging
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from rlp_jax.infra import errors, multihost
-from rlp_jax.training import loop
+from rlp_jax.infra import console, errors, multihost
+from rlp_jax.training import loop, summary
 
 FLAGS = flags.FLAGS
-_CHATTY = ("orbax", "tensorflow_datasets", "jax/_src", "absl/logging")
 
 
 def define_flags() -> None:
@@ -29,13 +26,11 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS.workdir.strip():
     raise errors.UserError("--workdir is empty: name the directory for this run's checkpoints and logs.")
-  logging.set_verbosity(logging.INFO)
-  # Keep the console to our progress and metrics: Orbax and tfds narrate every file they touch at INFO.
-  for handler in pylogging.getLogger().handlers:
-    handler.addFilter(lambda r: r.levelno >= pylogging.WARNING or not any(m in r.pathname for m in _CHATTY))
+  console.setup()  # our lines on the console; every library line in WORKDIR/logs/train.log
   multihost.initialize()
   result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   print(result["table"], flush=True)
+  print(summary.explain(FLAGS.workdir, result), flush=True)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,18 @@ def main(argv) -> None:
   fl = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = rundir.load_config(fl.workdir)
   steps = fl.steps if fl.steps in ("last", "all") else [int(s) for s in fl.steps.split(",")]
-  data = scores.compute(fl.workdir, steps, fl.layers or None, log=lambda s: print(s, flush=True))
-  external = None
+  scored = fl.layers or ([] if config.rlp.layers == "all" else config.rlp.layers.split(","))
+  if fl.layer and scored and fl.layer not in scored:
+    raise errors.UserError(f"--layer={fl.layer}: not among the scored layers {scored}; pick one of them.")
+  external = None  # read before the scoring, so that a bad file costs nothing
   if fl.external:
     external = external_scores.load_external(
       fl.external, fl.external_score_key, fl.external_label_key, fl.external_index_key
     )
-  images = image_grid.load_train_images(rundir.load_config(fl.workdir)) if fl.k > 0 else None
+  data = scores.compute(fl.workdir, steps, fl.layers or None, log=lambda s: print(s, flush=True))
+  images = image_grid.load_train_images(config) if fl.k > 0 else None
   out = memorization.analyze(
     fl.workdir, data, kind=fl.score, layer=fl.layer or None, k=fl.k, images=images, external=external
   )
@@ -50,12 +54,17 @@ def main(argv) -> None:
 def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Directory of a trained run.")
   flags.DEFINE_string("steps", "last", "Checkpoints to score: last, all, or S1,S2,...")
+  flags.register_validator(
+    "steps",
+    lambda v: v in ("last", "all") or all(s.strip().isdigit() for s in v.split(",")),
+    message="--steps: must be last, all, or checkpoint step numbers such as 0,220.",
+  )
   flags.DEFINE_list("layers", None, "Layers to score (default: every layer with RLP heads).")
   flags.DEFINE_enum(
     "score", "p_own", list(scores.KINDS), "The per-example score for ranking, AUC and correlation."
   )
   flags.DEFINE_string("layer", "", "Layer of that score (default: the last scored layer).")
-  flags.DEFINE_integer("k", 8, "Examples per class and side in the image grid (0 = no grid).")
+  flags.DEFINE_integer("k", 8, "Examples per class and side in the image grid (0 = no grid).", lower_bound=0)
   flags.DEFINE_string("external", "", "External per-example scores (.npz/.npy/.csv) keyed by index.")
   flags.DEFINE_string("external_score_key", "score", "Its score array/column.")
   flags.DEFINE_string("external_label_key", "label", "Its class-label array/column (checked against ours).")

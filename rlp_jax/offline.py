@@ -8,44 +8,68 @@ What is fitted and what is written: analysis/offline.py and training/offline_hea
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Sequence
 
-from absl import flags, logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rlp_jax.analysis import offline
-from rlp_jax.infra import errors, multihost, rundir
+from rlp_jax.infra import configuration, errors, multihost, rundir
 
 
-def parse_cli(argv: list[str]):
-  """``(workdir, config, output, steps)`` from the command line, with ``--config.*`` overrides applied to
-  the run's saved config. Uses its own flag registry, so it can be called (and tested) in-process."""
-  workdir = None
-  for i, arg in enumerate(argv):
-    if arg.startswith("--workdir="):
-      workdir = arg.split("=", 1)[1]
-    elif arg == "--workdir" and i + 1 < len(argv):
-      workdir = argv[i + 1]
-  if not workdir:
-    raise flags.Error("--workdir=DIR is required: the directory of a run trained by rlp_jax.main.")
-  fv = flags.FlagValues()
-  flags.DEFINE_string("workdir", None, "Directory of a trained run.", flag_values=fv)
-  flags.DEFINE_bool("debug", False, "Show the Python traceback of a user error too.", flag_values=fv)
+def define_flags(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
+  """``--config`` is the run's saved config, with ``--config.KEY=VALUE`` applied to it, so it is defined
+  from the ``--workdir`` on the command line (the defaults when there is none yet: ``--help`` works)."""
+  flags.DEFINE_string("workdir", None, "Directory of a run trained by rlp_jax.main.", flag_values=fv)
   flags.DEFINE_string(
     "output", offline.OFFLINE_FILE, "File name (in the workdir) of the offline curve.", flag_values=fv
   )
   flags.DEFINE_list("steps", None, "Only these checkpoint steps (step 0 is always included).", flag_values=fv)
-  config_flags.DEFINE_config_dict("config", rundir.load_config(workdir), flag_values=fv, sys_argv=list(argv))
-  rest = fv(argv)
-  if len(rest) > 1:
-    raise flags.Error(f"Unexpected arguments: {rest[1:]}")
+  flags.register_validator(
+    "steps",
+    lambda steps: steps is None or all(s.isdigit() for s in steps),
+    message="--steps: must be checkpoint step numbers, e.g. --steps=0,220.",
+    flag_values=fv,
+  )
+  config_flags.DEFINE_config_dict(
+    "config",
+    _saved_config(argv),
+    "The run's saved config; --config.KEY=VALUE changes offline.*, rlp.* or data_dir.",
+    flag_values=fv,
+    sys_argv=list(argv),
+  )
+  flags.mark_flags_as_required(["workdir"], flag_values=fv)
+
+
+def _saved_config(argv: Sequence[str]):
+  workdir = next((a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")), None)
+  if workdir is None and "--workdir" in argv[:-1]:
+    workdir = argv[list(argv).index("--workdir") + 1]
+  try:
+    return rundir.load_config(workdir) if workdir else configuration.base_config()
+  except errors.UserError:  # reported by main(), inside the command's error handling
+    return configuration.base_config()
+
+
+def parse_cli(argv: Sequence[str]):
+  """``(workdir, config, output, steps)`` from a command line, parsed in a registry of its own (tests)."""
+  fv = flags.FlagValues()
+  define_flags(argv, fv)
+  fv(list(argv))
+  return _arguments(fv)
+
+
+def _arguments(fv: flags.FlagValues):
+  rundir.load_config(fv.workdir)  # a workdir without a run ends here, in one line
   steps = None if fv.steps is None else [int(s) for s in fv.steps]
   return fv.workdir, fv.config, fv.output, steps
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  workdir, config, output, steps = parse_cli(list(sys.argv if argv is None else argv))
+  workdir, config, output, steps = _arguments(flags.FLAGS)
   multihost.initialize()  # on a pod: every host extracts its slice's features, all fit the same heads
   records = offline.run_offline(
     workdir, config, output=output, steps=steps, log=lambda s: print(s, flush=True)
@@ -54,9 +78,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except (errors.UserError, flags.Error) as e:  # one line, like every command (infra/errors.py)
-    if "--debug" in sys.argv:
-      raise
-    errors.exit_with(str(e))
+  errors.run(main, define_flags=define_flags)

@@ -22,10 +22,14 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
-  flags.DEFINE_integer("devices", 0, "Simulate this many CPU devices (0 = the devices this machine has).")
+  flags.DEFINE_integer(
+    "devices", 0, "Simulate this many CPU devices (0 = the devices this machine has).", lower_bound=0
+  )
   flags.DEFINE_string("device_kind", "", "Device whose dense bf16 peak sets the device-hours, e.g. H100.")
-  flags.DEFINE_float("peak_tflops", 0.0, "Or the peak itself, in TFLOP/s per device.")
-  flags.DEFINE_float("mfu", 0.4, "Assumed model FLOPs utilization for the device-hours.")
+  flags.DEFINE_float("peak_tflops", 0.0, "Or the peak itself, in TFLOP/s per device.", lower_bound=0.0)
+  flags.DEFINE_float(
+    "mfu", 0.4, "Assumed model FLOPs utilization for the device-hours.", lower_bound=0.01, upper_bound=1.0
+  )
   flags.DEFINE_string("json", "", "Also write the plan to this JSON file.")
   flags.mark_flags_as_required(["config"])
 

@@ -26,6 +26,10 @@ def load_external(path: str, score_key: str = "score", label_key: str = "label",
   ``.csv``: a header with ``index_key``, ``score_key`` and optionally ``label_key`` columns.
   """
   ext = os.path.splitext(path)[1].lower()
+  if ext not in (".npz", ".npy", ".csv"):
+    raise UserError(f"--external={path}: must be a .npz, .npy or .csv file.")
+  if not os.path.isfile(path):
+    raise UserError(f"--external={path}: no such file.")
   labels = None
   if ext == ".npz":
     with np.load(path) as f:

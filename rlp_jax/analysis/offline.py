@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from rlp_jax.heads import metrics
-from rlp_jax.infra import rundir
+from rlp_jax.infra import configuration, rundir
 from rlp_jax.infra.errors import UserError
 from rlp_jax.training import checkpointing, experiment, offline_heads
 
@@ -64,6 +64,9 @@ def run_offline(
   """
   saved = rundir.load_config(workdir)
   config = saved if config is None else config
+  configuration.validate(config)  # before offline.config.json is written
+  if os.sep in output or output in ("", ".", ".."):
+    raise UserError(f"--output={output!r}: must be a file name; the curve is written inside the workdir.")
   changed = [k for k in ("dataset", "model") if rundir.config_dict(saved[k]) != rundir.config_dict(config[k])]
   if changed:
     raise UserError(
@@ -77,12 +80,15 @@ def run_offline(
     )
   path = os.path.join(workdir, output)
   is_writer = jax.process_index() == 0
-  if is_writer:
-    _check_settings(config, path)
   ckpt = checkpointing.Checkpoints(workdir, saved, read_only=True)
   kind, all_steps = ckpt.analysis_steps(heads=False)
   if 0 not in all_steps:
     raise UserError(f"{workdir}/{kind} has no step 0 (initialization), the offline control.")
+  missing = sorted(set(steps or ()) - set(all_steps))
+  if missing:
+    raise UserError(f"--steps: no snapshot at {missing}; the saved steps are {all_steps}.")
+  if is_writer:  # the first write, once every request is known to be valid
+    _check_settings(config, path)
   todo = all_steps if steps is None else [s for s in all_steps if s in set(steps) | {0}]
   records = rundir.read_jsonl(path)  # a line cut short by a kill is skipped (and redone), never deleted
   done = {r["step"] for r in records}

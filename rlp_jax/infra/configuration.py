@@ -230,6 +230,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("rlp.num_labels", f"must be >= 2 (a head needs two labels to predict), got {config.rlp.num_labels}.")
   if config.rlp.hidden_dim < 0:
     fail("rlp.hidden_dim", f"must be >= 0 (0 = linear head), got {config.rlp.hidden_dim}.")
+  if config.model.dtype not in ("float32", "bfloat16"):
+    fail("model.dtype", f"must be 'float32' or 'bfloat16', got {config.model.dtype!r}.")
   if config.rlp.dtype not in ("float32", "bfloat16"):
     fail("rlp.dtype", f"must be 'float32' or 'bfloat16', got {config.rlp.dtype!r}.")
   if config.rlp.label_chunk < 0:

@@ -10,6 +10,7 @@ It subclasses ``ValueError`` so that library callers who catch ``ValueError`` ke
 from __future__ import annotations
 
 import functools
+import re
 import sys
 
 
@@ -23,9 +24,10 @@ def exit_with(message: str) -> None:
   sys.exit(2)
 
 
-def run(main) -> None:
+def run(main, define_flags=None) -> None:
   """``absl.app.run(main)`` for a command: adds ``--debug``; a ``UserError`` ends the command with
-  ``error: ...`` on stderr and exit status 2."""
+  ``error: ...`` on stderr and exit status 2. ``define_flags(argv)``, if given, defines flags that depend on
+  the command line (offline's ``--config`` is the saved config of ``--workdir``), with the same reporting."""
   from absl import app, flags
 
   flags.DEFINE_bool("debug", False, "Show the Python traceback of a user error too.")
@@ -33,7 +35,12 @@ def run(main) -> None:
   @functools.wraps(main)
   def reported(argv):
     try:
+      _check_config_loaded(flags.FLAGS)
       return main(argv)
+    except app.UsageError as e:  # e.g. unexpected positional arguments: a user error like any other
+      if flags.FLAGS.debug:
+        raise
+      exit_with(str(e))
     except (UserError, OSError) as e:
       # ml_collections reports a --config file it could not load only when the config is first read.
       config_file = isinstance(e, OSError) and "Failed loading config file" in str(e)
@@ -47,15 +54,32 @@ def run(main) -> None:
         )
       exit_with(message)
 
-  app.run(reported, flags_parser=_parse_flags)
+  app.run(reported, flags_parser=functools.partial(_parse_flags, define_flags=define_flags))
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def _check_config_loaded(fv) -> None:
+  """ml_collections keeps a --config file it could not load as a placeholder that raises only when read;
+  read it now, before any work, so that the error is the first thing the command does."""
+  if "config" in fv and type(fv["config"].value).__name__ == "_ErrorConfig":
+    fv.config.keys  # noqa: B018 -- raises the loading error
+
+
+def _parse_flags(argv: list[str], define_flags=None) -> list[str]:
   """absl's flag parsing, with its errors in one line too: a config file refusing its arg, a bad value,
   a --config.KEY the config does not have (ml_collections raises AttributeError for that)."""
   from absl import flags
 
+  for arg in argv[1:]:
+    key, eq, value = arg.partition("=")
+    if key.startswith("--config.") and eq and value.lstrip().startswith("{") and "--debug" not in argv:
+      # ml_collections would replace the whole sub-config by the dict, dropping its other fields.
+      exit_with(
+        f"{key[2:]}: a whole sub-config cannot be set from one dict; set its fields one at a time, "
+        f"e.g. {key}.FIELD=VALUE."
+      )
   try:
+    if define_flags is not None:
+      define_flags(argv)
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError) as e:
     if "--debug" in argv:
@@ -63,6 +87,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if isinstance(e, flags.Error):
       cause = _user_error(e)
       message = _last_line(str(cause if cause is not None else e))
+      required = re.fullmatch(r"flag (--\w+)=None: Flag --\w+ must have a value other than None\.", message)
+      if required:
+        message = f"{required.group(1)} is required (see --help)."
     else:
       said = str(e).strip("'\"").replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
       message = f"--config.*: no such config key ({said}); check the spelling."

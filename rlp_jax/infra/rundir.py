@@ -184,6 +184,17 @@ def _merge(base, saved: Mapping) -> None:
 LOCK_FILE = ".lock"
 
 
+def log_path(workdir: str, command: str) -> str:
+  """Where a command's full log goes: ``WORKDIR/logs/<command>.log`` (the console shows a quiet subset)."""
+  return os.path.join(workdir, "logs", f"{command}.log")
+
+
+def check_workdir(workdir: str) -> None:
+  """A workdir is a directory, or does not exist yet."""
+  if "://" not in workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"--workdir={workdir} is a file, not a directory; name a directory for this run.")
+
+
 @contextlib.contextmanager
 def lock(workdir: str, *, enabled: bool = True):
   """Holds the workdir for one process: a second training process on it is refused while the first lives.

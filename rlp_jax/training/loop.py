@@ -15,7 +15,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from rlp_jax.data import input_pipeline
-from rlp_jax.infra import configuration, rundir
+from rlp_jax.infra import configuration, console, rundir
 from rlp_jax.infra.errors import UserError
 from rlp_jax.training import checkpointing, offline_heads, summary
 from rlp_jax.training.evaluators import Evaluator
@@ -76,9 +76,14 @@ def _check_finite(sums: Mapping[str, jax.Array], step: int, last_saved: int | No
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in ``workdir``; returns the final metrics and the summary table rows."""
   configuration.validate(config)
+  rundir.check_workdir(workdir)
   checkpointing.check_same_experiment(config, workdir)
-  with rundir.lock(workdir, enabled=jax.process_index() == 0):
-    exp, state = build(config)
+  exp, state = build(config)  # checks the config against the data and the model: before the workdir exists
+  is_writer = jax.process_index() == 0
+  with (
+    rundir.lock(workdir, enabled=is_writer),
+    console.log_file(rundir.log_path(workdir, "train"), enabled=is_writer),
+  ):
     checkpointing.write_config(config, workdir)
     with checkpointing.Checkpoints(workdir, config) as ckpt:  # closing waits for the saves in flight
       return _run(config, workdir, exp, state, ckpt)
@@ -108,9 +113,10 @@ def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> d
   step = int(state.step)
   resume_at = set(checkpointing.resume_epochs(config))
   snapshot_at = set(checkpointing.snapshot_epochs(config))
-  progress = periodic_actions.ReportProgress(
+  progress = periodic_actions.ReportProgress(  # steps/s and uptime to TensorBoard
     num_train_steps=exp.total_steps, writer=progress_writer, every_steps=config.log_every_steps
   )
+  progress_line = console.ProgressLine(exp.total_steps, config.log_every_steps)  # on a terminal
   last_eval: dict[str, float] = {}
   with _Preemption() as preemption:
     for epoch in range(step // spe, config.num_epochs):
@@ -121,6 +127,7 @@ def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> d
         state = train_step(state, batch)
         step += 1
         progress(step, time.time())
+        progress_line(step)
         if step % config.log_every_steps == 0:
           _check_finite(state.loss_sums, step, latest, workdir)
         if preemption.stop_now(step):
@@ -139,6 +146,7 @@ def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> d
         writer.write_scalars(step, metrics)
         writer.flush()
         last_eval = metrics
+        progress_line.clear()
         logging.info("epoch %d: %s", done, _short(metrics))
       # Both saves only start here: the writes proceed while the next epoch trains.
       if done in snapshot_at:

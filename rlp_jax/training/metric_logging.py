@@ -67,13 +67,14 @@ def create_writers(
 ) -> tuple[metric_writers.MetricWriter, metric_writers.MetricWriter, JsonlWriter | None]:
   """(eval-metrics writer, progress writer, the JSONL writer).
 
-  Evaluation records go to TensorBoard, the log and ``metrics.jsonl``; progress scalars (steps/s,
-  uptime) only to TensorBoard and the log, so the JSONL file holds exactly one record per evaluation.
-  Only host 0 writes files; other hosts log to the console.
+  Evaluation records go to TensorBoard and ``metrics.jsonl``; progress scalars (steps/s, uptime) only to
+  TensorBoard, so the JSONL file holds exactly one record per evaluation. Only host 0 writes; the loop
+  logs a short line per epoch on every host.
   """
   if jax.process_index() != 0:
-    console = metric_writers.create_default_writer(workdir, just_logging=True)
-    return console, console, None
+    nothing = metric_writers.MultiWriter([])
+    return nothing, nothing, None
   jsonl = JsonlWriter(os.path.join(workdir, rundir.METRICS_FILE))
-  tb = metric_writers.create_default_writer(workdir, asynchronous=False)
+  # No clu LoggingWriter: the loop logs one short line per epoch; the full record is in metrics.jsonl.
+  tb = metric_writers.SummaryWriter(workdir)
   return metric_writers.MultiWriter([tb, jsonl]), tb, jsonl

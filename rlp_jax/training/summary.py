@@ -53,3 +53,39 @@ def format_table(metrics: Mapping[str, float], head_rows: list[dict]) -> str:
 def write(workdir: str, metrics: Mapping[str, float], head_rows: list[dict]) -> None:
   record = {"final_metrics": dict(metrics), "rlp_heads": head_rows}
   rundir.atomic_write(os.path.join(workdir, rundir.SUMMARY_FILE), json.dumps(record, indent=2))
+
+
+def explain(workdir: str, result: Mapping) -> str:
+  """A few lines under the table: what its columns are, what this run's numbers say, what to run next."""
+  lines = []
+  heads = result.get("rlp_heads") or []
+  if heads:
+    lines += [
+      "random-label acc: share of its fixed random labels a head predicts on training examples "
+      "(memorization; chance = 1/n).",
+      "offline @ init: a fresh head, same labels and budget, trained on the frozen network at "
+      "initialization (the control: what untrained features allow).",
+    ]
+    controlled = [r for r in heads if r["offline_at_init_accuracy"] is not None]
+    if controlled:
+      best = max(controlled, key=lambda r: r["online_accuracy"] - r["offline_at_init_accuracy"])
+      name, online, init = (
+        f"{best['layer']}/head_{best['head']}",
+        best["online_accuracy"],
+        best["offline_at_init_accuracy"],
+      )
+      if online > init + 2 * best["chance"]:
+        verdict = (
+          f"{name} predicts {online / best['chance']:.0f}x chance and "
+          f"{online / max(init, 1e-9):.1f}x the control: "
+          "the trained features carry example-specific information the initial ones do not."
+        )
+      else:
+        verdict = f"no head is clearly above its control (best: {name} {online:.4f} vs {init:.4f})."
+      lines.append("this run: " + verdict)
+  lines.append(
+    f"next: python -m rlp_jax.report --workdir={workdir} (figures) | python -m rlp_jax.offline "
+    f"--workdir={workdir} (Fig. 2B) | tensorboard --logdir={workdir} | full log: "
+    f"{rundir.log_path(workdir, 'train')}"
+  )
+  return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""What the commands print while they work: a quiet console, the details in a log file (docs/design.md §6).
+
+The console gets our own lines (one per epoch, the progress line, the final table) and every warning; the
+libraries' narration (Orbax on each file it touches, tfds on each dataset it opens, JAX on backends it did
+not find, clu on each progress report) goes only to ``WORKDIR/logs/<command>.log`` when there is a workdir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging as pylogging
+import os
+import sys
+import tempfile
+import time
+
+from absl import logging
+
+# Loggers whose INFO lines are narration: kept out of the console, kept in the log file.
+_CHATTY = ("orbax", "tensorflow_datasets", "jax/_src", "jax._src", "absl/logging", "clu/", "etils")
+_CONSOLE_FORMAT = "%(asctime)s %(message)s"
+_FILE_FORMAT = "%(asctime)s %(levelname).1s %(name)s %(filename)s:%(lineno)d] %(message)s"
+
+
+def _quiet(record: pylogging.LogRecord) -> bool:
+  return record.levelno >= pylogging.WARNING or not any(m in record.pathname for m in _CHATTY)
+
+
+def setup() -> None:
+  """INFO for our lines on the console, time-stamped, without absl's thread and file columns."""
+  logging.set_verbosity(logging.INFO)
+  handler = logging.get_absl_handler()
+  handler.setFormatter(pylogging.Formatter(_CONSOLE_FORMAT, "%H:%M:%S"))
+  handler.addFilter(_quiet)
+
+
+@contextlib.contextmanager
+def log_file(path: str, *, enabled: bool = True):
+  """Everything at INFO and above also goes to ``path`` while the block runs (local paths only: a
+  ``gs://`` workdir keeps the console). Opened only once the workdir is known to be ours to write."""
+  if not enabled or "://" in path:
+    yield
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  handler = pylogging.FileHandler(path)
+  handler.setFormatter(pylogging.Formatter(_FILE_FORMAT))
+  root = pylogging.getLogger()
+  root.addHandler(handler)
+  level = root.level
+  root.setLevel(min(level, pylogging.INFO))
+  try:
+    yield
+  finally:
+    root.removeHandler(handler)
+    root.setLevel(level)
+    handler.close()
+
+
+class ProgressLine:
+  """``step 15/44 (34%)  116 steps/s  ETA 0:00:12`` rewritten in place on a terminal; nothing when the
+  output is a file or a pipe (a batch job's log keeps one line per epoch)."""
+
+  def __init__(self, total_steps: int, every_steps: int, stream=None):
+    self._total, self._every = total_steps, max(1, every_steps)
+    self._stream = stream or sys.stderr
+    self._on = self._stream.isatty()
+    self._last: tuple[int, float] | None = None
+
+  def __call__(self, step: int) -> None:
+    if not self._on or step % self._every:
+      return
+    now = time.time()
+    if self._last is not None and now > self._last[1]:
+      rate = (step - self._last[0]) / (now - self._last[1])
+      eta = time.strftime("%H:%M:%S", time.gmtime((self._total - step) / rate)) if rate > 0 else "?"
+      self._stream.write(
+        f"\rstep {step}/{self._total} ({step / self._total:.0%})  {rate:.1f} steps/s  ETA {eta}   "
+      )
+      self._stream.flush()
+    self._last = (step, now)
+
+  def clear(self) -> None:
+    """Before a full line (an epoch's metrics) is logged over it."""
+    if self._on and self._last is not None:
+      self._stream.write("\r" + " " * 70 + "\r")
+      self._stream.flush()
+
+
+# What TensorFlow's C++ side prints on import whatever TF_CPP_MIN_LOG_LEVEL says (TF 2.21): not for users.
+_NATIVE_NOISE = (
+  "All log messages before absl::InitializeLog() is called",
+  "oneDNN custom operations are on",
+  "cpu_feature_guard.cc",
+  "This TensorFlow binary is optimized",
+  "To enable the following instructions",
+)
+
+
+def import_quietly(module: str) -> None:
+  """Imports ``module`` with the C++ start-up lines above dropped from stderr; anything else it prints
+  (a real warning, an import error's message) is passed through."""
+  if module in sys.modules:
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      importlib.import_module(module)
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+        if not any(noise in line for noise in _NATIVE_NOISE):
+          sys.stderr.write(line)
+      sys.stderr.flush()
