@@ -103,7 +103,7 @@ def head_stats(
     mesh: when its ``model`` axis has several devices, kernel/bias are sharded over it on n and the batch
       over ``data``; the full logits never exist on one device.
     impl: 'xla' (the blocks below, any mesh) or 'pallas' (pallas_head_loss's fused kernels: one label
-      shard; ``chunk``, when set, is its label tile).
+      shard; its own tiles, ``chunk`` is not used).
   """
   n = kernel.shape[-1]
   model = mesh.shape[MODEL] if mesh is not None else 1

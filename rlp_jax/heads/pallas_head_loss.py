@@ -17,7 +17,10 @@ padded rows have c = 0, padded labels are masked like head_loss's padding (``num
 
 ``interpret`` defaults to True on CPU (Pallas's interpreter: exact, slow — tests and correctness rows
 only); on a GPU the kernels lower through Triton. Only one label shard: with a ``model`` mesh axis > 1,
-use the XLA path.
+use the XLA path. Not yet done, for a GPU session to measure and tune (docs/design.md §5): the tiles span
+all of D (768 for ViT-B: a K loop over D blocks would bound the tiles' registers), and the forward and dx
+kernels run one program per (head, row block), 16 for B = 1024 (a grid axis splitting the labels, merged
+as head_loss._merge does, would fill the GPU's SMs).
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from jax.experimental import pallas as pl
 
 from rlp_jax.heads.head_loss import _dxs  # the one place dx = c ⊙ V Wᵀ is formed
 
-# Tile sizes: powers of two (Triton's dots need >= 16 per side); the label block is the chunk when set.
+# Tile sizes: powers of two (Triton's dots need >= 16 per side). Untuned: no GPU has run these kernels yet.
 BLOCK_B = 64
-BLOCK_N = 512
+BLOCK_N = 128
 
 
 def _safe(m):
@@ -144,7 +147,7 @@ class _Layout:
     b, (h, d, n) = x.shape[0], kernel.shape
     self.b, self.n, self.h, self.d, self.per_head = b, n, h, d, spec.per_head
     self.bb = min(block_b or BLOCK_B, b)
-    self.bn = min(block_n or (spec.chunk if spec.chunk < n else BLOCK_N), n)
+    self.bn = min(block_n or BLOCK_N, n)
     self.bp, self.np = pl.cdiv(b, self.bb) * self.bb, pl.cdiv(n, self.bn) * self.bn
     xs = jnp.moveaxis(x, 1, 0) if spec.per_head else x[None]
     self.x = _pad(xs, 1, self.bp)

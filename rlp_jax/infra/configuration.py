@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   # chunk x model. 0 = full logits.
   c.rlp.label_chunk = 0
   # How the heads' loss statistics are computed: 'xla' (head_loss.py's blocks, any mesh) or 'pallas' (the
-  # fused kernels of pallas_head_loss.py, one label shard; label_chunk, if set, is their label tile).
+  # fused kernels of pallas_head_loss.py, one label shard, their own tiles: label_chunk is not used).
   c.rlp.loss_kernel = "xla"
   c.rlp.pool = "mean"  # how spatial/token maps become vectors: mean | flatten
   # The heads have their own optimizer. Default: Adam, constant lr 1e-3, no weight decay, no clipping.
