@@ -3,11 +3,13 @@ r"""Step-time cost of RLP heads, measured in one process on synthetic data (what
 python -m rlp_jax.benchmark --config=configs/digits.py [--config.KEY=VALUE ...] [--steps=20]
 python -m rlp_jax.benchmark --config=configs/wrn_cifar100.py --input_batches=100   # the input pipeline
 python -m rlp_jax.benchmark --config=configs/vit_imagenet.py:unique --compile_only  # FLOPs, bytes, memory
+python -m rlp_jax.benchmark --suite=accelerator [--scale=S] [--json=PATH]  # perf/accelerator_suite.py
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -44,12 +46,26 @@ def define_flags() -> None:
     "Instead: step time while a checkpoint is written vs not (save), or with device prefetch vs without "
     "(prefetch, on the real input pipeline).",
   )
-  flags.mark_flags_as_required(["config"])
+  flags.DEFINE_enum(
+    "suite",
+    "",
+    ["", "accelerator"],
+    "Instead: the whole accelerator table (steps with and without heads, the head loss against autodiff, "
+    "the Pallas kernel and tokamax), printed as Markdown and written as JSON (--json, default "
+    "accelerator_suite_<platform>_<time>.json). Uses configs/vit_imagenet.py; no --config.",
+  )
+  flags.DEFINE_float("scale", 0.0, "--suite: scales the label counts (0: 1 on an accelerator, 0.125 on CPU).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.suite:
+    return _suite()
+  if FLAGS.config is None:
+    raise errors.UserError(
+      "--config: required (e.g. --config=configs/digits.py), unless --suite=accelerator."
+    )
   if FLAGS.io:
     from rlp_jax.perf import io_cost
 
@@ -83,6 +99,24 @@ def main(argv):
   print(benchmark.format_results(FLAGS.config, results), flush=True)
   if FLAGS.json:
     rundir.atomic_write(FLAGS.json, json.dumps(results, indent=2))
+
+
+def _suite() -> None:
+  from rlp_jax.perf import accelerator_suite
+
+  if FLAGS["config"].present:
+    raise errors.UserError(
+      "--config: --suite=accelerator runs its own configs (configs/vit_imagenet.py); drop it."
+    )
+  if FLAGS.scale < 0:
+    raise errors.UserError(f"--scale: must be > 0 (or 0 for the platform's default), got {FLAGS.scale}.")
+  import jax
+
+  path = FLAGS.json or f"accelerator_suite_{jax.default_backend()}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+  result = accelerator_suite.run(FLAGS.scale)
+  print(accelerator_suite.format_table(result), flush=True)
+  rundir.atomic_write(path, json.dumps(result, indent=2))
+  print(f"\nwritten: {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -88,3 +88,33 @@ def test_compile_only_reports_costs_without_running(tiny_config):
   assert results["rlp_off"]["rlp_params"] == 0 < results["measure"]["rlp_params"]
   table = benchmark.format_results(tiny_config, results)
   assert "memory GB" in table and "step ms" in table  # empty time columns print as "-"
+
+
+def test_accelerator_suite_rows_and_table():
+  """--suite=accelerator's pieces at tiny shapes: every row of issue 14's table, the head-loss rows timed
+  side by side with numerics against ours and autodiff, and what a CPU cannot measure says so."""
+  import dataclasses
+
+  from rlp_jax.perf import accelerator_suite as suite
+
+  sh = dataclasses.replace(suite.shapes(False, 1.0), head=(16, 32, 256), head_chunk=64, steps=1)
+  names = [(name, lam) for name, lam, _ in suite.step_configs(sh)]
+  assert names[0] == ("tiny ViT heads off", 0.0) and len(names) == 9
+  assert {lam for _, lam in names[1:]} == {0.0, suite.LAMBDA}
+  assert any("chunk" in n for n, _ in names) and any("full logits" in n for n, _ in names)
+  rows = suite.head_rows(sh, suite.load_tokamax())
+  by = {(r["row"].split(",")[0], r["row"], r["lam"]): r for r in rows}
+  timed = [r for r in rows if "time_s" in r]
+  assert len(timed) >= 6 and all(r["time_s"] > 0 and r["memory_bytes"] >= 0 for r in timed)
+  for r in timed:  # every implementation computes the same loss and gradients
+    assert r["diff_autodiff"] < 1e-4 and r["diff_ours"] < 1e-4, r
+  autodiff = [r for k, r in by.items() if k[0].startswith("autodiff")]
+  assert [r["ratio"] for r in autodiff] == [1.0, 1.0]
+  pallas = [r for r in rows if "pallas" in r["row"]]
+  assert len(pallas) == 2 and all(r["diff_ours"] < 1e-5 and suite.NOT_MEASURED in r["note"] for r in pallas)
+  result = dict(
+    device="cpu", platform="cpu", jax="x", tokamax=None, scale=1.0, wall_s=1.0, rows=rows, remaining=["r"]
+  )
+  table = suite.format_table(result)
+  assert table.count("\n| head loss: ") == len(rows) and "| row | λ |" in table
+  assert suite.NOT_MEASURED in table  # MFU: a CPU has no peak FLOP/s

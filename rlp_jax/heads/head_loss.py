@@ -84,6 +84,7 @@ def head_stats(
   dtype: str = "float32",
   chunk: int = 0,
   mesh=None,
+  impl: str = "xla",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(ce, log1m, correct), each (B, H), for logits ``x @ kernel + bias``.
 
@@ -101,6 +102,8 @@ def head_stats(
       the backward pass then recomputes each block's logits instead of storing them.
     mesh: when its ``model`` axis has several devices, kernel/bias are sharded over it on n and the batch
       over ``data``; the full logits never exist on one device.
+    impl: 'xla' (the blocks below, any mesh) or 'pallas' (pallas_head_loss's fused kernels: one label
+      shard; its own tiles, ``chunk`` is not used).
   """
   n = kernel.shape[-1]
   model = mesh.shape[MODEL] if mesh is not None else 1
@@ -118,7 +121,18 @@ def head_stats(
     axis=MODEL if model > 1 else None,
     store_logits=not chunk,
   )
-  if model == 1:
+  if impl == "pallas":
+    if model > 1:
+      raise UserError(
+        f"config.rlp.loss_kernel='pallas' runs on one label shard, but the mesh's model axis is {model}; "
+        "use rlp.loss_kernel='xla' with a model axis > 1."
+      )
+    # Imported here: pallas_head_loss builds on this module (docs/design.md §5).
+    from rlp_jax.heads import pallas_head_loss
+
+    fwd = functools.partial(pallas_head_loss.forward, spec=spec)
+    bwd = functools.partial(pallas_head_loss.backward_local, spec=spec)
+  elif model == 1:
     fwd = functools.partial(_forward, spec=spec)
     bwd = functools.partial(_backward_local, spec=spec)
   else:

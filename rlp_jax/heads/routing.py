@@ -60,6 +60,7 @@ def head_stats(
   mesh=None,
   chunk: int = 0,
   log1m_via: tuple[ParallelHeads, jax.Array] | None = None,
+  loss_kernel: str = "xla",
 ) -> dict[str, jax.Array]:
   """Per example and head (B, H): ``ce`` = CE(s, ŷ), ``log1m`` = log(1 - p̂_ŷ), ``correct`` = argmax == ŷ,
   for the head's logits s on standardized features ``u = head.standardize(z)``.
@@ -79,6 +80,7 @@ def head_stats(
     dtype=head.dtype,
     chunk=chunk,
     mesh=mesh if mesh_lib.label_sharded(mesh) else None,
+    impl=loss_kernel,
   )
   return {"ce": ce, "log1m": log1m, "correct": correct}
 
@@ -102,6 +104,7 @@ def routed_losses(
   pool: str = "mean",
   mesh=None,
   label_chunk: int = 0,
+  loss_kernel: str = "xla",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Total loss ``L_class + L_rnd + λ·L_reg + L_probe`` and its parts, with docs/design.md §1's routing.
 
@@ -116,6 +119,7 @@ def routed_losses(
       gradients are those of L_class alone, bit for bit.
     mesh: when its ``model`` axis is > 1, the heads' label axis is sharded over it (see head_stats).
     label_chunk: > 0 computes the heads' statistics that many labels at a time (see head_stats).
+    loss_kernel: 'xla' or 'pallas' (head_loss.head_stats's ``impl``).
   Returns:
     (total, parts): the scalar losses, plus per-layer (B, H) ``rnd_correct`` and (B,) ``probe_correct``.
   """
@@ -142,6 +146,7 @@ def routed_losses(
         mesh,
         label_chunk,
         log1m_via=(frozen.layers[name], u) if regularize and name in reg_layers else None,
+        loss_kernel=loss_kernel,
       )
       for name, u in pooled.items()
     }

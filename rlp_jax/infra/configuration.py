@@ -88,6 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
   # within each device's shard of the labels. n is padded (masked labels) to a multiple of
   # chunk x model. 0 = full logits.
   c.rlp.label_chunk = 0
+  # How the heads' loss statistics are computed: 'xla' (head_loss.py's blocks, any mesh) or 'pallas' (the
+  # fused kernels of pallas_head_loss.py, one label shard, their own tiles: label_chunk is not used).
+  c.rlp.loss_kernel = "xla"
   c.rlp.pool = "mean"  # how spatial/token maps become vectors: mean | flatten
   # The heads have their own optimizer. Default: Adam, constant lr 1e-3, no weight decay, no clipping.
   # Why: the head is a measuring instrument. It must keep tracking the features when the backbone's
@@ -236,6 +239,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("rlp.dtype", f"must be 'float32' or 'bfloat16', got {config.rlp.dtype!r}.")
   if config.rlp.label_chunk < 0:
     fail("rlp.label_chunk", f"must be >= 0 (0 = full logits), got {config.rlp.label_chunk}.")
+  if config.rlp.loss_kernel not in ("xla", "pallas"):
+    fail("rlp.loss_kernel", f"must be 'xla' or 'pallas', got {config.rlp.loss_kernel!r}.")
   if config.rlp.pool not in ("mean", "flatten"):
     fail("rlp.pool", f"must be 'mean' or 'flatten', got {config.rlp.pool!r}.")
   if not 0.0 <= config.label_noise < 1.0:

@@ -39,6 +39,7 @@ def _losses(exp: Experiment, params, batch_stats, batch, *, train: bool, dropout
     pool=cfg.rlp.pool,
     mesh=exp.mesh,
     label_chunk=cfg.rlp.label_chunk,
+    loss_kernel=cfg.rlp.loss_kernel,
   )
   return total, (parts, logits, new_stats)
 
