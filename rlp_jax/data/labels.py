@@ -89,8 +89,8 @@ def random_labels(
   if mode == "fixed":
     h = hash32(seed, _RANDOM_LABEL, heads, idx)
   elif mode == "shuffled":
-    if epoch < HELD_OUT_EPOCH:
-      raise ValueError(f"shuffled labels exist for epochs >= {HELD_OUT_EPOCH}, got {epoch}")
+    if epoch < -1:  # the key epoch + 1 must be a valid (non-negative) hash key
+      raise ValueError(f"shuffled labels exist for epochs >= -1 (HELD_OUT_EPOCH), got {epoch}")
     h = hash32(seed, _RANDOM_LABEL, heads, epoch + 1, idx)
   elif mode == "unique":
     if num_examples is None or num_labels != num_examples:
