@@ -26,7 +26,7 @@ def test_train_batches_carry_index_and_hashed_labels(tiny_config):
   assert b["image"].shape == (64, 8, 8, 1) and b["image"].dtype == np.float32
   assert 0.0 <= b["image"].min() and b["image"].max() <= 1.0
   np.testing.assert_array_equal(b["rlp_labels"], labels.random_labels(cfg.seed, b["index"], 10, 3))
-  noisy, is_noisy = labels.noisy_labels(cfg.seed, b["index"], b["clean_label"], 10, 0.25)
+  noisy, is_noisy = labels.noisy_labels(cfg.seed, b["index"], b["clean_label"], 10, 0.25, num_examples=1437)
   np.testing.assert_array_equal(b["label"], noisy)
   np.testing.assert_array_equal(b["is_noisy"], is_noisy)
   # One epoch visits distinct examples, and the same example keeps its labels in a later epoch.

@@ -137,7 +137,9 @@ def test_a_planted_memorizable_example_ranks_first_at_its_own_index(tiny_config,
   assert np.isnan(values[~scored]).all() and np.isfinite(values[scored]).all()
   clean = _dataset_labels(config)
   np.testing.assert_array_equal(data["label"][scored], clean[scored])
-  noisy, is_noisy = labels.noisy_labels(config.seed, np.arange(m), clean, 10, config.label_noise)
+  noisy, is_noisy = labels.noisy_labels(
+    config.seed, np.arange(m), clean, 10, config.label_noise, num_examples=m, fraction=config.dataset_fraction
+  )
   np.testing.assert_array_equal(data["train_label"][scored], noisy[scored])
   np.testing.assert_array_equal(data["is_noisy"][scored], is_noisy[scored])
   assert data["is_noisy"].any() == (variant != "plain")

@@ -7,7 +7,7 @@ Data flow (docs/design.md §2, §6)::
     -> keep only the dataset fraction (a pure function of (seed, index))
     -> shuffle (files, then a buffer; seeded by (seed, epoch)) -> skip what a resumed run already saw
     -> decode / augment / normalize (preprocess.py) -> batch
-    -> attach noisy label / random labels by hashing ``index`` (labels.py)
+    -> attach noisy label / random labels by hashing ``index`` (labels.py; the noise needs m and the fraction)
 
 **Everything per example that is random is a function of (seed, index)** — random labels, label noise,
 dataset-fraction membership and the augmentation draws (stateless TF random ops keyed by
@@ -48,7 +48,7 @@ class DataInfo:
   num_test: int
   num_classes: int
   input_shape: tuple[int, ...]
-  num_selected: int  # floor(dataset_fraction * m): the examples actually trained on
+  num_selected: int  # ⌊dataset_fraction·m⌋: the examples actually trained on (labels.exact_count)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def get_info(config: ml_collections.ConfigDict) -> DataInfo:
   if not src.keyed:
     tfds_source.shard_offsets(info.splits["train"])  # fails now if the example index cannot be derived
   m = info.splits["train"].num_examples
-  selected = int(np.floor(config.dataset_fraction * m))
+  selected = labels.exact_count(config.dataset_fraction, m)
   return DataInfo(
     name=config.dataset,
     num_train=m,
@@ -105,7 +105,13 @@ def attach_labels(batch: dict[str, np.ndarray], config, info: DataInfo, epoch: i
   index = batch["index"]
   batch["clean_label"] = batch["label"]
   batch["label"], batch["is_noisy"] = labels.noisy_labels(
-    config.seed, index, batch["label"], info.num_classes, config.label_noise
+    config.seed,
+    index,
+    batch["label"],
+    info.num_classes,
+    config.label_noise,
+    num_examples=info.num_train,
+    fraction=config.dataset_fraction,
   )
   if config.rlp.num_heads:
     batch["rlp_labels"] = labels.random_labels(

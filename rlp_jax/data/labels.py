@@ -7,11 +7,18 @@ computes the same labels, and memory does not grow with the dataset (ImageNet wi
 All functions are vectorized NumPy over uint32 arithmetic (wrap-around multiplication is the point of
 the hash, and NumPy does it silently on arrays). They run in the input pipeline on host, never on device.
 
-Streams: each use of the hash takes its own ``purpose`` constant, so e.g. the label-noise coin of
-example 7 is independent of its random label.
+Streams: each use of the hash takes its own ``purpose`` constant, so e.g. which examples get a noisy
+label is independent of their random labels.
+
+Exact subsets (dataset fraction, label noise) are keyed rankings: a keyed bijection π on ``[0, m)`` ranks
+the examples and the ``⌊f·m⌋`` lowest are chosen — exact in size, nested across rates, and still a pure
+function of the index given ``m`` (docs/design.md §2).
 """
 
 from __future__ import annotations
+
+import fractions
+import math
 
 import numpy as np
 
@@ -20,10 +27,14 @@ from rlp_jax.infra.errors import UserError
 
 # Distinct stream tags; arbitrary odd constants.
 _RANDOM_LABEL = 0x2545F491
-_NOISE_COIN = 0x6C8E9CF5
+_NOISE_RANK = 0x6C8E9CF5
 _NOISE_CLASS = 0x1B873593
 _FRACTION = 0x5BD1E995
 _BIJECTION = 0x68E31DA4
+
+# In ``shuffled`` mode training epoch e draws its labels with key e + 1 >= 1; this epoch's key, 0, is never
+# trained on: the held-out draw the per-epoch evaluation scores against (docs/design.md §4).
+HELD_OUT_EPOCH = -1
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -51,11 +62,6 @@ def hash32(*keys) -> np.ndarray:
   return np.asarray(h, dtype=np.uint32)
 
 
-def uniform01(*keys) -> np.ndarray:
-  """A float64 in [0, 1) per key tuple, from the top 32 bits of the hash."""
-  return hash32(*keys).astype(np.float64) / 2.0**32
-
-
 def random_labels(
   seed: int,
   index,
@@ -70,7 +76,8 @@ def random_labels(
 
   Modes (docs/design.md §2):
     fixed:    ``H(seed, k, i) mod n`` — the paper's default; the same labels every epoch.
-    shuffled: ``H(seed, k, epoch, i) mod n`` — new labels each epoch (A.2 sanity check: nothing to memorize).
+    shuffled: ``H(seed, k, epoch + 1, i) mod n`` — new labels each epoch (A.2 sanity check: nothing to
+              memorize); ``epoch = HELD_OUT_EPOCH`` gives the draw no training epoch uses.
     unique:   ``π_k(i)`` for a keyed bijection π_k on ``[0, m)``: every example its own label (A.5), so
               ``num_labels`` must equal ``num_examples`` = m.
   """
@@ -82,6 +89,8 @@ def random_labels(
   if mode == "fixed":
     h = hash32(seed, _RANDOM_LABEL, heads, idx)
   elif mode == "shuffled":
+    if epoch < -1:  # the key epoch + 1 must be a valid (non-negative) hash key
+      raise ValueError(f"shuffled labels exist for epochs >= -1 (HELD_OUT_EPOCH), got {epoch}")
     h = hash32(seed, _RANDOM_LABEL, heads, epoch + 1, idx)
   elif mode == "unique":
     if num_examples is None or num_labels != num_examples:
@@ -128,33 +137,75 @@ def keyed_permutation(key, index, size: int) -> np.ndarray:
   return x.astype(np.int64)
 
 
-def noisy_labels(seed: int, index, labels, num_classes: int, rate: float) -> tuple[np.ndarray, np.ndarray]:
-  """Symmetric label noise (Fig. 7C) as a pure function of (seed, index).
+def exact_count(rate: float, num_examples: int) -> int:
+  """``⌊rate·m⌋`` with ``rate`` read as the decimal it is written as: 0.29 of 100 is 29, not 28 (the binary
+  float 0.29 is a hair below 0.29, and ``floor(0.29 * 100)`` would drop one example)."""
+  return math.floor(fractions.Fraction(repr(float(rate))) * num_examples)
 
-  Example i is corrupted iff ``U(seed, i) < rate``; its label is then replaced by one of the
-  *other* ``num_classes - 1`` classes, chosen uniformly, so ``rate`` is exactly the expected fraction
-  of wrong labels. Returns ``(new_labels, is_noisy)``.
+
+def selection_rank(seed: int, index, num_examples: int, fraction: float) -> np.ndarray:
+  """Rank of example i among the full split's m examples; those with rank ``< ⌊fraction·m⌋`` are trained on.
+
+  The identity for ``fraction = 1`` (every example), else the keyed bijection ``π_F(i)`` with key
+  ``hash32(seed, FRACTION)``. Restricted to the selected examples it is a bijection onto
+  ``[0, ⌊fraction·m⌋)``, which is what lets label noise rank them in turn.
   """
-  if not 0.0 <= rate < 1.0:
-    raise UserError(f"config.label_noise must lie in [0, 1), got {rate}.")
-  index = np.asarray(index)
-  labels = np.asarray(labels)
-  is_noisy = uniform01(seed, _NOISE_COIN, index) < rate
-  shift = 1 + hash32(seed, _NOISE_CLASS, index) % np.uint32(max(num_classes - 1, 1))
-  corrupted = (labels.astype(np.int64) + shift.astype(np.int64)) % num_classes
-  return np.where(is_noisy, corrupted, labels).astype(labels.dtype), is_noisy
+  index = np.asarray(index, dtype=np.int64)
+  if fraction >= 1.0:
+    return index
+  return keyed_permutation(hash32(seed, _FRACTION), index, num_examples)
 
 
 def fraction_mask(seed: int, num_examples: int, fraction: float) -> np.ndarray:
   """Boolean mask over ``[0, m)`` selecting exactly ``⌊fraction·m⌋`` examples (Fig. 7A/B).
 
-  Example i is kept iff ``π(i) < ⌊f·m⌋`` for a keyed bijection π, which makes the subset exact in
-  size, a pure function of (seed, i), and nested: a smaller fraction selects a subset of a larger one.
+  Example i is kept iff ``π_F(i) < ⌊f·m⌋`` (``selection_rank``), which makes the subset exact in size, a pure
+  function of (seed, i), and nested: a smaller fraction selects a subset of a larger one.
   """
   if not 0.0 < fraction <= 1.0:
     raise UserError(f"config.dataset_fraction must lie in (0, 1], got {fraction}.")
-  keep = int(np.floor(fraction * num_examples))
+  keep = exact_count(fraction, num_examples)
   if keep < 1:
     raise UserError(f"config.dataset_fraction={fraction} keeps no example of {num_examples}.")
-  ranks = keyed_permutation(hash32(seed, _FRACTION), np.arange(num_examples), num_examples)
-  return ranks < keep
+  return selection_rank(seed, np.arange(num_examples), num_examples, fraction) < keep
+
+
+def noise_mask(seed: int, index, rate: float, *, num_examples: int, fraction: float = 1.0) -> np.ndarray:
+  """Which examples get a wrong class label (Fig. 7C): exactly ``⌊rate·m'⌋`` of the ``m' = ⌊fraction·m⌋``
+  trained-on examples, ``m`` being the full split's size.
+
+  A trained-on example's selection rank ``r ∈ [0, m')`` is ranked again by a keyed bijection ``π_N`` on
+  ``[0, m')`` (key ``hash32(seed, NOISE_RANK)``); it is noisy iff ``π_N(r) < ⌊rate·m'⌋``. So the count is
+  exact, a lower rate's set is a subset of a higher one's (same seed and fraction), and the answer is a pure
+  function of the index: any host, batch or read order computes the same mask. Examples outside the
+  fraction are never noisy (they are never trained on).
+  """
+  if not 0.0 <= rate < 1.0:
+    raise UserError(f"config.label_noise must lie in [0, 1), got {rate}.")
+  index = np.asarray(index)
+  selected = exact_count(fraction, num_examples)
+  flipped = exact_count(rate, selected)
+  out = np.zeros(index.shape, bool)
+  if flipped == 0:
+    return out
+  rank = selection_rank(seed, index, num_examples, fraction)
+  inside = rank < selected
+  out[inside] = keyed_permutation(hash32(seed, _NOISE_RANK), rank[inside], selected) < flipped
+  return out
+
+
+def noisy_labels(
+  seed: int, index, labels, num_classes: int, rate: float, *, num_examples: int, fraction: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+  """Symmetric label noise (Fig. 7C) as a pure function of (seed, index) given the split's size.
+
+  The examples of ``noise_mask`` (exactly ``⌊rate·m'⌋`` of the ``m'`` trained-on ones) get their label
+  replaced by ``(y + 1 + hash32(seed, NOISE_CLASS, i) mod (C-1)) mod C``: one of the *other* ``C - 1``
+  classes, uniformly. Returns ``(new_labels, is_noisy)``.
+  """
+  index = np.asarray(index)
+  labels = np.asarray(labels)
+  is_noisy = noise_mask(seed, index, rate, num_examples=num_examples, fraction=fraction)
+  shift = 1 + hash32(seed, _NOISE_CLASS, index) % np.uint32(max(num_classes - 1, 1))
+  corrupted = (labels.astype(np.int64) + shift.astype(np.int64)) % num_classes
+  return np.where(is_noisy, corrupted, labels).astype(labels.dtype), is_noisy

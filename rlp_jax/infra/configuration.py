@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 128  # global, over all devices and hosts
   c.seed = 0  # initialization, data order, dropout, random labels, noise, fractions
   c.label_smoothing = 0.0
-  c.label_noise = 0.0  # fraction of training labels replaced by another class (Fig. 7C)
+  c.label_noise = 0.0  # exactly floor(p * m) trained-on examples get another class (Fig. 7C)
   c.dataset_fraction = 1.0  # train on exactly floor(f * m) examples (Fig. 7A/B)
   c.shuffle_buffer = 50_000
   c.max_steps_per_epoch = 0  # > 0 caps every epoch at this many steps (smoke tests on real data); 0 = all

@@ -25,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from rlp_jax.data import input_pipeline
+from rlp_jax.data import input_pipeline, labels
 from rlp_jax.perf import flops
 from rlp_jax.training import experiment
 from rlp_jax.training.steps import make_train_step
@@ -64,7 +64,7 @@ def data_info(config) -> input_pipeline.DataInfo:
   if name in KNOWN_DATASETS:
     shape, classes, m = KNOWN_DATASETS[name]
     return input_pipeline.DataInfo(
-      config.dataset, m, 0, classes, shape, int(np.floor(config.dataset_fraction * m))
+      config.dataset, m, 0, classes, shape, labels.exact_count(config.dataset_fraction, m)
     )
   return input_pipeline.get_info(config)
 

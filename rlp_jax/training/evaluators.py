@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from rlp_jax import models
-from rlp_jax.data import input_pipeline
+from rlp_jax.data import input_pipeline, labels
 from rlp_jax.heads import heads as heads_lib
 from rlp_jax.heads import metrics as head_metrics
 from rlp_jax.heads import routing
@@ -103,8 +103,14 @@ class Evaluator:
 
   def __call__(self, params, batch_stats, epoch: int) -> dict[str, float]:
     """Class accuracy and loss on the fixed train subset and on test; random-label accuracy per head (on
-    the train subset, with the labels of ``epoch``) and probe accuracy per layer."""
+    the train subset, with the labels of ``epoch``; in ``shuffled`` mode with labels never trained on) and
+    probe accuracy per layer."""
     exp = self.exp
+    # docs/design.md §4: shuffled labels change every epoch, so epoch's own labels are ones the heads have
+    # just fitted, and accuracy on them is above chance without anything memorized across epochs (A.2
+    # asks whether the heads predict labels they cannot have learned). The held-out draw is never trained on.
+    if exp.config.rlp.label_mode == "shuffled":
+      epoch = labels.HELD_OUT_EPOCH
     out: dict[str, float] = {}
     for split, prefix in (("train_eval", "train"), ("test", "test")):
       total = None
