@@ -14,7 +14,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from rlp_jax.infra import errors, rundir
+from rlp_jax.infra import console, errors, rundir
 from rlp_jax.perf import benchmark
 
 FLAGS = flags.FLAGS
@@ -60,6 +60,7 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.setup()
   if FLAGS.suite:
     return _suite()
   if FLAGS.config is None:

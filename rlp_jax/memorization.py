@@ -14,13 +14,14 @@ import os
 from absl import app, flags
 
 from rlp_jax.analysis import external_scores, image_grid, memorization, scores
-from rlp_jax.infra import errors, rundir
+from rlp_jax.infra import console, errors, rundir
 
 
 def main(argv) -> None:
   fl = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.setup()
   config = rundir.load_config(fl.workdir)
   steps = fl.steps if fl.steps in ("last", "all") else [int(s) for s in fl.steps.split(",")]
   scored = fl.layers or ([] if config.rlp.layers == "all" else config.rlp.layers.split(","))

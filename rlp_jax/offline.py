@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from rlp_jax.analysis import offline
-from rlp_jax.infra import configuration, errors, multihost, rundir
+from rlp_jax.infra import configuration, console, errors, multihost, rundir
 
 
 def define_flags(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -68,7 +68,7 @@ def _arguments(fv: flags.FlagValues):
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  console.setup()
   workdir, config, output, steps = _arguments(flags.FLAGS)
   multihost.initialize()  # on a pod: every host extracts its slice's features, all fit the same heads
   records = offline.run_offline(

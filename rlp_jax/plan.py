@@ -15,7 +15,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from rlp_jax.infra import errors, rundir
+from rlp_jax.infra import console, errors, rundir
 
 FLAGS = flags.FLAGS
 
@@ -37,6 +37,7 @@ def define_flags() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.setup()
   if FLAGS.devices:
     # Read when JAX starts its CPU backend, which has not happened yet: nothing has asked for a device.
     os.environ["XLA_FLAGS"] = (

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from rlp_jax.analysis.report import default_out, make_report
-from rlp_jax.infra import errors
+from rlp_jax.infra import console, errors
 
 
 def define_flags() -> None:
@@ -33,6 +33,7 @@ def define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
+  console.setup()
   fl = flags.FLAGS
   if len(argv) > 1:  # the command once took positional paths: say how to write them now
     raise errors.UserError(

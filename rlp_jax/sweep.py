@@ -17,7 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rlp_jax.analysis import sweep
-from rlp_jax.infra import errors
+from rlp_jax.infra import console, errors
 
 
 def _config_overrides(argv: Sequence[str]) -> list[str]:
@@ -38,6 +38,7 @@ def main(argv: Sequence[str]) -> None:
   flags_ = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.setup()
   config = flags_.config
   config_arg = _config_arg(sys.argv)  # path[:arg] as given, for the emitted lines
   spec = flags_.sweep or sweep.sweep_from_config_file(config_arg)

@@ -236,3 +236,16 @@ def test_device_prefetch_yields_the_same_batches_in_order(uninterrupted):
     for h, d in zip(host, placed):
       np.testing.assert_array_equal(np.asarray(d["image"]), h["image"])
       np.testing.assert_array_equal(np.asarray(d["rlp_labels"]), h["rlp_labels"])
+
+
+def test_dropping_redone_records_keeps_every_other_line_damaged_ones_included(tmp_path):
+  path = str(tmp_path / "metrics.jsonl")
+  lines = ['{"step": 6, "epoch": 1}\n', '{"step": 12, "ep\n', '{"step": 18, "epoch": 3}\n', '{"step": 24, "ep']
+  with open(path, "w") as f:
+    f.writelines(lines)
+  with pytest.warns(UserWarning, match="kept as it is"):
+    assert rundir.drop_records_after(path, 12) == 1
+  with open(path) as f:
+    assert f.read() == lines[0] + lines[1] + lines[3] + "\n"
+  with pytest.warns(UserWarning):
+    assert rundir.drop_records_after(path, 30) == 0  # nothing to drop: the file is not rewritten

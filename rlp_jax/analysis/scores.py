@@ -148,7 +148,8 @@ def compute(workdir: str, steps="last", layers=None, *, config=None, output: str
     batches = evaluators.head_logits(exp, restored.params, restored.batch_stats, layers, epoch=epoch)
     per_step.append(collect(batches, exp.info.num_train))
     log(
-      f"scored step {step}: " + ", ".join(f"{k}={np.nanmean(per_step[-1][f'p_own/{k}']):.4f}" for k in layers)
+      f"scored step {step}: mean probability of the own random label "
+      + ", ".join(f"{k}={np.nanmean(per_step[-1][f'p_own/{k}']):.4f}" for k in layers)
     )
   out = {k: v for k, v in per_step[0].items() if "/" not in k and k != "rlp_labels"}
   # Per checkpoint, like the scores: with shuffled labels each one was scored against its own epoch's.

@@ -23,8 +23,14 @@ _CONSOLE_FORMAT = "%(asctime)s %(message)s"
 _FILE_FORMAT = "%(asctime)s %(levelname).1s %(name)s %(filename)s:%(lineno)d] %(message)s"
 
 
+# Warnings that describe what we asked for (opening checkpoints read-only for analysis), not a problem.
+_EXPECTED_WARNINGS = ("read_only=True, setting", "Given directory is read only")
+
+
 def _quiet(record: pylogging.LogRecord) -> bool:
-  return record.levelno >= pylogging.WARNING or not any(m in record.pathname for m in _CHATTY)
+  if record.levelno >= pylogging.WARNING:
+    return not any(m in str(record.msg) for m in _EXPECTED_WARNINGS)
+  return not any(m in record.pathname for m in _CHATTY)
 
 
 def setup() -> None:

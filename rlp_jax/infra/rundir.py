@@ -84,8 +84,28 @@ def append_jsonl(path: str, record: Mapping) -> None:
     os.fsync(f.fileno())
 
 
-def write_jsonl(path: str, records: Iterable[Mapping]) -> None:
-  atomic_write(path, "".join(json.dumps(dict(r)) + "\n" for r in records))
+def drop_records_after(path: str, step: int) -> int:
+  """Removes the records with a ``step`` past ``step`` (a resumed run redoes that part and logs it again);
+  returns how many. Every other line stays as it was, a damaged one included: it is reported when read,
+  never deleted. The file is rewritten only when there is something to drop, atomically."""
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = f.read().splitlines(keepends=True)
+  kept = []
+  for number, line in enumerate(lines, 1):
+    try:
+      record = json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+      warnings.warn(f"{path}:{number}: not a complete JSON record; kept as it is.", stacklevel=2)
+      record = None
+    if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+      continue
+    kept.append(line if line.endswith("\n") else line + "\n")
+  dropped = len(lines) - len(kept)
+  if dropped:
+    atomic_write(path, "".join(kept))
+  return dropped
 
 
 def final_record(records: Iterable[Mapping], num_epochs: int) -> dict | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from clu import metric_writers
 
 from rlp_jax.infra import rundir
@@ -25,8 +26,11 @@ class JsonlWriter(metric_writers.MetricWriter):
 
   def truncate_after(self, step: int) -> None:
     """Drops records with a step > ``step``: they belong to the part of the run that is redone."""
-    if os.path.exists(self._path):
-      rundir.write_jsonl(self._path, [r for r in rundir.read_jsonl(self._path) if r["step"] <= step])
+    dropped = rundir.drop_records_after(self._path, step)
+    if dropped:
+      logging.warning(
+        "%s: %d records past step %d dropped; that part of the run is redone.", self._path, dropped, step
+      )
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     record = {"step": int(step)}
