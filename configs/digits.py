@@ -65,6 +65,7 @@ def get_config(arg: str = ""):
   config.rlp.optimizer.learning_rate = 1e-2
   config.offline.num_epochs = config.num_epochs  # the online heads' budget: same epochs ...
   config.offline.batch_size = config.batch_size  # ... and batch size, so the same number of steps
+  config.offline.at_init_scale_free = True  # the control again with a scale-free head (a second, cheap fit)
   config.log_every_steps = 100
   # Resume state every 10 epochs; a snapshot of the backbone and the online heads every 5 (kilobytes here):
   # offline heads (Fig. 2B) and per-example memorization scores read them.
