@@ -4,6 +4,7 @@ a head on a ViT block reads; CNN/MLP features sown before dropout; the options' 
 from __future__ import annotations
 
 import importlib
+import json
 
 import jax
 import numpy as np
@@ -14,7 +15,7 @@ from flax import nnx
 from rlp_jax import models
 from rlp_jax.data.input_pipeline import DataInfo
 from rlp_jax.heads import heads as heads_lib
-from rlp_jax.infra import configuration
+from rlp_jax.infra import configuration, rundir
 from rlp_jax.infra.errors import UserError
 from rlp_jax.training import evaluators, experiment
 
@@ -155,3 +156,14 @@ def test_unknown_norm_layer_names_what_the_model_sows(data_dir):
   assert has_norm("rlp") == {"block_1": True, "pre_logits": False}
   assert has_norm("probes") == {"block_1": True, "block_2": False, "pre_logits": False}
   assert heads_lib.norm_layers(config, {"block_1": 1, "pre_logits": 1}) == {"block_1"}
+
+
+def test_a_run_saved_with_the_former_rlp_norm_still_loads(tmp_path):
+  """config.json written before rlp.norm_layers (one bool for every layer) reads as 'all' / ''."""
+  for norm, layers in ((True, "all"), (False, "")):
+    saved = configuration.base_config().to_dict()
+    del saved["rlp"]["norm_layers"]
+    saved["rlp"]["norm"] = norm
+    rundir.atomic_write(str(tmp_path / rundir.CONFIG_FILE), json.dumps(saved))
+    config = rundir.load_config(str(tmp_path))
+    assert config.rlp.norm_layers == layers and "norm" not in config.rlp

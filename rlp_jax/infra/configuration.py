@@ -280,7 +280,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.rlp.pool not in POOLS:
     fail("rlp.pool", f"must be one of {POOLS}, got {config.rlp.pool!r}.")
   feature_pool(config)
-  if config.model.features_after_dropout and config.model.name not in ("mlp", "cnn"):
+  if config.model.get("features_after_dropout", False) and config.model.name not in ("mlp", "cnn"):
     fail(
       "model.features_after_dropout",
       f"only the MLP and the CNN drop out the features they sow ({config.model.name} drops out inside its "

@@ -9,10 +9,10 @@ Architecture (the paper-era ViT: class token, learned position embedding, pre-LN
     -> ``head``: Dense(D, num_classes), zero-initialized as in big_vision
 
 ``L = N + 1`` with the class token, ``N`` with ``gap``. A head on a block reads the block's class token by
-default, as the class head reads the last one (``config.rlp.pool``, heads.pool_features; the mean of every or
-of the patch tokens are options) and, in the ViT configs, applies LayerNorm + dense (``config.rlp.norm_layers``),
-the head the paper attaches to transformer blocks (§5.1, Fig. 2C); its head on ``pre_logits`` is one dense layer. Block names are zero-padded to two digits so that
-they sort in depth order (``block_01 .. block_12``).
+default, as the class head reads the last one (``config.rlp.pool``; the mean of all tokens or of the patch
+tokens are options) and, in the ViT configs, is LayerNorm + dense (``config.rlp.norm_layers``), the head the
+paper attaches to transformer blocks (§5.1, Fig. 2C); the head on ``pre_logits`` is one dense layer. Block
+names are zero-padded to two digits so that they sort in depth order (``block_01 .. block_12``).
 
 Why the class token: the paper studies ViT-B/32 and ViT-S/4 "as in Dosovitskiy et al.", whose classifier
 reads the class token, and big_vision's ImageNet ViT configs of that era use ``pool_type='tok'``;
