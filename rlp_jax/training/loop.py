@@ -158,7 +158,7 @@ def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> d
         logging.info("epoch %d: %s", done, _short(metrics))
         warning = check_health(metrics)
         if warning and collapsed is None:  # said once, when first seen; the summary repeats it
-          logging.warning(warning)
+          logging.warning("WARNING: %s", warning)  # the console shows no level: the line says it
           collapsed = {"epoch": done, "message": warning}
       # Both saves only start here: the writes proceed while the next epoch trains.
       if done in snapshot_at:
@@ -176,7 +176,7 @@ def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> d
 
   final_warning = check_health(last_eval)
   if final_warning and collapsed is None:  # a resumed run that had collapsed before the restart
-    logging.warning(final_warning)
+    logging.warning("WARNING: %s", final_warning)
     collapsed = {"epoch": int(last_eval["epoch"]), "message": final_warning}
   if collapsed:
     collapsed["at_end"] = bool(final_warning)  # False: it had collapsed, then recovered

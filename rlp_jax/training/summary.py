@@ -101,8 +101,9 @@ def explain(workdir: str, result: Mapping) -> str:
       )
       scale_free = best.get("offline_at_init_scale_free_accuracy")
       # A scale-free head that fits the initial features as well: the lead may be the features' norm.
-      by_scale = scale_free is not None and online <= scale_free + 2 * best["chance"]
-      if online > init + 2 * best["chance"]:
+      lead = online > init + 2 * best["chance"]
+      by_scale = lead and scale_free is not None and online <= scale_free + 2 * best["chance"]
+      if lead:
         ratio = online / max(init, 1e-9)
         verdict = f"{name} predicts {online / best['chance']:.0f}x chance and {ratio:.1f}x the control"
         if not by_scale:
