@@ -7,7 +7,8 @@ The paper gives no recipe for this run beyond the model. Ours: recipe 2's optimi
 with recipe 1's data settings (CIFAR-100 at its native 32x32, batch 256, 200 epochs, n = 10,000), random
 horizontal flips as in recipe 2 (``:no_flip`` turns them off, as recipe 1 has no augmentation), pixels in
 [-1, 1]. ViT-S/4: width 384, 12 blocks of 6 heads, 4x4 patches -> 64 tokens + the class token. One RLP head
-(LayerNorm + dense) on ``pre_logits``; λ = 0.
+(one dense layer) on ``pre_logits``; heads on blocks are LayerNorm + dense on the class token (Fig. 2C);
+λ = 0.
 
 Args (comma-separated): ``all_blocks``, ``reg_last``, ``reg_all``, ``reg_block8``, ``probes``, ``shuffled``,
 ``unique``, ``two_layer``, ``multihead`` and ``runlocal`` as in configs/vit_imagenet.py (there on ImageNet:
@@ -49,7 +50,7 @@ def get_config(arg: str = ""):
     "adamw", 1e-3, warmup_epochs=8.0, weight_decay=0.1, grad_clip_norm=1.0
   )
   c.augment.update(flip="no_flip" not in args, crop="none", image_size=0, normalize="symmetric")
-  c.rlp.update(num_heads=1, num_labels=10_000, layers="pre_logits", reg_layers="all", norm=True)
+  c.rlp.update(num_heads=1, num_labels=10_000, layers="pre_logits", reg_layers="all")
   c.eval.update(batch_size=1024, train_examples=10_000)
   c.offline.update(batch_size=256)
   c.checkpoint.every_epochs = 1
@@ -58,6 +59,9 @@ def get_config(arg: str = ""):
     c.model.update(width=32, depth=2, num_heads=2, patch_size=8)
   # After runlocal shrank the model: the args name its blocks.
   config_args.apply_figure_args(c, args, vit.block_names(c.model))
+  # The paper's heads (docs/design.md §7): one dense layer on pre_logits (the default head; those features are
+  # already layer-normed), LayerNorm + dense on a block (Fig. 2C), reading the class token (rlp.pool).
+  c.rlp.norm_layers = ",".join(vit.block_names(c.model))
   if "runlocal" in args:
     config_args.shrink_for_runlocal(c)
   return c

@@ -5,7 +5,9 @@ r"""ViT-B/32 on ImageNet-1k: the paper's recipe 2 (Appendix A.1) and every Image
 Recipe 2: ViT-B/32 (class token, learned position embedding), AdamW (b1 0.9, b2 0.999) with lr 1e-3, an
 8-epoch linear warm-up then cosine decay to 0, weight decay 0.1 (kernels only), gradient clipping at global
 norm 1.0, batch 1024, 90 epochs, bf16 matmuls with float32 parameters and losses; n = 100,000 random labels,
-one RLP head (LayerNorm + dense, ``rlp.norm``) on ``pre_logits``; λ = 0 (pure measurement).
+one RLP head (a single dense layer, the paper's default) on ``pre_logits``; λ = 0 (pure measurement). Heads
+on blocks (the args below) are LayerNorm + dense on the class token, as in Fig. 2C (``rlp.norm_layers``,
+``rlp.pool``).
 
 Data: tfds ``imagenet2012`` (manual download: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in
 ``<data_dir>/downloads/manual``; the first run prepares it), evaluated on ``validation``. Train: Inception
@@ -77,7 +79,7 @@ def get_config(arg: str = ""):
   c.augment.update(flip=True, crop="inception", image_size=224, eval_resize=256, normalize="symmetric")
   if "flip_only" in args:
     c.augment.crop = "none"
-  c.rlp.update(num_heads=1, num_labels=100_000, layers="pre_logits", reg_layers="all", norm=True)
+  c.rlp.update(num_heads=1, num_labels=100_000, layers="pre_logits", reg_layers="all")
   c.eval.update(batch_size=1024, test_split="validation", train_examples=10_000)
   # Offline heads (Fig. 2B) run as their own command over all snapshots; a fixed 100k-example subset
   # and 20 epochs per checkpoint keep that affordable. No offline run at the end of training.
@@ -91,6 +93,9 @@ def get_config(arg: str = ""):
     c.augment.update(image_size=32, eval_resize=36)
   # After runlocal shrank the model: the args name its blocks.
   config_args.apply_figure_args(c, args, vit.block_names(c.model))
+  # The paper's heads (docs/design.md §7): one dense layer on pre_logits (the default head; those features are
+  # already layer-normed), LayerNorm + dense on a block (Fig. 2C), reading the class token (rlp.pool).
+  c.rlp.norm_layers = ",".join(vit.block_names(c.model))
   if "unique" in args and "runlocal" not in args:
     # 1024 x 1.28M logits: computed 32,768 labels at a time, the step fits one 80 GB device (compiled
     # memory 74 GB, 89 GB with full logits) for one more head matmul. 0 restores full logits.

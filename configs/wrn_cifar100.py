@@ -51,7 +51,7 @@ def get_config(arg: str = ""):
   c.model.update(name="wrn", depth=16, width=4, dropout=0.0)
   c.optimizer = configuration.optimizer_config("sgd", 0.5, momentum=0.9, warmup_epochs=1.0)
   c.augment.update(flip="flip" in args, crop="none", image_size=0, normalize="cifar100")
-  c.rlp.update(num_heads=1, num_labels=10_000, layers="pre_logits", reg_layers="all", norm=False)
+  c.rlp.update(num_heads=1, num_labels=10_000, layers="pre_logits", reg_layers="all")
   c.eval.update(batch_size=1024, train_examples=10_000)
   c.offline.update(batch_size=256)
   c.checkpoint.every_epochs = 1

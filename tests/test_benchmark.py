@@ -53,7 +53,9 @@ def test_regularizing_reuses_the_measurements_head_matmuls(tiny_config, norm, ch
   already computes it for the LayerNorm's scale and shift. Counted in the compiled programs; with label
   chunks too, where λ > 0 also holds no second dW accumulator in the loop."""
   c = tiny_config
-  c.rlp.update(num_labels=8192, norm=norm, layers="pre_logits", num_heads=1, label_chunk=chunk)
+  c.rlp.update(
+    num_labels=8192, norm_layers="all" if norm else "", layers="pre_logits", num_heads=1, label_chunk=chunk
+  )
   c.probes.layers = ""
   info = benchmark.data_info(c)
   xla, counted, memory = {}, {}, {}

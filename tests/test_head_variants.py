@@ -44,6 +44,7 @@ def test_hidden_layer_heads_on_flattened_features_train_end_to_end(data_dir, tmp
       assert f"rlp/{name}/{key}" in metrics, key
     assert 0.0 <= metrics[f"rlp/{name}/accuracy"] <= 1.0 and metrics[f"rlp/{name}/chance"] == 0.1
   assert metrics["loss/reg"] > 0
+  assert result["collapse"] is None  # a mild λ (training/health.py)
   # The offline control trains the same variant on the frozen initial network's flattened features.
   offline = result["offline_at_init"]
   assert set(offline) == set(exp.rlp_layers)

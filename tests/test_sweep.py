@@ -28,18 +28,18 @@ def _config(data_dir=""):
 
 def test_spec_is_a_typed_grid_in_the_order_written():
   config = _config()
-  points = sweep.points_from("rlp.reg_lambda=0,1e-2 ; model.width=8,16;rlp.norm=true", config)
+  points = sweep.points_from("rlp.reg_lambda=0,1e-2 ; model.width=8,16;augment.flip=true", config)
   assert points == [
-    {"rlp.reg_lambda": 0.0, "model.width": 8, "rlp.norm": True},
-    {"rlp.reg_lambda": 0.0, "model.width": 16, "rlp.norm": True},
-    {"rlp.reg_lambda": 0.01, "model.width": 8, "rlp.norm": True},
-    {"rlp.reg_lambda": 0.01, "model.width": 16, "rlp.norm": True},
+    {"rlp.reg_lambda": 0.0, "model.width": 8, "augment.flip": True},
+    {"rlp.reg_lambda": 0.0, "model.width": 16, "augment.flip": True},
+    {"rlp.reg_lambda": 0.01, "model.width": 8, "augment.flip": True},
+    {"rlp.reg_lambda": 0.01, "model.width": 16, "augment.flip": True},
   ]
   assert isinstance(points[0]["rlp.reg_lambda"], float) and isinstance(points[0]["model.width"], int)
   assert [sweep.run_name(p) for p in points[:3]] == [
-    "rlp.reg_lambda=0,model.width=8,rlp.norm=true",
-    "rlp.reg_lambda=0,model.width=16,rlp.norm=true",
-    "rlp.reg_lambda=0.01,model.width=8,rlp.norm=true",
+    "rlp.reg_lambda=0,model.width=8,augment.flip=true",
+    "rlp.reg_lambda=0,model.width=16,augment.flip=true",
+    "rlp.reg_lambda=0.01,model.width=8,augment.flip=true",
   ]
   assert sweep.run_name({"rlp.reg_lambda": 1e5, "rlp.layers": "block_1,pre_logits"}) == (
     "rlp.reg_lambda=100000,rlp.layers=block_1+pre_logits"
@@ -53,7 +53,7 @@ def test_spec_is_a_typed_grid_in_the_order_written():
     {"rlp.layers": "block_1,pre_logits"}
   ]
   cfg = sweep.apply_point(config, points[3])
-  assert (cfg.rlp.reg_lambda, cfg.model.width, cfg.rlp.norm) == (0.01, 16, True)
+  assert (cfg.rlp.reg_lambda, cfg.model.width, cfg.augment.flip) == (0.01, 16, True)
   assert config.model.width == 16 and config.rlp.reg_lambda == 0.0  # the base config is untouched
 
 

@@ -176,7 +176,7 @@ def test_rlp_heads_on_every_block_train(tiny_config):
   config.rlp.layers = "all"
   config.rlp.reg_layers = "block_02"
   config.rlp.reg_lambda = 0.1
-  config.rlp.norm = True
+  config.rlp.norm_layers = "all"
   config.rlp.num_heads = 2
   config.rlp.optimizer.learning_rate = 1e-2
   config.probes.layers = ""

@@ -10,20 +10,23 @@ The losses and the gradient routing live in ``routing.py``; the numerics of the 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from rlp_jax.heads.head_loss import dense, mask_padding
+from rlp_jax.infra import configuration
 from rlp_jax.infra.errors import UserError
 
 
 def pool_features(z: jax.Array, pool: str = "mean") -> jax.Array:
-  """(B, ..., C) -> (B, D). Spatial/token maps are averaged (``mean``) or flattened (``flatten``).
+  """(B, ..., C) -> (B, D): what a head reads from a spatial or token map (docs/design.md §1).
 
-  Mean pooling is the default because a head on a flattened early conv map would be enormous
+  ``pool`` is ``configuration.feature_pool``'s: ``mean`` over every position, ``flatten``, and for a ViT's
+  (B, 1 + N, D) token maps ``token`` (the class token, position 0) or ``mean_patches`` (the N patch tokens).
+  Mean pooling rather than flattening because a head on a flattened early conv map would be enormous
   (WRN block_1 on CIFAR: 32·32·64 features × n labels) and would measure the head, not the network.
   """
   if z.ndim == 2:
@@ -32,7 +35,13 @@ def pool_features(z: jax.Array, pool: str = "mean") -> jax.Array:
     return z.reshape(z.shape[0], -1, z.shape[-1]).mean(axis=1)
   if pool == "flatten":
     return z.reshape(z.shape[0], -1)
-  raise UserError(f"config.rlp.pool must be 'mean' or 'flatten', got {pool!r}.")
+  if pool == "token":
+    return z[:, 0]
+  if pool == "mean_patches":
+    return z[:, 1:].mean(axis=1)
+  raise UserError(
+    f"config.rlp.pool: {pool!r} is not a pooling; use 'mean', 'flatten', 'token' or 'mean_patches'."
+  )
 
 
 class ParallelHeads(nnx.Module):
@@ -105,17 +114,31 @@ class ParallelHeads(nnx.Module):
     return mask_padding(dense(x, self.kernel[...], self.bias[...], self.dtype), self.num_valid)
 
 
+def norm_layers(config, feature_dims: Mapping[str, int]) -> frozenset[str]:
+  """The layers whose heads (and probes) put a LayerNorm before the dense layer: ``config.rlp.norm_layers``,
+  any of the names the model sows (``feature_dims``' keys), whether or not a head reads them."""
+  return frozenset(configuration.parse_layers(config.rlp.norm_layers, list(feature_dims), "rlp.norm_layers"))
+
+
 # PRNG streams (folded into config.seed) of the heads and probes: independent of the model's stream.
 RLP_STREAM, PROBE_STREAM = 1, 2
 
 
 def build_heads(
-  config, feature_dims: Mapping[str, int], layers: Sequence[str], num_labels: int, *, label_multiple: int = 1
+  config,
+  feature_dims: Mapping[str, int],
+  layers: Sequence[str],
+  num_labels: int,
+  *,
+  label_multiple: int = 1,
+  scale_free: bool = False,
 ) -> LayerHeads | None:
   """The RLP heads of a run, with their fixed initialization: online and offline heads start identical.
 
   ``label_multiple``: pad the label axis to a multiple of this (the mesh's ``model`` axis) with masked
   labels, so that any n — ImageNet's prime m = 1,281,167 included — can be sharded evenly.
+  ``scale_free``: a LayerNorm before the dense layer on every layer, whatever ``rlp.norm_layers`` says (the
+  scale-free offline control, docs/design.md §4); the dense weights are drawn exactly as without it.
   """
   if not layers:
     return None
@@ -125,7 +148,7 @@ def build_heads(
     {k: feature_dims[k] for k in layers},
     padded,
     config.rlp.num_heads,
-    norm=config.rlp.norm,
+    norm=True if scale_free else norm_layers(config, feature_dims),
     hidden_dim=config.rlp.hidden_dim,
     dtype=config.rlp.dtype,
     num_valid=num_labels,
@@ -140,13 +163,15 @@ def build_probes(
   if not layers:
     return None
   rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(config.seed), PROBE_STREAM))
-  return LayerHeads(
-    {k: feature_dims[k] for k in layers}, num_classes, 1, norm=config.rlp.norm, hidden_dim=0, rngs=rngs
-  )
+  norm = norm_layers(config, feature_dims)
+  return LayerHeads({k: feature_dims[k] for k in layers}, num_classes, 1, norm=norm, hidden_dim=0, rngs=rngs)
 
 
 class LayerHeads(nnx.Module):
-  """One ``ParallelHeads`` per named layer: the RLP heads (or the class probes) of a whole network."""
+  """One ``ParallelHeads`` per named layer: the RLP heads (or the class probes) of a whole network.
+
+  ``norm``: True / False for every layer, or the names of the layers whose heads have a LayerNorm.
+  """
 
   def __init__(
     self,
@@ -154,7 +179,7 @@ class LayerHeads(nnx.Module):
     num_labels: int,
     num_heads: int,
     *,
-    norm: bool,
+    norm: bool | Collection[str],
     hidden_dim: int,
     dtype: str = "float32",
     num_valid: int | None = None,
@@ -169,7 +194,7 @@ class LayerHeads(nnx.Module):
           dim,
           num_labels,
           num_heads,
-          norm=norm,
+          norm=norm if isinstance(norm, bool) else name in norm,
           hidden_dim=hidden_dim,
           dtype=dtype,
           num_valid=num_valid,

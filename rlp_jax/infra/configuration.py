@@ -54,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_steps_per_epoch = 0  # > 0 caps every epoch at this many steps (smoke tests on real data); 0 = all
 
   c.model = ml_collections.ConfigDict(dict(name="mlp", width=256, depth=2, dropout=0.0))
+  # MLP and CNN: the sown features (what the heads and L_reg read) are taken before the dropout that feeds
+  # the next layer or the class head; True sows the dropped-out features instead (docs/design.md §7).
+  c.model.features_after_dropout = False
   # ViT only (models/vit.py): variant Ti|S|B|L sets width/depth/heads (width, depth, num_heads of 0 = the
   # variant's; nonzero values override it); 'float32' or 'bfloat16' matmuls (params, logits, losses fp32);
   # the class token ('token') or global average pooling ('gap') feeds the class head.
@@ -81,7 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.rlp.reg_lambda = 0.0  # λ; 0 = pure measurement
   c.rlp.label_mode = "fixed"  # fixed | shuffled | unique
   c.rlp.hidden_dim = 0  # 0 = linear head; >0 = one hidden ReLU layer of this width (A.6)
-  c.rlp.norm = False  # LayerNorm before the dense layer (the paper's heads on ViT blocks)
+  # Layers whose heads put a LayerNorm before the dense layer (the paper's heads on ViT blocks, Fig. 2C):
+  # comma-separated sown names, 'all' or '' (every head one dense layer, the paper's default head).
+  c.rlp.norm_layers = ""
   c.rlp.dtype = "float32"  # head matmul inputs: float32 | bfloat16 (logits and losses stay float32)
   # > 0: compute the heads' losses this many labels at a time, recomputing each block's logits in the
   # backward pass, so a huge head's (batch x n) logits never exist whole; with a `model` mesh axis > 1,
@@ -91,7 +96,10 @@ def base_config() -> ml_collections.ConfigDict:
   # How the heads' loss statistics are computed: 'xla' (head_loss.py's blocks, any mesh) or 'pallas' (the
   # fused kernels of pallas_head_loss.py, one label shard, their own tiles: label_chunk is not used).
   c.rlp.loss_kernel = "xla"
-  c.rlp.pool = "mean"  # how spatial/token maps become vectors: mean | flatten
+  # How spatial/token maps become vectors (docs/design.md §1): 'classifier' reads them as the class head
+  # reads the last one (a ViT's class token, else the mean over positions) | 'mean' (every position, a
+  # class token included) | 'mean_patches' (a ViT's patch tokens only) | 'token' (the class token) | 'flatten'
+  c.rlp.pool = "classifier"
   # The heads have their own optimizer. Default: Adam, constant lr 1e-3, no weight decay, no clipping.
   # Why: the head is a measuring instrument. It must keep tracking the features when the backbone's
   # cosine schedule has decayed to ~0 (so no decay of its own), and weight decay would cap its capacity
@@ -110,6 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.offline = ml_collections.ConfigDict()
   c.offline.at_init = True  # also train a head on the frozen network at initialization (Fig. 2B)
+  # ... and a second one with a LayerNorm before its dense layer on every layer: scale-free, so it tells
+  # whether the control's gap is the features' growth in norm or their content (docs/design.md §4)
+  c.offline.at_init_scale_free = False
   c.offline.num_epochs = 100  # the same budget for every checkpoint
   c.offline.batch_size = 128
   c.offline.train_examples = -1  # training examples the offline head fits (-1 = all trained-on ones)
@@ -142,6 +153,7 @@ RESUMABLE_KEYS = (
   "eval.batch_size",
   "shuffle_buffer",
   "offline.at_init",
+  "offline.at_init_scale_free",
   "offline.num_epochs",
   "offline.batch_size",
   "offline.train_examples",
@@ -171,6 +183,28 @@ def parse_layers(spec: str, available: list[str], key: str) -> list[str]:
   return [n for n in available if n in names]
 
 
+POOLS = ("classifier", "mean", "mean_patches", "token", "flatten")
+
+
+def feature_pool(config: ml_collections.ConfigDict) -> str:
+  """``config.rlp.pool`` resolved for this model: 'mean', 'mean_patches', 'token' or 'flatten'.
+
+  'classifier' pools a block's map the way the model's class head reads its last one, so a head on a block
+  sees what a class head there would (docs/design.md §7): a ViT with a class token reads that token, every
+  other model (CNN/WRN global average pooling, ViT 'gap') the mean over positions.
+  """
+  pool = config.rlp.pool
+  class_token = config.model.name == "vit" and config.model.get("classifier", "token") == "token"
+  if pool == "classifier":
+    return "token" if class_token else "mean"
+  if pool in ("token", "mean_patches") and not class_token:
+    raise UserError(
+      f"config.rlp.pool: {pool!r} needs a ViT with a class token (model.name='vit', model.classifier="
+      f"'token'), this model ({config.model.name}) has none; use 'classifier' or 'mean'."
+    )
+  return pool
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks that need no data and no model; each error names the key and the fix."""
 
@@ -194,8 +228,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   at_least("eval.batch_size", 1)
   at_least("offline.num_epochs", 1)
   at_least("offline.batch_size", 1)
-  at_least("model.width", 1)
-  at_least("model.depth", 1)
+  # A ViT's width and depth of 0 take its variant's (models/vit.py): the full ViT configs rely on it.
+  vit = config.model.name == "vit"
+  at_least("model.width", 0 if vit else 1, " (0 = the variant's)" if vit else "")
+  at_least("model.depth", 0 if vit else 1, " (0 = the variant's)" if vit else "")
   if not math.isfinite(config.rlp.reg_lambda):
     fail("rlp.reg_lambda", f"must be a finite number >= 0, got {config.rlp.reg_lambda}.")
   if config.rlp.reg_lambda > 0 and config.rlp.num_heads == 0:
@@ -241,8 +277,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("rlp.label_chunk", f"must be >= 0 (0 = full logits), got {config.rlp.label_chunk}.")
   if config.rlp.loss_kernel not in ("xla", "pallas"):
     fail("rlp.loss_kernel", f"must be 'xla' or 'pallas', got {config.rlp.loss_kernel!r}.")
-  if config.rlp.pool not in ("mean", "flatten"):
-    fail("rlp.pool", f"must be 'mean' or 'flatten', got {config.rlp.pool!r}.")
+  if config.rlp.pool not in POOLS:
+    fail("rlp.pool", f"must be one of {POOLS}, got {config.rlp.pool!r}.")
+  feature_pool(config)
+  if config.model.get("features_after_dropout", False) and config.model.name not in ("mlp", "cnn"):
+    fail(
+      "model.features_after_dropout",
+      f"only the MLP and the CNN drop out the features they sow ({config.model.name} drops out inside its "
+      "blocks); set it to False.",
+    )
   if not 0.0 <= config.label_noise < 1.0:
     fail("label_noise", f"must lie in [0, 1), got {config.label_noise}.")
   if not 0.0 < config.dataset_fraction <= 1.0:

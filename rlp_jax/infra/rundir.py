@@ -187,8 +187,12 @@ def load_config(workdir: str):
       f"{path} does not exist: --workdir must be the directory of a run trained by rlp_jax.main "
       "(it writes config.json, metrics.jsonl and checkpoints/ there)."
     )
+  saved = read_json(path)
+  rlp = saved.get("rlp", {})
+  if "norm" in rlp and "norm_layers" not in rlp:  # written before rlp.norm_layers: one bool for every layer
+    rlp["norm_layers"] = "all" if rlp.pop("norm") else ""
   config = configuration.base_config()
-  _merge(config, read_json(path))
+  _merge(config, saved)
   config.lock()
   return config
 

@@ -54,6 +54,8 @@ def create_model(
   if name not in _MODELS:
     raise UserError(f"Unknown config.model.name {name!r}; valid names: {', '.join(MODEL_NAMES)}.")
   extra = {k: model_config[k] for k in _VIT_KEYS if k in model_config} if name == "vit" else {}
+  if name in ("mlp", "cnn"):  # the models whose sown features have a dropout after them
+    extra["features_after_dropout"] = bool(model_config.get("features_after_dropout", False))
   return _MODELS[name](
     tuple(input_shape),
     num_classes,

@@ -24,7 +24,9 @@ class CNN(nnx.Module):
 
   Channels start at ``width`` and double every block. Sows ``block_i`` (the
   pooled block output, (B, *spatial, C)) and ``pre_logits`` ((B, C), the
-  pooled and dropped-out features that ``head`` sees).
+  globally pooled features before the dropout in front of ``head``, so the RLP
+  heads and L_reg read the representation, not one dropout draw of it;
+  ``features_after_dropout=True`` sows the dropped-out ones, docs/design.md §7).
   """
 
   def __init__(
@@ -35,6 +37,7 @@ class CNN(nnx.Module):
     width: int,
     depth: int,
     dropout: float = 0.0,
+    features_after_dropout: bool = False,
     rngs: nnx.Rngs,
   ):
     if depth < 1:
@@ -54,6 +57,7 @@ class CNN(nnx.Module):
     )
     # No rngs: the dropout key is passed per call (state = Params only).
     self.dropout = nnx.Dropout(dropout)
+    self.features_after_dropout = features_after_dropout
     self.head = nnx.Linear(channels[-1], num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -66,6 +70,9 @@ class CNN(nnx.Module):
         x = nnx.max_pool(x, window, strides=window, padding="VALID")
       sow_intermediate(self, f"block_{i}", x)
     x = jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
+    if not self.features_after_dropout:
+      sow_intermediate(self, "pre_logits", x)
     x = self.dropout(x, deterministic=not train, rngs=rngs)
-    sow_intermediate(self, "pre_logits", x)
+    if self.features_after_dropout:
+      sow_intermediate(self, "pre_logits", x)
     return self.head(x)

@@ -31,7 +31,9 @@ class MLP(nnx.Module):
   """``depth`` x (Dense(width) -> ReLU -> Dropout), then a linear class head.
 
   Sows ``block_1 .. block_depth`` (each block's output, shape (B, width)) and
-  ``pre_logits`` (the last hidden layer, i.e. exactly what ``head`` sees).
+  ``pre_logits`` (the last hidden layer, what ``head`` sees), all taken before their
+  dropout: the RLP heads and L_reg read the representation, not one dropout draw of it
+  (``features_after_dropout=True`` sows the dropped-out ones, docs/design.md §7).
   """
 
   def __init__(
@@ -42,6 +44,7 @@ class MLP(nnx.Module):
     width: int,
     depth: int,
     dropout: float = 0.0,
+    features_after_dropout: bool = False,
     rngs: nnx.Rngs,
   ):
     if depth < 1:
@@ -53,13 +56,18 @@ class MLP(nnx.Module):
     # No rngs: the dropout key is supplied per call, keeping model state to
     # Params only (training jits over nnx.split(model, Param, BatchStat)).
     self.dropout = nnx.Dropout(dropout)
+    self.features_after_dropout = features_after_dropout
     self.head = nnx.Linear(width, num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
     """Return float32 logits (B, num_classes); ``train`` enables dropout."""
     x = jnp.reshape(x, (x.shape[0], -1)).astype(jnp.float32)
     for i, layer in enumerate(self.layers, start=1):
-      x = self.dropout(nnx.relu(layer(x)), deterministic=not train, rngs=rngs)
-      sow_intermediate(self, f"block_{i}", x)
-    sow_intermediate(self, "pre_logits", x)
+      x = nnx.relu(layer(x))
+      dropped = self.dropout(x, deterministic=not train, rngs=rngs)
+      features = dropped if self.features_after_dropout else x
+      sow_intermediate(self, f"block_{i}", features)
+      if i == len(self.layers):
+        sow_intermediate(self, "pre_logits", features)
+      x = dropped
     return self.head(x)

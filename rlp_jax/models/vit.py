@@ -8,10 +8,11 @@ Architecture (the paper-era ViT: class token, learned position embedding, pre-LN
     -> LN -> class token (or the mean token, ``classifier='gap'``)   sows ``pre_logits``: (B, D)
     -> ``head``: Dense(D, num_classes), zero-initialized as in big_vision
 
-``L = N + 1`` with the class token, ``N`` with ``gap``. The RLP heads mean-pool a block's tokens
-(``rlp.pool_features``) and, in the ViT configs, apply LayerNorm + dense (``config.rlp.norm=True``), which is
-the head the paper attaches to transformer blocks (§5.1). Block names are zero-padded to two digits so that
-they sort in depth order (``block_01 .. block_12``).
+``L = N + 1`` with the class token, ``N`` with ``gap``. A head on a block reads the block's class token by
+default, as the class head reads the last one (``config.rlp.pool``; the mean of all tokens or of the patch
+tokens are options) and, in the ViT configs, is LayerNorm + dense (``config.rlp.norm_layers``), the head the
+paper attaches to transformer blocks (§5.1, Fig. 2C); the head on ``pre_logits`` is one dense layer. Block
+names are zero-padded to two digits so that they sort in depth order (``block_01 .. block_12``).
 
 Why the class token: the paper studies ViT-B/32 and ViT-S/4 "as in Dosovitskiy et al.", whose classifier
 reads the class token, and big_vision's ImageNet ViT configs of that era use ``pool_type='tok'``;

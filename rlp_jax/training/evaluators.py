@@ -34,13 +34,13 @@ class Features:
   """``features(model_params, batch_stats, image) -> (class logits, {layer: (B, D) float32})`` in eval mode.
 
   ``layers`` default to every layer an RLP head or a probe reads. The pooling is the heads' own
-  (``config.rlp.pool``), so a head applied to these features sees what it sees in training.
+  (``exp.pool``, from ``config.rlp.pool``), so a head applied to these features sees what it sees in training.
   """
 
   def __init__(self, exp: Experiment, layers: Sequence[str] | None = None):
     self.exp = exp
     self.layers = tuple(layers if layers is not None else dict.fromkeys(exp.rlp_layers + exp.probe_layers))
-    pool = exp.config.rlp.pool
+    pool = exp.pool
 
     @jax.jit
     def features(model_params, batch_stats, image):

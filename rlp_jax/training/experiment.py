@@ -59,6 +59,7 @@ class Experiment:
   probes_def: Any | None
   sown_layers: tuple[str, ...]  # every intermediate the model sows, in order
   feature_dims: Mapping[str, int]  # pooled feature size per sown layer
+  pool: str  # how the heads and probes pool a map: configuration.feature_pool(config)
   rlp_layers: tuple[str, ...]
   reg_layers: tuple[str, ...]
   probe_layers: tuple[str, ...]
@@ -124,9 +125,9 @@ def build(
     lambda p, s, x: models.apply(model_def, p, s, x, train=False)[1], abs_params, abs_stats, x
   )
   sown_layers = tuple(sown)
+  pool = configuration.feature_pool(config)
   dims = {
-    k: int(np.prod(v.shape[1:])) if config.rlp.pool == "flatten" and v.ndim > 2 else v.shape[-1]
-    for k, v in sown.items()
+    k: int(np.prod(v.shape[1:])) if pool == "flatten" and v.ndim > 2 else v.shape[-1] for k, v in sown.items()
   }
 
   num_heads = config.rlp.num_heads
@@ -144,6 +145,7 @@ def build(
       f"(one of {list(sown_layers)}) or set config.rlp.num_heads=0."
     )
   probe_layers = tuple(configuration.parse_layers(config.probes.layers, list(sown_layers), "probes.layers"))
+  heads_lib.norm_layers(config, dims)  # a bad rlp.norm_layers fails here, naming what the model sows
   n = input_pipeline.num_labels(config, info)
   # A label axis that the model axis times the label chunk does not divide is padded with masked labels
   # (each device's shard must split into whole chunks).
@@ -170,6 +172,7 @@ def build(
     probes_def=probes_def,
     sown_layers=sown_layers,
     feature_dims=dims,
+    pool=pool,
     rlp_layers=rlp_layers,
     reg_layers=reg_layers,
     probe_layers=probe_layers,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -17,7 +18,7 @@ from jax.experimental import multihost_utils
 from rlp_jax.data import input_pipeline
 from rlp_jax.infra import configuration, console, rundir
 from rlp_jax.infra.errors import UserError
-from rlp_jax.training import checkpointing, offline_heads, summary
+from rlp_jax.training import checkpointing, health, offline_heads, summary
 from rlp_jax.training.evaluators import Evaluator
 from rlp_jax.training.experiment import build, device_batches, zero_sums
 from rlp_jax.training.steps import make_train_step
@@ -118,6 +119,13 @@ def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> d
   )
   progress_line = console.ProgressLine(exp.total_steps, config.log_every_steps)  # on a terminal
   last_eval: dict[str, float] = {}
+  collapsed: dict[str, Any] | None = None  # the first evaluation at which training had collapsed (health.py)
+  check_health = functools.partial(
+    health.collapse,
+    num_classes=exp.info.num_classes,
+    reg_lambda=config.rlp.reg_lambda,
+    warmup_epochs=config.optimizer.warmup_epochs,
+  )
   with _Preemption() as preemption:
     for epoch in range(step // spe, config.num_epochs):
       if step == epoch * spe:
@@ -148,6 +156,10 @@ def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> d
         last_eval = metrics
         progress_line.clear()
         logging.info("epoch %d: %s", done, _short(metrics))
+        warning = check_health(metrics)
+        if warning and collapsed is None:  # said once, when first seen; the summary repeats it
+          logging.warning("WARNING: %s", warning)  # the console shows no level: the line says it
+          collapsed = {"epoch": done, "message": warning}
       # Both saves only start here: the writes proceed while the next epoch trains.
       if done in snapshot_at:
         ckpt.save_snapshot(step, state)
@@ -162,17 +174,28 @@ def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> d
     }
   writer.close()
 
-  offline_at_init = {}
+  final_warning = check_health(last_eval)
+  if final_warning and collapsed is None:  # a resumed run that had collapsed before the restart
+    logging.warning("WARNING: %s", final_warning)
+    collapsed = {"epoch": int(last_eval["epoch"]), "message": final_warning}
+  if collapsed:
+    collapsed["at_end"] = bool(final_warning)  # False: it had collapsed, then recovered
+
+  controls = {}
   if config.offline.at_init and exp.rlp_layers:
     init = ckpt.restore_snapshot(0, state)
-    offline_at_init = offline_heads.offline_accuracy(exp, init.params["model"], init.batch_stats)
-  head_rows = summary.rows(last_eval, offline_at_init, exp.num_labels, exp.rlp_layers)
+    controls = offline_heads.init_controls(
+      exp, init.params["model"], init.batch_stats, scale_free=config.offline.at_init_scale_free
+    )
+  head_rows = summary.rows(last_eval, controls, exp.num_labels, exp.rlp_layers)
   if jax.process_index() == 0:
-    summary.write(workdir, last_eval, head_rows)
+    summary.write(workdir, last_eval, head_rows, collapsed)
   return {
     "metrics": last_eval,
-    "offline_at_init": offline_at_init,
+    "offline_at_init": controls.get("offline_at_init", {}),
+    "offline_at_init_scale_free": controls.get("offline_at_init_scale_free", {}),
     "rlp_heads": head_rows,
+    "collapse": collapsed,
     "table": summary.format_table(last_eval, head_rows),
     "experiment": exp,
     "state": state,

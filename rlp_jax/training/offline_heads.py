@@ -5,7 +5,7 @@ at a checkpoint (at initialization, or after any epoch), train an RLP head from 
 initialization, the same random labels and the same budget for every checkpoint, and report its
 random-label accuracy (docs/design.md §4). The network's parameters are only read.
 
-The loop runs ``offline_accuracy`` on checkpoint 0 (the demo's "offline @ init" column);
+The loop runs ``init_controls`` on checkpoint 0 (the demo's "offline @ init" columns, plain and scale-free);
 ``python -m rlp_jax.offline`` (analysis/offline.py) runs it over every saved checkpoint.
 """
 
@@ -56,16 +56,29 @@ def extract_features(exp, model_params, batch_stats, layers, *, limit: int = -1,
 
 
 def fit_heads(
-  exp, features: Mapping[str, np.ndarray], rlp_labels: np.ndarray, *, num_epochs: int, batch_size: int
+  exp,
+  features: Mapping[str, np.ndarray],
+  rlp_labels: np.ndarray,
+  *,
+  num_epochs: int,
+  batch_size: int,
+  scale_free: bool = False,
 ) -> dict[str, np.ndarray]:
   """Trains freshly initialized heads on fixed features; returns random-label accuracy per layer, (H,).
 
   The heads are built by ``heads_lib.build_heads`` — the same initialization as the online heads — and use the
-  online heads' optimizer settings, for ``num_epochs`` over the examples in a seeded order.
+  online heads' optimizer settings, for ``num_epochs`` over the examples in a seeded order. ``scale_free``
+  puts a LayerNorm before every head's dense layer (same dense init): its accuracy does not depend on the
+  features' norm.
   """
   layers = list(features)
   heads = heads_lib.build_heads(
-    exp.config, exp.feature_dims, layers, exp.num_labels, label_multiple=exp.label_multiple
+    exp.config,
+    exp.feature_dims,
+    layers,
+    exp.num_labels,
+    label_multiple=exp.label_multiple,
+    scale_free=scale_free,
   )
   graphdef, params = nnx.split(heads)
   params = params.to_pure_dict()
@@ -118,3 +131,20 @@ def offline_accuracy(exp, model_params, batch_stats, layers=None) -> dict[str, n
   cfg = exp.config.offline
   feats, y = extract_features(exp, model_params, batch_stats, layers, limit=cfg.train_examples)
   return fit_heads(exp, feats, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size)
+
+
+def init_controls(exp, model_params, batch_stats, *, scale_free: bool) -> dict[str, dict[str, np.ndarray]]:
+  """The end-of-run table's controls on the network at initialization, from one feature extraction:
+  ``offline_at_init`` (heads of the online heads' variant) and, with ``scale_free``,
+  ``offline_at_init_scale_free`` (a LayerNorm before every dense layer). The pooled features grow ~15x in
+  norm during training on digits; a head that ignores scale tells whether the online heads' lead over the
+  control is the features' content or only their size (docs/design.md §4)."""
+  cfg = exp.config.offline
+  feats, y = extract_features(exp, model_params, batch_stats, list(exp.rlp_layers), limit=cfg.train_examples)
+  fit = lambda sf: fit_heads(  # noqa: E731
+    exp, feats, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size, scale_free=sf
+  )
+  out = {"offline_at_init": fit(False)}
+  if scale_free:
+    out["offline_at_init_scale_free"] = fit(True)
+  return out

@@ -36,7 +36,7 @@ def _losses(exp: Experiment, params, batch_stats, batch, *, train: bool, dropout
     reg_layers=exp.reg_layers,
     reg_lambda=cfg.rlp.reg_lambda if train else 0.0,
     label_smoothing=cfg.label_smoothing,
-    pool=cfg.rlp.pool,
+    pool=exp.pool,
     mesh=exp.mesh,
     label_chunk=cfg.rlp.label_chunk,
     loss_kernel=cfg.rlp.loss_kernel,

@@ -1,0 +1,169 @@
+"""The paper's heads by default (docs/design.md §1, §7): shapes per paper config, built abstractly; what
+a head on a ViT block reads; CNN/MLP features sown before dropout; the options' one-line errors."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import jax
+import numpy as np
+import pytest
+from conftest import make_tiny_config
+from flax import nnx
+
+from rlp_jax import models
+from rlp_jax.data.input_pipeline import DataInfo
+from rlp_jax.heads import heads as heads_lib
+from rlp_jax.infra import configuration, rundir
+from rlp_jax.infra.errors import UserError
+from rlp_jax.training import evaluators, experiment
+
+# What each paper config trains on (the real sizes: nothing is read or allocated, shapes only).
+INFO = {
+  "imagenet2012": DataInfo("imagenet2012", 1_281_167, 50_000, 1000, (224, 224, 3), 1_281_167),
+  "cifar100": DataInfo("cifar100", 50_000, 10_000, 100, (32, 32, 3), 50_000),
+}
+
+
+# Compiled once per model, not dispatched op by op.
+_apply = jax.jit(models.apply, static_argnums=0, static_argnames="train")
+
+
+def _abstract_heads(name: str, arg: str):
+  config = importlib.import_module(f"configs.{name}").get_config(arg)
+  exp, state = experiment.build(config, INFO[config.dataset], abstract=True)
+  shapes = lambda group: {  # noqa: E731
+    layer: {k: v.shape for k, v in p.items()} for layer, p in state.params[group].get("layers", {}).items()
+  }
+  return exp, shapes("rlp"), shapes("probes")
+
+
+@pytest.mark.parametrize(
+  "name,arg,width,n", [("vit_imagenet", "probes", 768, 100_000), ("vit_cifar100", "reg_last", 384, 10_000)]
+)
+def test_vit_configs_put_the_papers_heads(name, arg, width, n):
+  """pre_logits (already layer-normed by the ViT): one dense layer, the paper's default head. Heads on
+  blocks: LayerNorm + dense (Fig. 2C), reading the class token; class probes on blocks likewise."""
+  exp, rlp, probes = _abstract_heads(name, arg)
+  assert exp.pool == "token"
+  dense = {"kernel": (1, width, n), "bias": (1, n)}
+  normed = {**dense, "scale": (1, width), "shift": (1, width)}
+  blocks = {f"block_{i:02d}" for i in range(1, 13)}
+  if arg == "probes":  # the default head, plus class probes on every block
+    assert rlp == {"pre_logits": dense}
+    assert set(probes) == blocks and all("scale" in shapes for shapes in probes.values()), probes
+  else:
+    assert set(rlp) == blocks and all(shapes == normed for shapes in rlp.values()), rlp
+
+
+def test_wrn_config_heads_are_dense_on_mean_pooled_groups():
+  exp, rlp, _ = _abstract_heads("wrn_cifar100", "all_blocks")
+  assert exp.pool == "mean"
+  assert rlp["pre_logits"] == {"kernel": (1, 256, 10_000), "bias": (1, 10_000)}
+  assert all(set(shapes) == {"kernel", "bias"} for shapes in rlp.values()), rlp
+
+
+def test_a_vit_block_head_reads_what_rlp_pool_says(data_dir):
+  """By default (rlp.pool='classifier') the class token, through the evaluation's feature path (the one
+  offline heads and scores read too); the options pool the same map as they say."""
+  config = make_tiny_config(data_dir)
+  config.model.update(name="vit", width=16, depth=2, num_heads=2, patch_size=4, dtype="float32")
+  config.rlp.layers = "block_01,pre_logits"
+  exp, state = experiment.build(config)
+  image = jax.random.normal(jax.random.key(0), (3, *exp.info.input_shape))
+  _, pooled = evaluators.Features(exp)(state.params["model"], state.batch_stats, image)
+  _, sown, _ = _apply(exp.model_def, state.params["model"], state.batch_stats, image, train=False)
+  z = np.asarray(sown["block_01"])
+  assert z.shape == (3, 1 + 4, 16)  # 8x8 digits, 4x4 patches, the class token first
+  np.testing.assert_allclose(pooled["block_01"], z[:, 0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(pooled["pre_logits"], sown["pre_logits"], rtol=1e-5, atol=1e-6)
+  expected = {
+    "token": z[:, 0],
+    "mean_patches": z[:, 1:].mean(1),
+    "mean": z.mean(1),
+    "flatten": z.reshape(3, -1),
+  }
+  for pool, want in expected.items():
+    config.rlp.pool = pool
+    assert configuration.feature_pool(config) == pool
+    np.testing.assert_allclose(heads_lib.pool_features(sown["block_01"], pool), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def test_features_are_sown_before_dropout(name):
+  """In train mode the heads and L_reg read the representation, not one dropout draw of it: with one block
+  (so no dropout before the sown features) every sown feature equals eval mode's, while the class logits
+  still see dropout. ``features_after_dropout`` sows the dropped-out features instead."""
+
+  def model(after: bool):
+    cfg = configuration.base_config().model
+    cfg.update(name=name, width=8, depth=1, dropout=0.5, features_after_dropout=after)
+    return lambda: models.create_model(cfg, 10, (8, 8, 1), nnx.Rngs(0))
+
+  # One initialization (where the features are sown changes no parameter); inside jit, as training does.
+  params, stats = jax.jit(
+    lambda: [s.to_pure_dict() for s in nnx.split(model(False)(), nnx.Param, nnx.BatchStat)[1:]]
+  )()
+  x = jax.random.normal(jax.random.key(1), (16, 8, 8, 1))
+
+  def run(after: bool, train: bool):
+    graph = nnx.graphdef(nnx.eval_shape(model(after)))
+    key = jax.random.key(2) if train else None
+    logits, sown, _ = _apply(graph, params, stats, x, train=train, dropout_key=key)
+    return logits, sown
+
+  eval_logits, eval_sown = run(False, train=False)
+  train_logits, train_sown = run(False, train=True)
+  assert set(train_sown) == {"block_1", "pre_logits"}
+  for layer in train_sown:
+    np.testing.assert_array_equal(train_sown[layer], eval_sown[layer])
+  if name == "cnn":  # pre_logits is the global average of the last block's map
+    np.testing.assert_allclose(train_sown["pre_logits"], train_sown["block_1"].mean((1, 2)), rtol=1e-6)
+  assert not np.allclose(train_logits, eval_logits)  # dropout is on, where the class head reads
+  _, dropped = run(True, train=True)
+  assert np.mean(np.asarray(dropped["pre_logits"]) == 0) > 0.2  # ~half of the units dropped
+
+
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
+    ({"rlp.pool": "cls"}, "config.rlp.pool: must be one of"),
+    ({"rlp.pool": "token"}, "config.rlp.pool: 'token' needs a ViT with a class token"),
+    ({"rlp.pool": "mean_patches", "model.name": "vit", "model.classifier": "gap"}, "config.rlp.pool:"),
+    ({"model.name": "wrn", "model.features_after_dropout": True}, "config.model.features_after_dropout:"),
+  ],
+)
+def test_bad_head_options_fail_in_one_line(overrides, message):
+  config = configuration.base_config()
+  for key, value in overrides.items():
+    section, leaf = key.split(".")
+    config[section][leaf] = value
+  with pytest.raises(UserError, match=message.replace(".", r"\.")) as err:
+    configuration.validate(config)
+  assert "\n" not in str(err.value)
+
+
+def test_unknown_norm_layer_names_what_the_model_sows(data_dir):
+  config = make_tiny_config(data_dir)
+  config.rlp.norm_layers = "block_9"
+  with pytest.raises(UserError, match=r"config\.rlp\.norm_layers='block_9': the model does not sow"):
+    experiment.build(config, abstract=True)
+  config.rlp.norm_layers = "block_1"  # a sown layer: its heads and probes get the LayerNorm, the others not
+  config.probes.layers = "all"
+  _, state = experiment.build(config, abstract=True)
+  has_norm = lambda group: {k: "scale" in v for k, v in state.params[group]["layers"].items()}  # noqa: E731
+  assert has_norm("rlp") == {"block_1": True, "pre_logits": False}
+  assert has_norm("probes") == {"block_1": True, "block_2": False, "pre_logits": False}
+  assert heads_lib.norm_layers(config, {"block_1": 1, "pre_logits": 1}) == {"block_1"}
+
+
+def test_a_run_saved_with_the_former_rlp_norm_still_loads(tmp_path):
+  """config.json written before rlp.norm_layers (one bool for every layer) reads as 'all' / ''."""
+  for norm, layers in ((True, "all"), (False, "")):
+    saved = configuration.base_config().to_dict()
+    del saved["rlp"]["norm_layers"]
+    saved["rlp"]["norm"] = norm
+    rundir.atomic_write(str(tmp_path / rundir.CONFIG_FILE), json.dumps(saved))
+    config = rundir.load_config(str(tmp_path))
+    assert config.rlp.norm_layers == layers and "norm" not in config.rlp
