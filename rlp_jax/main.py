@@ -30,7 +30,7 @@ def main(argv):
   multihost.initialize()
   result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   print(result["table"], flush=True)
-  print(summary.explain(FLAGS.workdir, result), flush=True)
+  print(summary.explain(FLAGS.workdir, result, FLAGS.config.rlp.label_mode), flush=True)
 
 
 if __name__ == "__main__":

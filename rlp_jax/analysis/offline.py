@@ -65,8 +65,12 @@ def run_offline(
   saved = rundir.load_config(workdir)
   config = saved if config is None else config
   configuration.validate(config)  # before offline.config.json is written
-  if os.sep in output or output in ("", ".", ".."):
-    raise UserError(f"--output={output!r}: must be a file name; the curve is written inside the workdir.")
+  reserved = (rundir.CONFIG_FILE, rundir.METRICS_FILE, rundir.SUMMARY_FILE)
+  if os.sep in output or not output.endswith(".jsonl") or output in reserved:
+    raise UserError(
+      f"--output={output!r}: must be a new .jsonl file name inside the workdir (not {', '.join(reserved)}), "
+      f"e.g. --output=offline_long.jsonl."
+    )
   changed = [k for k in ("dataset", "model") if rundir.config_dict(saved[k]) != rundir.config_dict(config[k])]
   if changed:
     raise UserError(

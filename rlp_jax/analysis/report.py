@@ -300,7 +300,9 @@ def _memorization_section(run: RunLogs, out: str, prefix: str) -> list[str]:
   if grid and os.path.exists(grid):
     # Copied next to report.md, so that the page shows it wherever the report directory goes.
     name = prefix + os.path.basename(grid)
-    shutil.copyfile(grid, os.path.join(out, name))
+    copy = os.path.join(out, name)
+    if not (os.path.exists(copy) and os.path.samefile(grid, copy)):
+      shutil.copyfile(grid, copy)
     lines += [
       "The training examples the score ranks most and least memorized, per class:",
       "",

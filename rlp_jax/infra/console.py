@@ -2,13 +2,15 @@
 
 The console gets our own lines (one per epoch, the progress line, the final table) and every warning; the
 libraries' narration (Orbax on each file it touches, tfds on each dataset it opens, JAX on backends it did
-not find, clu on each progress report) goes only to ``WORKDIR/logs/<command>.log`` when there is a workdir.
+not find, clu on each progress report) goes only to the training log, ``WORKDIR/logs/train.log`` (local
+workdirs; the analysis commands keep the console alone).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import logging as pylogging
 import os
 import sys
@@ -63,6 +65,14 @@ def log_file(path: str, *, enabled: bool = True):
     handler.close()
 
 
+def _duration(seconds: float) -> str:
+  """``1d 02:03:04`` or ``02:03:04``: runs longer than a day are common on ImageNet."""
+  minutes, secs = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  days, hours = divmod(hours, 24)
+  return (f"{days}d " if days else "") + f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
 class ProgressLine:
   """``step 15/44 (34%)  116 steps/s  ETA 0:00:12`` rewritten in place on a terminal; nothing when the
   output is a file or a pipe (a batch job's log keeps one line per epoch)."""
@@ -79,7 +89,7 @@ class ProgressLine:
     now = time.time()
     if self._last is not None and now > self._last[1]:
       rate = (step - self._last[0]) / (now - self._last[1])
-      eta = time.strftime("%H:%M:%S", time.gmtime((self._total - step) / rate)) if rate > 0 else "?"
+      eta = _duration((self._total - step) / rate) if rate > 0 else "?"
       self._stream.write(
         f"\rstep {step}/{self._total} ({step / self._total:.0%})  {rate:.1f} steps/s  ETA {eta}   "
       )
@@ -106,8 +116,8 @@ _NATIVE_NOISE = (
 def import_quietly(module: str) -> None:
   """Imports ``module`` with the C++ start-up lines above dropped from stderr; anything else it prints
   (a real warning, an import error's message) is passed through."""
-  if module in sys.modules:
-    return
+  if module in sys.modules or importlib.util.find_spec(module) is None:
+    return  # absent (a GPU image with synthetic data only): whoever really needs it fails on import
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile() as captured:

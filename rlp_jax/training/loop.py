@@ -79,8 +79,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   configuration.validate(config)
   rundir.check_workdir(workdir)
   checkpointing.check_same_experiment(config, workdir)
-  exp, state = build(config)  # checks the config against the data and the model: before the workdir exists
   is_writer = jax.process_index() == 0
+  if is_writer and os.path.isdir(workdir):
+    with rundir.lock(workdir):  # a workdir in use is refused before the state takes device memory
+      pass
+  exp, state = build(config)  # checks the config against the data and the model: before the workdir exists
   with (
     rundir.lock(workdir, enabled=is_writer),
     console.log_file(rundir.log_path(workdir, "train"), enabled=is_writer),

@@ -64,7 +64,7 @@ def write(workdir: str, metrics: Mapping[str, float], head_rows: list[dict], col
   rundir.atomic_write(os.path.join(workdir, rundir.SUMMARY_FILE), json.dumps(record, indent=2))
 
 
-def explain(workdir: str, result: Mapping) -> str:
+def explain(workdir: str, result: Mapping, label_mode: str = "fixed") -> str:
   """A few lines under the table: what its columns are, what this run's numbers say, what to run next."""
   lines = []
   collapse = result.get("collapse")
@@ -91,6 +91,13 @@ def explain(workdir: str, result: Mapping) -> str:
         "features' norm (which grows during training): what the initial features allow whatever their scale."
       )
     controlled = [r for r in heads if r["offline_at_init_accuracy"] is not None]
+    if label_mode == "shuffled":
+      # The online metric is scored on a held-out draw (docs/design.md §4), the control on epoch 0's labels.
+      controlled = []
+      lines.append(
+        "this run: shuffled labels (A.2): random-label accuracy is scored on a label draw no epoch trained "
+        "on and should sit at chance; it is not compared with the control."
+      )
     if controlled:
       # Against the control of its own variant (same head, same budget); then the scale-free one.
       best = max(controlled, key=lambda r: r["online_accuracy"] - r["offline_at_init_accuracy"])
@@ -118,9 +125,9 @@ def explain(workdir: str, result: Mapping) -> str:
           "(docs/design.md §4)"
         )
       lines.append("this run: " + verdict + ".")
+  log = "" if "://" in workdir else f" | full log: {rundir.log_path(workdir, 'train')}"
   lines.append(
     f"next: python -m rlp_jax.report --workdir={workdir} (figures) | python -m rlp_jax.offline "
-    f"--workdir={workdir} (Fig. 2B) | tensorboard --logdir={workdir} | full log: "
-    f"{rundir.log_path(workdir, 'train')}"
+    f"--workdir={workdir} (Fig. 2B) | tensorboard --logdir={workdir}{log}"
   )
   return "\n".join(lines)
