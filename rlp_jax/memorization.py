@@ -1,8 +1,8 @@
 r"""Per-example memorization scores, capacity, noisy-vs-clean AUC, image grids:
 
-  python -m rlp_jax.memorization --workdir=DIR [--steps=last|all|S1,S2] [--score=p_own|margin|correct]
-      [--layer=pre_logits] [--k=8] [--external=FILE [--external_score_key=tr_mem]
-      [--external_label_key=tr_labels]]
+  python -m rlp_jax.memorization --workdir=DIR [--steps=last|all|S1,S2]
+      [--score=p_own|margin|correct|class_loss|...] [--layer=pre_logits] [--k=8] [--offline]
+      [--external=FILE [--external_score_key=tr_mem] [--external_label_key=tr_labels]]
 
 What each score is: analysis/scores.py; the summary built on them: analysis/memorization.py.
 """
@@ -33,7 +33,9 @@ def main(argv) -> None:
     external = external_scores.load_external(
       fl.external, fl.external_score_key, fl.external_label_key, fl.external_index_key
     )
-  data = scores.compute(fl.workdir, steps, fl.layers or None, log=lambda s: print(s, flush=True))
+  data = scores.compute(
+    fl.workdir, steps, fl.layers or None, offline=fl.offline, log=lambda s: print(s, flush=True)
+  )
   images = image_grid.load_train_images(config) if fl.k > 0 else None
   out = memorization.analyze(
     fl.workdir, data, kind=fl.score, layer=fl.layer or None, k=fl.k, images=images, external=external
@@ -44,6 +46,12 @@ def main(argv) -> None:
       f"({cap['level']:.0%} CI; random-label accuracy {cap['accuracy']:.4f}, chance {cap['chance']:.4f}, "
       f"{cap['num_heads']} label draws)"
     )
+  for row in out.get("noisy_vs_clean", []):
+    if row["step"] == out["step"]:
+      print(f"noisy vs clean at step {row['step']}: {_auc_line(row)}")
+  if "noisy_vs_clean_best" in out:
+    best = out["noisy_vs_clean_best"]
+    print(f"noisy vs clean, best score: {_auc_line(best)} at step {best['step']}")
   for key in ("noisy_vs_clean_auc", "external", "image_grid"):
     if key in out:
       print(f"{key}: {out[key]}")
@@ -51,6 +59,11 @@ def main(argv) -> None:
     f"scores: {os.path.join(fl.workdir, scores.SCORE_FILE)}; "
     f"summary: {os.path.join(fl.workdir, memorization.SUMMARY_FILE)}"
   )
+
+
+def _auc_line(row) -> str:
+  what = " ".join(x for x in (row["score"], row["layer"] or "", row["heads"]) if x)
+  return f"{what}: ROC AUC {row['auc']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
 
 
 def define_flags() -> None:
@@ -63,7 +76,14 @@ def define_flags() -> None:
   )
   flags.DEFINE_list("layers", None, "Layers to score (default: every layer with RLP heads).")
   flags.DEFINE_enum(
-    "score", "p_own", list(scores.KINDS), "The per-example score for ranking, AUC and correlation."
+    "score",
+    "p_own",
+    list(scores.ALL_KINDS),
+    "The per-example score for ranking, AUC and correlation (offline_* need --offline; class_* are the "
+    "classifier's own loss / margin on the trained-on label).",
+  )
+  flags.DEFINE_bool(
+    "offline", False, "Also score with offline heads fitted at each checkpoint (config.offline's budget)."
   )
   flags.DEFINE_string("layer", "", "Layer of that score (default: the last scored layer).")
   flags.DEFINE_integer("k", 8, "Examples per class and side in the image grid (0 = no grid).", lower_bound=0)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from scipy import stats
+from sklearn import metrics
 
 from rlp_jax.analysis import external_scores, image_grid, memorization, score_stats, scores
 from rlp_jax.data import input_pipeline, labels
@@ -60,6 +61,34 @@ def test_scores_from_logits_by_hand():
   np.testing.assert_allclose(out["margin"][0], [1.0, 0.0])
   np.testing.assert_array_equal(out["correct"][0], [True, False])  # a tie goes to the first max
   assert scores.scores_from_logits(np.array([[[1e4, 0.0]]]), np.array([[0]]))["p_own"][0, 0] == 1.0
+
+
+def test_class_scores_by_hand():
+  # Logits (2, 0, 1), trained-on label 0: loss = log(e^2 + 1 + e) - 2, margin 2 - 1; label 1: margin 0 - 2.
+  out = scores.class_scores(np.array([[2.0, 0.0, 1.0], [2.0, 0.0, 1.0]]), np.array([0, 1]))
+  lse = np.log(np.e**2 + 1 + np.e)
+  np.testing.assert_allclose(out["class_loss"], [lse - 2, lse], rtol=1e-6)
+  np.testing.assert_allclose(out["class_margin"], [1.0, -2.0])
+  # Finite where the probability underflows to 0 (a loss read off p would be inf).
+  assert scores.class_scores(np.array([[0.0, 1e4]]), np.array([0]))["class_loss"][0] == pytest.approx(1e4)
+
+
+def test_roc_auc_interval_is_the_percentile_of_the_resampled_aucs():
+  # The vectorized bootstrap against scikit-learn's AUC on the same resamples (drawn into the scores'
+  # sorted order, as roc_auc_ci draws them), ties included.
+  rng = np.random.default_rng(3)
+  s = np.round(rng.normal(size=300), 1)
+  noisy = rng.random(300) < 0.25
+  s[noisy] += 0.4
+  out = score_stats.roc_auc_ci(s, noisy, num_boot=200, level=0.9, seed=7)
+  order = np.argsort(s, kind="stable")
+  draws = np.random.default_rng(7).integers(0, 300, (200, 300))
+  boots = [metrics.roc_auc_score(noisy[order][d], s[order][d]) for d in draws]
+  assert out["auc"] == pytest.approx(metrics.roc_auc_score(noisy, s))
+  np.testing.assert_allclose([out["ci_low"], out["ci_high"]], np.quantile(boots, [0.05, 0.95]), rtol=1e-12)
+  assert out["ci_low"] < out["auc"] < out["ci_high"]
+  perfect = score_stats.roc_auc_ci([3.0, 2.0, 1.0, 0.0], [1, 1, 0, 0], num_boot=50)
+  assert (perfect["auc"], perfect["ci_low"], perfect["ci_high"]) == (1.0, 1.0, 1.0)
 
 
 def test_capacity_estimate_and_bootstrap_interval():
@@ -308,3 +337,36 @@ def test_shuffled_labels_score_each_checkpoint_against_the_labels_its_heads_last
   chance = 1 / 200
   assert fixed_acc > 3 * chance  # else the comparison below could not tell the two label sets apart
   assert data["correct/pre_logits"][2].mean() < (chance + fixed_acc) / 2
+
+
+def test_the_class_loss_separates_noisy_labels_where_the_rlp_scores_do_not(analysis_run):
+  """The baseline per-example score (docs/results.md). The shared run trained on clean labels; scored
+  under label_noise=0.3, exactly 431 of its 1437 examples carry a label it never saw: a planted case where
+  the classifier's loss on the trained-on label must separate them (AUC near 1), while the RLP heads'
+  scores, which know nothing of class labels, must not (AUC 0.5; its sd here is ~0.017)."""
+  config, workdir = analysis_run
+  noisy = copy.deepcopy(config)
+  noisy.label_noise = 0.3
+  data = scores.compute(
+    workdir, [132], config=noisy, offline=True, output="memorization_noisy.npz", log=lambda s: None
+  )
+  m = 1437
+  assert data["is_noisy"].sum() == 431 and data["class_loss"].shape == (1, m)
+  loss, margin = data["class_loss"][0], data["class_margin"][0]
+  assert np.isfinite(loss).all() and (loss >= 0).all()
+  assert (loss[margin < 0] > np.log(2)).all()  # own label not the argmax: its probability is below 1/2
+  assert data["offline_p_own/pre_logits"].shape == (1, m, 2) and data["offline_correct/block_1"].dtype == bool
+
+  out = memorization.analyze(workdir, data, k=0, num_boot=200)
+  rows = {(r["score"], r["layer"], r["heads"]): r for r in out["noisy_vs_clean"]}
+  base = rows[("class_loss", None, "")]
+  assert base["auc"] > 0.9 and base["ci_low"] <= base["auc"] <= base["ci_high"]
+  assert out["noisy_vs_clean_best"]["score"] == "class_loss"
+  for key in (
+    ("p_own", "pre_logits", "mean of 2"),
+    ("p_own", "pre_logits", "head 0"),
+    ("offline_p_own", "pre_logits", "mean of 2"),
+  ):
+    assert abs(rows[key]["auc"] - 0.5) < 0.1, (key, rows[key])
+  with open(os.path.join(workdir, "memorization.json")) as f:
+    assert json.load(f)["noisy_vs_clean_best"]["auc"] == base["auc"]

@@ -229,6 +229,16 @@ def test_report_shows_the_memorization_summary(tmp_path):
     "step": 44,
     "capacity": capacity,
     "noisy_vs_clean_auc": auc,
+    "noisy_vs_clean_best": {
+      "score": "class_loss",
+      "layer": None,
+      "heads": "",
+      "step": 22,
+      "auc": 0.9312,
+      "ci_low": 0.9,
+      "ci_high": 0.95,
+      "level": 0.95,
+    },
     "external": {"spearman": rho, "num_examples": 1234, "label_agreement": 1.0},
     "image_grid": grid,
   }
@@ -246,6 +256,10 @@ def test_report_shows_the_memorization_summary(tmp_path):
     )
     assert row in md.splitlines()
   assert f"ROC AUC of the score for noisy vs clean labels: {auc:.4f}" in md
+  assert (
+    "Best noisy-vs-clean separation: the classifier's loss on the label it was trained on at step 22: "
+    "ROC AUC 0.9312 [0.9000, 0.9500] (95% CI)"
+  ) in md
   assert f"Spearman correlation with the external score: {rho:.4f} (1234 examples)" in md
   # Copied next to report.md and linked relatively: the report directory is self-contained.
   assert "](memorization_grid_pre_logits.png)" in md

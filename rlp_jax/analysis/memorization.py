@@ -6,7 +6,12 @@ the capacity per layer, the noisy-vs-clean AUC, the image grid and an external c
              (``config.rlp.num_heads=K``) with a bootstrap confidence interval: an empirical
              Rademacher-style estimate of how much arbitrary labeling the representation can fit
              (analysis/score_stats.py)
-  AUC        ROC AUC of the score for noisy vs clean examples (with label noise only)
+  AUC        ROC AUC of the score for noisy vs clean examples (with label noise only), and
+             ``noisy_vs_clean``: the AUC with a bootstrap interval of every score at every scored
+             checkpoint — the RLP heads' (averaged over heads, and one head alone), offline heads' where
+             computed, and the baseline, the classifier's own loss on the trained-on label — with the best
+             of them as ``noisy_vs_clean_best`` (docs/results.md: the class loss separates, the RLP
+             scores do not)
   grid       the k most / least memorized examples per class (analysis/image_grid.py)
   external   Spearman correlation with an external per-example score keyed by index, after checking
              that both agree on the class labels (analysis/external_scores.py)
@@ -50,6 +55,8 @@ def analyze(
     out["capacity"][name] = score_stats.capacity(correct, int(data["num_labels"]), num_boot=num_boot)
   if data["is_noisy"][scored].any():
     out["noisy_vs_clean_auc"] = score_stats.roc_auc(values[scored], data["is_noisy"][scored])
+    out["noisy_vs_clean"] = noisy_vs_clean(data, num_boot=num_boot)
+    out["noisy_vs_clean_best"] = max(out["noisy_vs_clean"], key=lambda r: r["auc"])
   if images is not None:
     grid = os.path.join(workdir, f"memorization_grid_{layer}.png")
     selection = image_grid.select_per_class(values, data["label"], k)
@@ -61,3 +68,44 @@ def analyze(
     out["external"] = external_scores.correlate_external(data, values, *external)
   rundir.atomic_write(os.path.join(workdir, SUMMARY_FILE), json.dumps(out, indent=2))
   return out
+
+
+def score_variants(data: Mapping[str, np.ndarray]) -> list[tuple[str, str | None, int | None]]:
+  """``(kind, layer, head)`` of every score the noisy-vs-clean table compares: per layer the RLP heads'
+  p_own and margin averaged over heads, p_own of head 0 alone when there are several, the offline heads'
+  p_own where computed; then the class loss (no layer)."""
+  out = []
+  for layer in (str(x) for x in data["layers"]):
+    out += [("p_own", layer, None), ("margin", layer, None)]
+    if data[f"p_own/{layer}"].shape[-1] > 1:
+      out.append(("p_own", layer, 0))
+    if f"offline_p_own/{layer}" in data:
+      out.append(("offline_p_own", layer, None))
+  if "class_loss" in data:
+    out.append(("class_loss", None, None))
+  return out
+
+
+def noisy_vs_clean(data: Mapping[str, np.ndarray], *, num_boot: int = 1000) -> list[dict]:
+  """ROC AUC (noisy = positive) with its bootstrap interval, for every score variant at every checkpoint.
+
+  An AUC of 0.5 is no separation; above 0.5 noisy examples score higher. Every row is one score, so
+  picking the best of many rows favours a lucky one a little; the intervals say by how much it could."""
+  scored = data["scored"]
+  noisy = data["is_noisy"][scored]
+  rows = []
+  for pos, step in enumerate(np.asarray(data["steps"])):
+    for kind, layer, head in score_variants(data):
+      values = scores.score(data, kind, layer, step=int(step), head=head)[scored]
+      heads = data[f"p_own/{layer}"].shape[-1] if layer else 0
+      rows.append(
+        {
+          "score": kind,
+          "layer": layer,
+          "heads": "" if layer is None else (f"head {head}" if head is not None else f"mean of {heads}"),
+          "step": int(step),
+          "epoch": float(data["epochs"][pos]),
+          **score_stats.roc_auc_ci(values, noisy, num_boot=num_boot),
+        }
+      )
+  return rows

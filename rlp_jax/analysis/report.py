@@ -40,6 +40,7 @@ SCORE_NAMES = {  # analysis/scores.py's names, in words
   "p_own": "probability of the example's own random label",
   "margin": "margin of the own random label's logit over the largest other",
   "correct": "whether the head predicts the own random label",
+  "class_loss": "the classifier's loss on the label it was trained on",
 }
 
 
@@ -289,6 +290,17 @@ def _memorization_section(run: RunLogs, out: str, prefix: str) -> list[str]:
   lines.append("")
   if "noisy_vs_clean_auc" in mem:
     lines += [f"ROC AUC of the score for noisy vs clean labels: {mem['noisy_vs_clean_auc']:.4f}", ""]
+  best = mem.get("noisy_vs_clean_best")
+  if best:  # the best separating score: the RLP heads' or the class-loss baseline (docs/results.md)
+    offline = best["score"].startswith("offline_")
+    what = SCORE_NAMES.get(best["score"].removeprefix("offline_"), best["score"])
+    if best["layer"]:
+      what += f", `{best['layer']}` ({best['heads']}{', offline heads' if offline else ''})"
+    lines += [
+      f"Best noisy-vs-clean separation: {what} at step {best['step']}: ROC AUC {best['auc']:.4f} "
+      f"[{best['ci_low']:.4f}, {best['ci_high']:.4f}] ({best['level']:.0%} CI)",
+      "",
+    ]
   if "external" in mem:
     lines += [
       f"Spearman correlation with the external score: {mem['external']['spearman']:.4f} "

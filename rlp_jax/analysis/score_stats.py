@@ -1,5 +1,5 @@
-"""Statistics of per-example scores (docs/design.md §4): rank correlation, noisy-vs-clean ROC AUC, and the
-capacity estimate with its bootstrap interval.
+"""Statistics of per-example scores (docs/design.md §4): rank correlation, noisy-vs-clean ROC AUC (with a
+bootstrap interval), and the capacity estimate with its bootstrap interval.
 
 Spearman and the AUC are the libraries' own (scipy, scikit-learn); what is ours is the handling of missing
 values: examples not scored (NaN) are dropped rather than ranked.
@@ -45,6 +45,43 @@ def roc_auc(score_values, positive) -> float:
   if pos.all() or not pos.any():
     return float("nan")
   return float(metrics.roc_auc_score(pos, s))
+
+
+def roc_auc_ci(
+  score_values, positive, *, num_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+  """``roc_auc`` with a percentile-bootstrap interval (examples resampled with replacement).
+
+  Vectorized over the resamples: a resample is a count per example, and its AUC is the Mann-Whitney sum
+  with those counts as weights (each positive's weight times the negative weight below it, plus half the
+  negative weight tied with it), from one sort of the scores, so 1000 resamples of digits take milliseconds.
+  """
+  s = np.asarray(score_values, np.float64)
+  pos = np.asarray(positive, bool)
+  ok = np.isfinite(s)
+  s, pos = s[ok], pos[ok]
+  auc = roc_auc(s, pos)
+  if not np.isfinite(auc):
+    return {"auc": auc, "ci_low": float("nan"), "ci_high": float("nan"), "level": level}
+  order = np.argsort(s, kind="stable")
+  s, pos = s[order], pos[order]
+  # Each example's tie group, by its first and last position in sorted order.
+  first = np.searchsorted(s, s, "left")
+  last = np.searchsorted(s, s, "right") - 1
+  m = len(s)
+  draws = np.random.default_rng(seed).integers(0, m, (num_boot, m))
+  counts = np.bincount((draws + m * np.arange(num_boot)[:, None]).ravel(), minlength=num_boot * m)
+  counts = counts.reshape(num_boot, m)
+  neg_w = counts * ~pos
+  cum = np.cumsum(neg_w, 1)
+  below = cum[:, first] - neg_w[:, first]
+  tied = cum[:, last] - below
+  pos_w = counts * pos
+  with np.errstate(invalid="ignore", divide="ignore"):
+    boots = (pos_w * (below + 0.5 * tied)).sum(1) / (pos_w.sum(1) * neg_w.sum(1))
+  boots = boots[np.isfinite(boots)]  # a resample without one of the classes has no AUC
+  lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+  return {"auc": auc, "ci_low": float(lo), "ci_high": float(hi), "level": level}
 
 
 def capacity(correct, num_labels: int, *, num_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:

@@ -8,6 +8,14 @@ online heads):
   correct  argmax == ŷ_h(i)
   margin   logit of ŷ_h(i) minus the largest other logit (> 0 iff correct, up to exact ties)
 
+and, with ``offline=True``, the same three from offline heads (``offline_p_own`` ...: fresh heads fitted to
+the frozen network at that checkpoint, training/offline_heads.py). Beside them, per example, the baseline
+that needs no head: the classifier's own view of the label it was trained on (possibly noisy),
+
+  class_loss    cross-entropy of the class logits on the trained-on label (the classic noisy-label
+                detector: a wrong label the network has not fitted costs a large loss)
+  class_margin  logit of the trained-on label minus the largest other
+
 Written to ``DIR/memorization.npz``, **aligned to the dataset index**: every per-example array has
 length m (the train split) and row ``i`` is example ``i``; rows of examples not trained on (dataset
 fraction) have ``scored = False`` and NaN scores. Arrays:
@@ -17,6 +25,7 @@ fraction) have ``scored = False`` and NaN scores. Arrays:
   steps (C,)  epochs (C,)  layers (L,)  num_labels ()
   rlp_labels (C, m, H) the random labels each checkpoint was scored against
   p_own/<layer>, margin/<layer> (C, m, H) float32,  correct/<layer> (C, m, H) bool
+  (offline_p_own/<layer> ... likewise),  class_loss, class_margin (C, m) float32
 
 The one-number score of an example (for ranking) is one of these, averaged over the heads, at one step
 (``score``).
@@ -29,12 +38,16 @@ import os
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+from scipy import special
 
 from rlp_jax.infra import rundir
 from rlp_jax.infra.errors import UserError
 
 SCORE_FILE = "memorization.npz"
 KINDS = ("p_own", "margin", "correct")
+OFFLINE_KINDS = tuple(f"offline_{k}" for k in KINDS)
+CLASS_KINDS = ("class_loss", "class_margin")
+ALL_KINDS = KINDS + OFFLINE_KINDS + CLASS_KINDS
 
 
 def scores_from_logits(logits: np.ndarray, own: np.ndarray) -> dict[str, np.ndarray]:
@@ -52,6 +65,16 @@ def scores_from_logits(logits: np.ndarray, own: np.ndarray) -> dict[str, np.ndar
     "margin": margin.astype(np.float32),
     "correct": logits.argmax(-1) == own[..., 0],  # as the online metric counts it
   }
+
+
+def class_scores(class_logits: np.ndarray, label: np.ndarray) -> dict[str, np.ndarray]:
+  """``class_logits`` (B, C), trained-on labels (B,) -> class_loss, class_margin (B,) float32."""
+  logits = np.asarray(class_logits, np.float64)
+  label = np.asarray(label)
+  loss = special.logsumexp(logits, -1) - logits[np.arange(len(label)), label]
+  # The margin as the heads' scores compute it, with one "head" whose labels are the class labels.
+  margin = scores_from_logits(logits[:, None], label[:, None])["margin"][:, 0]
+  return {"class_loss": loss.astype(np.float32), "class_margin": margin}
 
 
 def collect(
@@ -81,6 +104,9 @@ def collect(
     if "is_noisy" in batch:
       out["is_noisy"][idx] = np.asarray(batch["is_noisy"])[real]
     out["rlp_labels"][idx] = np.asarray(batch["rlp_labels"])[real]
+    if "class_logits" in batch:
+      for kind, value in class_scores(batch["class_logits"][real], batch["label"][real]).items():
+        out.setdefault(kind, np.full(m, np.nan, np.float32))[idx] = value
     for layer, logits in logits_by_layer.items():
       for kind, value in scores_from_logits(np.asarray(logits)[real], batch["rlp_labels"][real]).items():
         key = f"{kind}/{layer}"
@@ -116,10 +142,40 @@ def _choose_steps(saved: list[int], steps) -> list[int]:
   return chosen
 
 
-def compute(workdir: str, steps="last", layers=None, *, config=None, output: str = SCORE_FILE, log=print):
+def offline_scores(exp, params, batch_stats, layers, scored: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
+  """``offline_<kind>/<layer>`` (m, H) of fresh heads fitted to the frozen network (``exp.config.offline``'s
+  budget), on the examples ``scored`` marks (the trained-on ones, which offline heads fit, in index order)."""
+  from flax import nnx
+
+  from rlp_jax.training import offline_heads
+
+  feats, y = offline_heads.extract_features(exp, params["model"], batch_stats, layers, epoch=epoch)
+  rows = np.flatnonzero(scored)
+  if len(rows) != len(y):
+    raise UserError(f"offline heads read {len(y)} examples, the scores {len(rows)}; they must be the same.")
+  cfg = exp.config.offline
+  graphdef, head_params = offline_heads.train_heads(
+    exp, feats, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size
+  )
+  heads = nnx.merge(graphdef, head_params).layers
+  out = {}
+  for layer in layers:
+    # All (M, H, n) logits at once, like offline_heads' features: for the small runs this analysis is for.
+    logits = np.asarray(heads[layer](feats[layer]))[..., : exp.num_labels]
+    for kind, value in scores_from_logits(logits, y).items():
+      fill = False if kind == "correct" else np.nan
+      out[f"offline_{kind}/{layer}"] = np.full((len(scored), *value.shape[1:]), fill, value.dtype)
+      out[f"offline_{kind}/{layer}"][rows] = value
+  return out
+
+
+def compute(
+  workdir: str, steps="last", layers=None, *, config=None, output: str = SCORE_FILE, offline=False, log=print
+):
   """Scores at the chosen checkpoints (``'last'``, ``'all'`` or a list of steps), written to DIR/<output>.
 
-  Returns the arrays as written. ``config`` defaults to the run's own (``rundir.load_config``).
+  Returns the arrays as written. ``config`` defaults to the run's own (``rundir.load_config``). With
+  ``offline``, also the scores of offline heads fitted at each of those checkpoints (Fig. 2B's heads).
   """
   from rlp_jax.training import checkpointing, evaluators, experiment
 
@@ -147,16 +203,19 @@ def compute(workdir: str, steps="last", layers=None, *, config=None, output: str
     epoch = label_epoch(step, exp.steps_per_epoch, config.num_epochs)
     batches = evaluators.head_logits(exp, restored.params, restored.batch_stats, layers, epoch=epoch)
     per_step.append(collect(batches, exp.info.num_train))
+    if offline:
+      per_step[-1].update(
+        offline_scores(exp, restored.params, restored.batch_stats, layers, per_step[-1]["scored"], epoch)
+      )
     log(
       f"scored step {step}: mean probability of the own random label "
       + ", ".join(f"{k}={np.nanmean(per_step[-1][f'p_own/{k}']):.4f}" for k in layers)
     )
-  out = {k: v for k, v in per_step[0].items() if "/" not in k and k != "rlp_labels"}
+  per_checkpoint = ("rlp_labels", *CLASS_KINDS)
+  out = {k: v for k, v in per_step[0].items() if "/" not in k and k not in per_checkpoint}
   # Per checkpoint, like the scores: with shuffled labels each one was scored against its own epoch's.
-  out["rlp_labels"] = np.stack([s["rlp_labels"] for s in per_step])
-  for kind in KINDS:
-    for layer in layers:
-      out[f"{kind}/{layer}"] = np.stack([s[f"{kind}/{layer}"] for s in per_step])
+  for key in [k for k in per_step[0] if "/" in k or k in per_checkpoint]:
+    out[key] = np.stack([s[key] for s in per_step])
   out.update(
     steps=np.asarray(chosen),
     epochs=np.asarray(chosen) / exp.steps_per_epoch,
@@ -175,17 +234,25 @@ def load(path: str) -> dict[str, np.ndarray]:
 
 
 def score(
-  data: Mapping[str, np.ndarray], kind: str = "p_own", layer: str | None = None, step=-1
+  data: Mapping[str, np.ndarray], kind: str = "p_own", layer: str | None = None, step=-1, head=None
 ) -> np.ndarray:
-  """One number per example (length m, NaN where not scored): ``kind`` averaged over the heads at ``step``
-  (a saved step number, or -1 for the last one computed), on ``layer`` (default: the last layer)."""
-  if kind not in KINDS:
-    raise UserError(f"score kind must be one of {KINDS}, got {kind!r}")
+  """One number per example (length m, NaN where not scored): ``kind`` averaged over the heads (or head
+  ``head`` alone) at ``step`` (a saved step number, or -1 for the last one computed), on ``layer``
+  (default: the last layer; the class kinds have none)."""
+  if kind not in ALL_KINDS:
+    raise UserError(f"score kind must be one of {ALL_KINDS}, got {kind!r}")
+  steps = list(np.asarray(data["steps"]))
+  pos = -1 if step == -1 else steps.index(step)
+  if kind in CLASS_KINDS:
+    if kind not in data:
+      raise UserError(f"{kind}: not in these scores (computed before class scores existed); recompute them.")
+    return np.where(data["scored"], np.asarray(data[kind][pos], np.float64), np.nan)
   layers = [str(x) for x in data["layers"]]
   layer = layer or layers[-1]
   if layer not in layers:
     raise UserError(f"layer {layer!r} was not scored; the file has {layers}")
-  steps = list(np.asarray(data["steps"]))
-  pos = -1 if step == -1 else steps.index(step)
-  values = np.asarray(data[f"{kind}/{layer}"][pos], np.float64).mean(-1)
+  if f"{kind}/{layer}" not in data:
+    raise UserError(f"{kind}: no offline-head scores here; compute them with --offline.")
+  per_head = np.asarray(data[f"{kind}/{layer}"][pos], np.float64)
+  values = per_head.mean(-1) if head is None else per_head[:, head]
   return np.where(data["scored"], values, np.nan)

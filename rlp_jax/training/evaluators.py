@@ -142,7 +142,8 @@ def head_logits(
   exp: Experiment, params, batch_stats, layers: Sequence[str], *, epoch: int, limit: int = -1
 ) -> Iterator[tuple[dict, Mapping[str, np.ndarray]]]:
   """``(host batch, {layer: (B, H, n) logits on host})`` of the heads in ``params['rlp']`` for every
-  training example of the eval subset, with the random labels of ``epoch``."""
+  training example of the eval subset, with the random labels of ``epoch``. The host batch also holds the
+  network's own ``class_logits`` (B, C): the classifier's loss is the baseline per-example score."""
   features = Features(exp, layers)
 
   def logits(head_params, feats):
@@ -150,5 +151,8 @@ def head_logits(
     return {k: heads.layers[k](feats[k]) for k in layers}
 
   logits = jax.jit(logits)
-  for batch, _, _, feats in features.batches(params, batch_stats, "train_eval", epoch, limit=limit):
+  for batch, _, class_logits, feats in features.batches(
+    params, batch_stats, "train_eval", epoch, limit=limit
+  ):
+    batch["class_logits"] = np.asarray(jax.device_get(class_logits))
     yield batch, jax.device_get(logits(params["rlp"], feats))

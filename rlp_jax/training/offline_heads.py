@@ -71,6 +71,28 @@ def fit_heads(
   puts a LayerNorm before every head's dense layer (same dense init): its accuracy does not depend on the
   features' norm.
   """
+  graphdef, params = train_heads(exp, features, rlp_labels, num_epochs=num_epochs, batch_size=batch_size)
+  chunk = exp.config.rlp.label_chunk
+
+  @jax.jit
+  def correct(p, feats, y):
+    # The online heads' loss code (head_loss.py): exact, and chunked over labels like them, so the
+    # (M, H, n) logits never exist (n = m on ImageNet).
+    heads = nnx.merge(graphdef, p).layers
+    return {
+      k: routing.head_stats(heads[k], heads[k].standardize(f), y, chunk=chunk)["correct"].mean(0)
+      for k, f in feats.items()
+    }
+
+  out = correct(params, {k: jnp.asarray(v) for k, v in features.items()}, jnp.asarray(rlp_labels))
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+def train_heads(
+  exp, features: Mapping[str, np.ndarray], rlp_labels: np.ndarray, *, num_epochs: int, batch_size: int
+):
+  """The trained heads of ``fit_heads`` as ``(graphdef, params)`` (``nnx.merge`` makes the ``LayerHeads``);
+  the per-example scores of offline heads apply them to the features (analysis/scores.py)."""
   layers = list(features)
   heads = heads_lib.build_heads(
     exp.config,
@@ -119,10 +141,7 @@ def fit_heads(
     order = np.random.default_rng([exp.config.seed, epoch]).permutation(m)[: spe * batch_size]
     params, opt_state = epoch_fn(params, opt_state, feats, y, order.reshape(spe, batch_size))
 
-  correct = jax.jit(lambda p, f, y: {k: st["correct"].mean(0) for k, st in stats(p, f, y).items()})(
-    params, feats, y
-  )
-  return {k: np.asarray(v) for k, v in correct.items()}
+  return graphdef, params
 
 
 def offline_accuracy(exp, model_params, batch_stats, layers=None) -> dict[str, np.ndarray]:
