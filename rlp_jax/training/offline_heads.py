@@ -71,7 +71,9 @@ def fit_heads(
   puts a LayerNorm before every head's dense layer (same dense init): its accuracy does not depend on the
   features' norm.
   """
-  graphdef, params = train_heads(exp, features, rlp_labels, num_epochs=num_epochs, batch_size=batch_size)
+  graphdef, params = train_heads(
+    exp, features, rlp_labels, num_epochs=num_epochs, batch_size=batch_size, scale_free=scale_free
+  )
   chunk = exp.config.rlp.label_chunk
 
   @jax.jit
@@ -89,7 +91,13 @@ def fit_heads(
 
 
 def train_heads(
-  exp, features: Mapping[str, np.ndarray], rlp_labels: np.ndarray, *, num_epochs: int, batch_size: int
+  exp,
+  features: Mapping[str, np.ndarray],
+  rlp_labels: np.ndarray,
+  *,
+  num_epochs: int,
+  batch_size: int,
+  scale_free: bool = False,
 ):
   """The trained heads of ``fit_heads`` as ``(graphdef, params)`` (``nnx.merge`` makes the ``LayerHeads``);
   the per-example scores of offline heads apply them to the features (analysis/scores.py)."""
