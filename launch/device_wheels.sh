@@ -7,6 +7,8 @@ set -euo pipefail
 PROG=launch/device_wheels.sh
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=common.sh
+source "$HERE/common.sh"
 
 usage() {
   cat <<'USAGE'
@@ -25,11 +27,6 @@ install   on the GPU machine: pip-installs every wheel in DIR without an index a
 One call on the device, the wheels carried with the working tree (carry: wheels):
   launch/device_wheels.sh install && python -m rlp_jax.benchmark --suite=accelerator
 USAGE
-}
-
-die() {
-  printf '%s: error: %s\n' "$PROG" "$*" >&2
-  exit 2
 }
 
 [[ $# -ge 1 ]] || {
@@ -70,18 +67,23 @@ names='flax|optax|chex|orbax-checkpoint|ml-collections|clu|absl-py|etils\[epath\
 mapfile -t pins < <(grep -E "^($names)==" "$REPO_ROOT/requirements.txt" | sed 's/[ ;].*//')
 [[ ${#pins[@]} -gt 0 ]] || die "no pins found in requirements.txt"
 mkdir -p "$dir"
+# pip writes into a fresh temporary folder; only the kept wheels move to DIR, so the wheels a user already
+# had there (whatever their names) stay as they were: none is deleted or overwritten (docs/design.md §5).
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/device_wheels.XXXXXX")
+trap 'rm -rf -- "$tmp"' EXIT
 # Dependencies published only as source (tfds's promise): built into pure-Python wheels first, found there.
 # shellcheck disable=SC2086
-$PIP wheel --no-deps --wheel-dir "$dir" promise==2.3
+$PIP wheel --no-deps --wheel-dir "$tmp" promise==2.3
 # shellcheck disable=SC2086
-$PIP download --dest "$dir" --find-links "$dir" --only-binary=:all: --python-version "$pyver" --implementation cp \
+$PIP download --dest "$tmp" --find-links "$tmp" --only-binary=:all: --python-version "$pyver" --implementation cp \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_28_x86_64 \
   "${pins[@]}"
 # Left out: what the JAX image has, TensorFlow, and pyarrow (53 MB; tfds reads no Arrow datasets here): the
 # rest is ~41 MB for Python 3.12, under the device tool's 64 MiB carry.
 skip='^(jax|jaxlib|jax_cuda[0-9a-z_]*|jax_plugins|nvidia_[a-z0-9_]*|numpy|scipy|ml_dtypes|opt_einsum|tensorflow[a-z_]*|tf_keras|keras|pyarrow)-'
-for f in "$dir"/*.whl; do
-  if [[ $(basename "$f") =~ $skip ]]; then rm -f -- "$f"; fi
+for f in "$tmp"/*.whl; do
+  [[ -e $f ]] || continue
+  if [[ ! $(basename "$f") =~ $skip ]]; then mv -n -- "$f" "$dir/"; fi
 done
 du -sh "$dir"

@@ -120,3 +120,19 @@ def test_accelerator_suite_rows_and_table():
   table = suite.format_table(result)
   assert table.count("\n| head loss: ") == len(rows) and "| row | λ |" in table
   assert suite.NOT_MEASURED in table  # MFU: a CPU has no peak FLOP/s
+
+
+def test_accelerator_suite_configs_load_from_any_directory(monkeypatch, tmp_path):
+  """The ViT config is found from the package's place, not the working directory; a missing one is a
+  one-line UserError."""
+  from rlp_jax.infra.errors import UserError
+  from rlp_jax.perf import accelerator_suite as suite
+
+  monkeypatch.chdir(tmp_path)
+  rows = suite.step_configs(suite.shapes(False, 1.0))
+  assert rows[0][2].model.name == "vit" and len(rows) == 9
+  monkeypatch.setattr(suite, "__file__", str(tmp_path / "site-packages" / "rlp_jax" / "perf" / "x.py"))
+  with pytest.raises(
+    UserError, match="configs/vit_imagenet.py: no such config file; run --suite=accelerator"
+  ):
+    suite.step_configs(suite.shapes(False, 1.0))

@@ -621,3 +621,35 @@ def test_missing_config_file_is_refused(script, config):
   assert proc.returncode == 2 and proc.stdout == ""
   (line,) = proc.stderr.splitlines()
   assert "error: --config" in line and "configs/nope.py" in line or config == "configs"
+
+
+# ------------------------------------------------------------------------------------------ device wheels
+
+
+def test_device_wheels_download_keeps_the_users_wheels(tmp_path):
+  """pip (a stub that writes one kept and one skipped wheel) downloads into a temporary folder; only the kept
+  wheel moves to --dir, and the wheels already there, a skipped name among them, are left untouched."""
+  stub = tmp_path / "pip"
+  stub.write_text(
+    "#!/usr/bin/env bash\n"
+    "while [[ $# -gt 0 ]]; do case $1 in --dest|--wheel-dir) out=$2; shift 2;; *) shift;; esac; done\n"
+    'touch "$out/flax-0.1-py3-none-any.whl" "$out/numpy-2.0-cp312-manylinux_2_17_x86_64.whl"\n'
+  )
+  stub.chmod(0o755)
+  wheels = tmp_path / "wheels"
+  wheels.mkdir()
+  mine = [wheels / "numpy-1.0-cp312-manylinux_2_17_x86_64.whl", wheels / "mine-1.0-py3-none-any.whl"]
+  for p in mine:
+    p.write_text("user's")
+  launch("device_wheels.sh", "download", "--dir", str(wheels), env=_env(PIP=str(stub), TMPDIR=str(tmp_path)))
+  assert sorted(p.name for p in wheels.iterdir()) == sorted(
+    [p.name for p in mine] + ["flax-0.1-py3-none-any.whl"]
+  )
+  assert all(p.read_text() == "user's" for p in mine)
+  assert [p.name for p in tmp_path.iterdir() if p.name.startswith("device_wheels.")] == []  # no leftovers
+
+
+def test_device_wheels_errors_are_one_plain_line(tmp_path):
+  proc = launch("device_wheels.sh", "install", "--dir", str(tmp_path), ok=False)
+  assert proc.returncode == 2
+  assert proc.stderr.startswith("error: no wheels in ") and proc.stderr.count("\n") == 1

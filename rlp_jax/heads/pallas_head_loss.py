@@ -3,24 +3,29 @@
 head_loss.head_stats with ``impl='pallas'`` (``config.rlp.loss_kernel='pallas'``) swaps its per-device
 forward and backward for the three kernels below; the custom VJP, the per-row scales c and the routing of
 the two gradient sets stay head_loss's (docs/design.md §3, §5). What the kernels fuse is the chunk body
-of the XLA path: one (block_b, block_n) logits tile is computed, reduced and dropped inside the kernel,
+of the XLA path: one (block_b, block_n) logits tile is computed (a loop over BLOCK_K-wide slices of D),
+reduced and dropped inside the kernel,
 
   forward   grid (heads, batch blocks), a loop over label blocks: s = x W + b → running max and sum of
             exp of the *other* labels, the target logit, the max and the lowest argmax;
-  dx side   grid (heads, batch blocks), a loop over label blocks: V = q - e_y from s and lse_{≠y} →
-            V Wᵀ accumulated per row block;
-  dW side   grid (heads, label blocks), a loop over batch blocks: (c ⊙ x)ᵀ V and cᵀ V per scale c,
+  dx side   grid (heads, batch blocks, D blocks), a loop over label blocks: V = q - e_y from s and
+            lse_{≠y} → V Wᵀ for this BLOCK_D-wide block of D, accumulated per row block;
+  dW side   grid (heads, label blocks, D blocks), a loop over batch blocks: (c ⊙ x)ᵀ V and cᵀ V per scale c,
 
-so each backward kernel recomputes the logits once (as flash attention's backward does: one kernel owns
-the rows, the other the columns, and neither needs atomics). Blocks that do not divide B or n are padded:
-padded rows have c = 0, padded labels are masked like head_loss's padding (``num_valid``).
+so each backward kernel recomputes the logits (as flash attention's backward does: one kernel owns the
+rows, the other the columns, and neither needs atomics) — once per D block, the price of accumulators
+that fit a GPU's registers (D = 768: 3 blocks of 256). Every tile side is a power of two (Triton's
+block shapes must be; its dots need >= 16 a side): B, n and D are zero-padded to whole tiles. Padded
+rows have c = 0 and lse_{≠y} = +inf (V = 0 there whatever the bias: no 0·inf), padded labels are masked
+like head_loss's padding (``num_valid``), padded features are zeros (no change to any logit).
 
-``interpret`` defaults to True on CPU (Pallas's interpreter: exact, slow — tests and correctness rows
-only); on a GPU the kernels lower through Triton. Only one label shard: with a ``model`` mesh axis > 1,
-use the XLA path. Not yet done, for a GPU session to measure and tune (docs/design.md §5): the tiles span
-all of D (768 for ViT-B: a K loop over D blocks would bound the tiles' registers), and the forward and dx
-kernels run one program per (head, row block), 16 for B = 1024 (a grid axis splitting the labels, merged
-as head_loss._merge does, would fill the GPU's SMs).
+The kernels lower through Triton, chosen explicitly (``compiler_params``): jax 0.10.2's default Pallas GPU
+backend is Mosaic GPU, which would stage whole blocks in shared memory. ``interpret`` defaults to True on
+CPU (Pallas's interpreter: exact, slow — tests and correctness rows only); tests/test_pallas_head_loss.py
+also lowers the kernels for CUDA on CPU (Triton's MLIR, compute capability 9.0), which checks the block
+shapes, not the shared memory or register budget: that, the time and the tile sizes below are for a GPU
+session to measure (docs/design.md §5). Only one label shard: with a ``model`` mesh axis > 1, use the XLA
+path (configuration.validate refuses the pair).
 """
 
 from __future__ import annotations
@@ -30,12 +35,27 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 
 from rlp_jax.heads.head_loss import _dxs  # the one place dx = c ⊙ V Wᵀ is formed
 
-# Tile sizes: powers of two (Triton's dots need >= 16 per side). Untuned: no GPU has run these kernels yet.
-BLOCK_B = 64
-BLOCK_N = 128
+# Tile sizes, powers of two. Untuned (no GPU has run these kernels yet); bf16 operand tiles of a few
+# tens of KB and fp32 accumulators of 32 KB per program, well inside an H100's 227 KB of shared memory.
+BLOCK_B = 32  # rows per tile
+BLOCK_N = 32  # labels per tile
+BLOCK_K = 64  # the slice of D each dot of the logits contracts
+BLOCK_D = 256  # the slice of D a backward program owns (its accumulators: (BLOCK_B | BLOCK_N) x BLOCK_D)
+MIN_TILE = 16  # Triton's dots need >= 16 a side
+# None: Pallas's interpreter when the default backend is a CPU (tests set False to lower for CUDA).
+INTERPRET = None
+
+
+def _params(num_warps):
+  return pl_triton.CompilerParams(num_warps=num_warps, num_stages=2)
+
+
+def _pow2(v):
+  return 1 << max(0, int(v) - 1).bit_length()
 
 
 def _safe(m):
@@ -43,22 +63,30 @@ def _safe(m):
   return jnp.where(jnp.isfinite(m), m, 0.0)
 
 
-def _tile(x, w_ref, b_ref, y, start, *, bn, num_valid, dt):
-  """(logits tile with padding labels at -inf, is_target, global columns) for labels [start, start+bn)."""
-  w = w_ref[:, pl.ds(start, bn)].astype(dt)
-  s = jnp.dot(x.astype(dt), w, preferred_element_type=jnp.float32) + b_ref[:, pl.ds(start, bn)]
+def _logits(x_ref, rows, w_ref, w_cols, b_ref, y, start, *, bb, bn, bk, kb, num_valid, dt):
+  """(tile s = x W + b with padding labels at -inf, is_target, global columns) of rows ``rows`` of x_ref and
+  columns ``w_cols`` of w_ref/b_ref (global labels [start, start + bn)), a loop over D's BLOCK_K slices."""
+
+  def k_step(k, s):
+    d = pl.ds(pl.multiple_of(k * bk, bk), bk)
+    return s + jnp.dot(
+      x_ref[rows, d].astype(dt), w_ref[d, w_cols].astype(dt), preferred_element_type=jnp.float32
+    )
+
+  s = jax.lax.fori_loop(0, kb, k_step, jnp.zeros((bb, bn), jnp.float32)) + b_ref[:, w_cols]
   cols = start + jax.lax.broadcasted_iota(jnp.int32, (1, bn), 1)
   s = jnp.where(cols < num_valid, s, -jnp.inf)
   return s, cols == y[:, None], cols
 
 
-def _forward_kernel(x_ref, w_ref, b_ref, y_ref, lse_ref, t_ref, arg_ref, *, bn, blocks, num_valid, dt):
-  x, y = x_ref[...], y_ref[...]
-  rows = y.shape[0]
+def _forward_kernel(x_ref, w_ref, b_ref, y_ref, lse_ref, t_ref, arg_ref, *, blocks, **kw):
+  y = y_ref[...]
+  rows, bn = y.shape[0], kw["bn"]
 
   def body(j, carry):
     m_o, se_o, t, best, arg = carry
-    s, is_target, cols = _tile(x, w_ref, b_ref, y, j * bn, bn=bn, num_valid=num_valid, dt=dt)
+    start = pl.multiple_of(j * bn, bn)
+    s, is_target, cols = _logits(x_ref, slice(None), w_ref, pl.ds(start, bn), b_ref, y, start, **kw)
     others = jnp.where(is_target, -jnp.inf, s)
     m_new = jnp.maximum(m_o, others.max(1))
     se_o = jnp.where(jnp.isfinite(m_o), se_o * jnp.exp(m_o - _safe(m_new)), 0.0) + jnp.exp(
@@ -85,107 +113,120 @@ def _v(s, is_target, lse_o):
   return jnp.where(is_target, -1.0, jnp.exp(s - lse_o[:, None]))
 
 
-def _dx_kernel(x_ref, w_ref, b_ref, y_ref, lse_ref, vw_ref, *, bn, blocks, num_valid, dt):
-  x, y, lse_o = x_ref[...], y_ref[...], lse_ref[...]
+def _dx_kernel(x_ref, w_ref, b_ref, y_ref, lse_ref, vw_ref, *, blocks, bd, **kw):
+  y, lse_o, bn, dt = y_ref[...], lse_ref[...], kw["bn"], kw["dt"]
+  dcols = pl.ds(pl.multiple_of(pl.program_id(2) * bd, bd), bd)
 
   def body(j, vw):
-    start = j * bn
-    s, is_target, _ = _tile(x, w_ref, b_ref, y, start, bn=bn, num_valid=num_valid, dt=dt)
-    w = w_ref[:, pl.ds(start, bn)].astype(dt)
+    start = pl.multiple_of(j * bn, bn)
+    s, is_target, _ = _logits(x_ref, slice(None), w_ref, pl.ds(start, bn), b_ref, y, start, **kw)
     v = _v(s, is_target, lse_o).astype(dt)
+    w = w_ref[dcols, pl.ds(start, bn)].astype(dt)
     return vw + jax.lax.dot_general(v, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
   vw_ref[...] = jax.lax.fori_loop(0, blocks, body, jnp.zeros(vw_ref.shape, jnp.float32))
 
 
-def _dw_kernel(x_ref, w_ref, b_ref, y_ref, lse_ref, c_ref, dk_ref, db_ref, *, bb, blocks, num_valid, dt):
-  bn = w_ref.shape[1]
+def _dw_kernel(x_ref, w_ref, b_ref, y_ref, lse_ref, c_ref, dk_ref, db_ref, *, blocks, bd, scales, **kw):
+  bb, bn, dt = kw["bb"], kw["bn"], kw["dt"]
   start = pl.program_id(1) * bn
+  dcols = pl.ds(pl.multiple_of(pl.program_id(2) * bd, bd), bd)
 
   def body(i, carry):
-    rows = pl.ds(i * bb, bb)
-    x, y, lse_o, c = x_ref[rows, :], y_ref[rows], lse_ref[rows], c_ref[:, rows]  # c: (scales, bb)
-    s = jnp.dot(x.astype(dt), w_ref[...].astype(dt), preferred_element_type=jnp.float32) + b_ref[...]
-    cols = start + jax.lax.broadcasted_iota(jnp.int32, (1, bn), 1)
-    s = jnp.where(cols < num_valid, s, -jnp.inf)
-    v = _v(s, cols == y[:, None], lse_o)
+    rows = pl.ds(pl.multiple_of(i * bb, bb), bb)
+    s, is_target, _ = _logits(x_ref, rows, w_ref, slice(None), b_ref, y_ref[rows], start, **kw)
+    v = _v(s, is_target, lse_ref[rows])
+    x = x_ref[rows, dcols]
     dks, dbs = carry
+    cs = [
+      c_ref[k, rows][:, None] for k in range(scales)
+    ]  # Triton cannot slice a loaded tensor: one load each
     dks = tuple(
       dk
       + jax.lax.dot_general(
-        (c[k][:, None] * x).astype(dt),
-        v.astype(dt),
-        (((0,), (0,)), ((), ())),
-        preferred_element_type=jnp.float32,
+        (c * x).astype(dt), v.astype(dt), (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
       )
-      for k, dk in enumerate(dks)
+      for c, dk in zip(cs, dks)
     )
-    dbs = tuple(db + (c[k][:, None] * v).sum(0, keepdims=True) for k, db in enumerate(dbs))
+    dbs = tuple(db + (c * v).sum(0, keepdims=True) for c, db in zip(cs, dbs))
     return dks, dbs
 
-  k = c_ref.shape[0]
-  init = ((jnp.zeros(dk_ref.shape[1:], jnp.float32),) * k, (jnp.zeros(db_ref.shape[1:], jnp.float32),) * k)
+  init = ((jnp.zeros((bd, bn), jnp.float32),) * scales, (jnp.zeros((1, bn), jnp.float32),) * scales)
   dks, dbs = jax.lax.fori_loop(0, blocks, body, init)
-  for j in range(k):
-    dk_ref[j] = dks[j]
-    db_ref[j] = dbs[j]
+  for k in range(scales):
+    dk_ref[k] = dks[k]
+    db_ref[k] = dbs[k]
 
 
-def _pad(a, axis, size):
+def _pad(a, axis, size, value=0):
   return (
     a
     if a.shape[axis] == size
-    else jnp.pad(a, [(0, size - a.shape[axis]) if i == axis else (0, 0) for i in range(a.ndim)])
+    else jnp.pad(
+      a, [(0, size - a.shape[axis]) if i == axis else (0, 0) for i in range(a.ndim)], constant_values=value
+    )
   )
 
 
 class _Layout:
-  """Head-major, padded operands: x (Hx, Bp, D) with Hx = H or 1 (shared), W (H, D, Np), b (H, 1, Np),
-  labels (H, Bp); bb, bn the tile sizes."""
+  """Head-major, padded operands: x (Hx, Bp, Dp) with Hx = H or 1 (shared), W (H, Dp, Np), b (H, 1, Np),
+  labels (H, Bp); bb, bn, bk, bd the tile sizes (powers of two)."""
 
   def __init__(self, x, kernel, bias, labels, spec, block_b, block_n):
     b, (h, d, n) = x.shape[0], kernel.shape
     self.b, self.n, self.h, self.d, self.per_head = b, n, h, d, spec.per_head
-    self.bb = min(block_b or BLOCK_B, b)
-    self.bn = min(block_n or BLOCK_N, n)
-    self.bp, self.np = pl.cdiv(b, self.bb) * self.bb, pl.cdiv(n, self.bn) * self.bn
+    self.bb = min(block_b or BLOCK_B, max(MIN_TILE, _pow2(b)))
+    self.bn = min(block_n or BLOCK_N, max(MIN_TILE, _pow2(n)))
+    self.bd = min(BLOCK_D, max(MIN_TILE, _pow2(d)))
+    self.bk = min(BLOCK_K, self.bd)
+    self.bp, self.np, self.dp = (pl.cdiv(v, t) * t for v, t in ((b, self.bb), (n, self.bn), (d, self.bd)))
     xs = jnp.moveaxis(x, 1, 0) if spec.per_head else x[None]
-    self.x = _pad(xs, 1, self.bp)
-    self.w = _pad(kernel, 2, self.np)
+    self.x = _pad(_pad(xs, 1, self.bp), 2, self.dp)
+    self.w = _pad(_pad(kernel, 2, self.np), 1, self.dp)
     self.bias = _pad(bias, 1, self.np)[:, None, :]
     self.y = _pad(labels.T.astype(jnp.int32), 1, self.bp)
-    self.kw = dict(num_valid=spec.num_valid, dt=spec.dt)
+    tiles = dict(bb=self.bb, bn=self.bn, bk=self.bk, kb=self.dp // self.bk)
+    self.kw = dict(tiles, num_valid=spec.num_valid, dt=spec.dt)
 
   def x_spec(self, rows):
-    """x's block for grid point (h, i): this head's (or the shared) rows ``rows(i)``, all of D."""
+    """x's block for grid point (h, i, ...): this head's (or the shared) rows ``rows(i)``, all of D."""
     hx = (lambda h: h) if self.per_head else (lambda h: 0)
-    return pl.BlockSpec((None, rows, self.d), lambda h, i: (hx(h), 0 if rows == self.bp else i, 0))
+    return pl.BlockSpec((None, rows, self.dp), lambda h, i, *_: (hx(h), 0 if rows == self.bp else i, 0))
 
 
-def _call(kernel, out_shape, grid, in_specs, out_specs, interpret, *operands):
+def _call(kernel, out_shape, grid, in_specs, out_specs, interpret, num_warps, *operands):
+  interpret = (
+    (jax.default_backend() == "cpu" if INTERPRET is None else INTERPRET) if interpret is None else interpret
+  )
   return pl.pallas_call(
-    kernel, out_shape=out_shape, grid=grid, in_specs=in_specs, out_specs=out_specs, interpret=interpret
+    kernel,
+    out_shape=out_shape,
+    grid=grid,
+    in_specs=in_specs,
+    out_specs=out_specs,
+    interpret=interpret,
+    compiler_params=_params(num_warps),
   )(*operands)
 
 
 def forward(x, kernel, bias, labels, *, spec, block_b=None, block_n=None, interpret=None):
   """head_loss._forward's ((ce, log1m, correct), (lse_{≠y},)) from the fused forward kernel."""
   lay = _Layout(x, kernel, bias, labels, spec, block_b, block_n)
-  interpret = jax.default_backend() == "cpu" if interpret is None else interpret
   row = pl.BlockSpec((None, lay.bb), lambda h, i: (h, i))
   f32 = jax.ShapeDtypeStruct((lay.h, lay.bp), jnp.float32)
   lse_o, t, arg = _call(
-    functools.partial(_forward_kernel, bn=lay.bn, blocks=lay.np // lay.bn, **lay.kw),
+    functools.partial(_forward_kernel, blocks=lay.np // lay.bn, **lay.kw),
     (f32, f32, jax.ShapeDtypeStruct((lay.h, lay.bp), jnp.int32)),
     (lay.h, lay.bp // lay.bb),
     [
       lay.x_spec(lay.bb),
-      pl.BlockSpec((None, lay.d, lay.np), lambda h, i: (h, 0, 0)),
+      pl.BlockSpec((None, lay.dp, lay.np), lambda h, i: (h, 0, 0)),
       pl.BlockSpec((None, 1, lay.np), lambda h, i: (h, 0, 0)),
       row,
     ],
     (row, row, row),
     interpret,
+    4,
     lay.x,
     lay.w,
     lay.bias,
@@ -201,19 +242,25 @@ def backward_local(
 ):
   """head_loss._backward_local's (dxs, dkernels, dbiases), one of each per scale, from the two kernels."""
   lay = _Layout(x, kernel, bias, labels, spec, block_b, block_n)
-  interpret = jax.default_backend() == "cpu" if interpret is None else interpret
-  lse_o = _pad(extras[0].T, 1, lay.bp)
-  k = len(scales)
-  whole_w = pl.BlockSpec((None, lay.d, lay.np), lambda h, i: (h, 0, 0))
-  whole_b = pl.BlockSpec((None, 1, lay.np), lambda h, i: (h, 0, 0))
-  row = pl.BlockSpec((None, lay.bb), lambda h, i: (h, i))
+  # Padded rows: lse_{≠y} = +inf makes their V exactly 0 (0 would give exp(bias), inf for a large bias,
+  # and then c · V = 0 · inf = NaN in dW and db).
+  lse_o = _pad(extras[0].T, 1, lay.bp, jnp.inf)
+  k, nd = len(scales), lay.dp // lay.bd
+  row = pl.BlockSpec((None, lay.bb), lambda h, i, dj: (h, i))
   vw = _call(
-    functools.partial(_dx_kernel, bn=lay.bn, blocks=lay.np // lay.bn, **lay.kw),
-    jax.ShapeDtypeStruct((lay.h, lay.bp, lay.d), jnp.float32),
-    (lay.h, lay.bp // lay.bb),
-    [lay.x_spec(lay.bb), whole_w, whole_b, row, row],
-    pl.BlockSpec((None, lay.bb, lay.d), lambda h, i: (h, i, 0)),
+    functools.partial(_dx_kernel, blocks=lay.np // lay.bn, bd=lay.bd, **lay.kw),
+    jax.ShapeDtypeStruct((lay.h, lay.bp, lay.dp), jnp.float32),
+    (lay.h, lay.bp // lay.bb, nd),
+    [
+      lay.x_spec(lay.bb),
+      pl.BlockSpec((None, lay.dp, lay.np), lambda h, i, dj: (h, 0, 0)),
+      pl.BlockSpec((None, 1, lay.np), lambda h, i, dj: (h, 0, 0)),
+      row,
+      row,
+    ],
+    pl.BlockSpec((None, lay.bb, lay.bd), lambda h, i, dj: (h, i, dj)),
     interpret,
+    8,
     lay.x,
     lay.w,
     lay.bias,
@@ -221,27 +268,29 @@ def backward_local(
     lse_o,
   )
   cs = _pad(jnp.stack([c.T for c in scales], 1), 2, lay.bp)  # (H, scales, Bp); padded rows have c = 0
-  all_rows = pl.BlockSpec((None, lay.bp), lambda h, j: (h, 0))
+  all_rows = pl.BlockSpec((None, lay.bp), lambda h, j, dj: (h, 0))
+  # db gets a D-block axis so that no two programs write one place; block 0's copy is kept.
   dk, db = _call(
-    functools.partial(_dw_kernel, bb=lay.bb, blocks=lay.bp // lay.bb, **lay.kw),
+    functools.partial(_dw_kernel, blocks=lay.bp // lay.bb, bd=lay.bd, scales=k, **lay.kw),
     (
-      jax.ShapeDtypeStruct((k, lay.h, lay.d, lay.np), jnp.float32),
-      jax.ShapeDtypeStruct((k, lay.h, 1, lay.np), jnp.float32),
+      jax.ShapeDtypeStruct((k, lay.h, lay.dp, lay.np), jnp.float32),
+      jax.ShapeDtypeStruct((k, lay.h, nd, 1, lay.np), jnp.float32),
     ),
-    (lay.h, lay.np // lay.bn),
+    (lay.h, lay.np // lay.bn, nd),
     [
       lay.x_spec(lay.bp),
-      pl.BlockSpec((None, lay.d, lay.bn), lambda h, j: (h, 0, j)),
-      pl.BlockSpec((None, 1, lay.bn), lambda h, j: (h, 0, j)),
+      pl.BlockSpec((None, lay.dp, lay.bn), lambda h, j, dj: (h, 0, j)),
+      pl.BlockSpec((None, 1, lay.bn), lambda h, j, dj: (h, 0, j)),
       all_rows,
       all_rows,
-      pl.BlockSpec((None, k, lay.bp), lambda h, j: (h, 0, 0)),
+      pl.BlockSpec((None, k, lay.bp), lambda h, j, dj: (h, 0, 0)),
     ],
     (
-      pl.BlockSpec((k, None, lay.d, lay.bn), lambda h, j: (0, h, 0, j)),
-      pl.BlockSpec((k, None, 1, lay.bn), lambda h, j: (0, h, 0, j)),
+      pl.BlockSpec((k, None, lay.bd, lay.bn), lambda h, j, dj: (0, h, dj, j)),
+      pl.BlockSpec((k, None, None, 1, lay.bn), lambda h, j, dj: (0, h, dj, 0, j)),
     ),
     interpret,
+    8,
     lay.x,
     lay.w,
     lay.bias,
@@ -249,7 +298,7 @@ def backward_local(
     lse_o,
     cs,
   )
-  vw = jnp.moveaxis(vw[:, : lay.b], 0, 1)  # (B, H, D)
-  dks = tuple(dk[j, :, :, : lay.n] for j in range(k))
-  dbs = tuple(db[j, :, 0, : lay.n] for j in range(k))
+  vw = jnp.moveaxis(vw[:, : lay.b, : lay.d], 0, 1)  # (B, H, D)
+  dks = tuple(dk[j, :, : lay.d, : lay.n] for j in range(k))
+  dbs = tuple(db[j, :, 0, 0, : lay.n] for j in range(k))
   return _dxs(vw, scales, spec), dks, dbs

@@ -15,7 +15,8 @@ logits and the sown intermediates ``z_l``; from them:
 
   L = L_class + L_rnd + λ·L_reg + L_probe
 
-``routed_losses`` below is the only function that places ``stop_gradient``; everything else in the
+``routed_losses`` below (and, for one head's output layer alone, ``route_inputs`` and ``routed_head_loss``,
+which the benchmarks use) are the only functions that place ``stop_gradient``; everything else in the
 package is routing-agnostic.
 
 Sign of L_reg: the paper's Eq. 4 prints ``log(1 - p̂)``, but its text says the term *penalizes* confident,
@@ -83,6 +84,21 @@ def head_stats(
     impl=loss_kernel,
   )
   return {"ce": ce, "log1m": log1m, "correct": correct}
+
+
+def route_inputs(x: jax.Array, kernel: jax.Array, bias: jax.Array):
+  """One output layer's two input sets, equal in value: L_rnd's ``(sg(x), kernel, bias)`` (the head moves)
+  and L_reg's ``(x, sg(kernel), sg(bias))`` (the features move), as routed_losses routes a head."""
+  return (sg(x), kernel, bias), (x, sg(kernel), sg(bias))
+
+
+def routed_head_loss(x, kernel, bias, labels, reg_lambda: float, **stats_kwargs) -> jax.Array:
+  """``mean(ce) - λ·mean(log1m)`` of one output layer ``x @ kernel + bias`` (head_loss.head_stats's
+  shapes), routed as L_rnd + λ·L_reg: ce through L_rnd's inputs, log1m through L_reg's (route_inputs); at
+  λ = 0 only L_rnd is built. ``stats_kwargs`` go to head_loss.head_stats (num_valid, dtype, chunk, impl)."""
+  rnd, reg = route_inputs(x, kernel, bias)
+  ce, log1m, _ = head_loss.head_stats(*rnd, labels, log1m_inputs=reg if reg_lambda else None, **stats_kwargs)
+  return ce.mean() - reg_lambda * log1m.mean() if reg_lambda else ce.mean()
 
 
 def _output_layer(head: ParallelHeads, u: jax.Array):

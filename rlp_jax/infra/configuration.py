@@ -277,6 +277,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("rlp.label_chunk", f"must be >= 0 (0 = full logits), got {config.rlp.label_chunk}.")
   if config.rlp.loss_kernel not in ("xla", "pallas"):
     fail("rlp.loss_kernel", f"must be 'xla' or 'pallas', got {config.rlp.loss_kernel!r}.")
+  if config.rlp.loss_kernel == "pallas" and config.mesh.model != 1:
+    # Refused here, before a workdir exists; head_loss.head_stats refuses the pair again for direct callers.
+    fail(
+      "rlp.loss_kernel",
+      f"'pallas' runs on one label shard, but mesh.model is {config.mesh.model}; "
+      "use rlp.loss_kernel='xla' or mesh.model=1.",
+    )
   if config.rlp.pool not in POOLS:
     fail("rlp.pool", f"must be one of {POOLS}, got {config.rlp.pool!r}.")
   feature_pool(config)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -35,7 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlp_jax.heads import head_loss
+from rlp_jax.heads import head_loss, routing
+from rlp_jax.infra import config_args
+from rlp_jax.infra.errors import UserError
 from rlp_jax.perf import benchmark, flops
 
 M_IMAGENET = 1_281_167
@@ -75,11 +78,21 @@ def shapes(accelerator: bool, scale: float) -> Shapes:
 # ----------------------------------------------------------------------------------------------------
 
 
+def vit_config_path() -> Path:
+  """The repository's configs/vit_imagenet.py, found from the package's own place (not the working
+  directory): configs/ is not installed with the package, so the suite needs a checkout."""
+  path = Path(__file__).resolve().parents[2] / "configs" / "vit_imagenet.py"
+  if not path.is_file():
+    raise UserError(
+      f"{path}: no such config file; run --suite=accelerator from a checkout of the repository (configs/ is "
+      "not part of the installed package)."
+    )
+  return path
+
+
 def step_configs(sh: Shapes):
   """(row name, λ, config) of every train-step row; the first is heads off."""
-  from configs import vit_imagenet  # the repository's config, as `--config=configs/vit_imagenet.py` loads it
-
-  base = vit_imagenet.get_config()
+  base = config_args.from_file(str(vit_config_path()))
   base.batch_size = sh.batch
   base.model.update(**sh.model)
   base.rlp.dtype = sh.dtype
@@ -121,44 +134,32 @@ def step_row(name, lam, cfg, sh: Shapes) -> dict[str, Any]:
 # The head loss alone
 # ----------------------------------------------------------------------------------------------------
 
-sg = jax.lax.stop_gradient
-
 
 def _autodiff(x, w, b, y, lam, *, num_valid, dtype):
-  """Plain autodiff of optax's CE and log(1 - p_y) over full logits, routed as routing.routed_losses."""
+  """Plain autodiff of optax's CE and log(1 - p_y) over full logits, each through routing's input set."""
 
   def logits(x, w, b):
     return head_loss.mask_padding(head_loss.dense(x, w, b, dtype), num_valid)
 
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits(sg(x), w, b), y).mean()
+  rnd, reg = routing.route_inputs(x, w, b)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits(*rnd), y).mean()
   if lam:
-    s = logits(x, sg(w), sg(b))
+    s = logits(*reg)
     others = jnp.where(jax.nn.one_hot(y, s.shape[-1], dtype=bool), -jnp.inf, s)
     loss = loss - lam * (jax.nn.logsumexp(others, -1) - jax.nn.logsumexp(s, -1)).mean()
   return loss
 
 
 def _ours(x, w, b, y, lam, *, num_valid, dtype, chunk=0, impl="xla"):
-  ce, log1m, _ = head_loss.head_stats(
-    sg(x),
-    w,
-    b,
-    y,
-    log1m_inputs=(x, sg(w), sg(b)) if lam else None,
-    num_valid=num_valid,
-    dtype=dtype,
-    chunk=chunk,
-    impl=impl,
-  )
-  return ce.mean() - lam * log1m.mean() if lam else ce.mean()
+  return routing.routed_head_loss(x, w, b, y, lam, num_valid=num_valid, dtype=dtype, chunk=chunk, impl=impl)
 
 
 def _tokamax(tokamax, x, w, b, y, *, num_valid, dtype):
   """tokamax's loss: CE only, no bias, no padding: the valid labels' kernel in the matmul dtype."""
   dt = head_loss.matmul_dtype(dtype)
-  del b
+  (x, _, _), _ = routing.route_inputs(x, w, b)  # L_rnd's route: the head moves, x does not
   return tokamax.linear_softmax_cross_entropy_loss(
-    sg(x).astype(dt), y[:, 0], w[0, :, :num_valid].astype(dt), reduction="mean", implementation="xla"
+    x.astype(dt), y[:, 0], w[0, :, :num_valid].astype(dt), reduction="mean", implementation="xla"
   )
 
 
