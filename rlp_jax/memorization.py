@@ -14,7 +14,7 @@ import os
 from absl import app, flags
 
 from rlp_jax.analysis import external_scores, image_grid, memorization, scores
-from rlp_jax.infra import console, errors, rundir
+from rlp_jax.infra import configuration, console, errors, rundir
 
 
 def main(argv) -> None:
@@ -24,7 +24,9 @@ def main(argv) -> None:
   console.setup()
   config = rundir.load_config(fl.workdir)
   steps = fl.steps if fl.steps in ("last", "all") else [int(s) for s in fl.steps.split(",")]
-  scored = fl.layers or ([] if config.rlp.layers == "all" else config.rlp.layers.split(","))
+  scored = fl.layers or (
+    [] if config.rlp.layers in configuration.LAYER_TOKENS else config.rlp.layers.split(",")
+  )
   if fl.layer and scored and fl.layer not in scored:
     raise errors.UserError(f"--layer={fl.layer}: not among the scored layers {scored}; pick one of them.")
   external = None  # read before the scoring, so that a bad file costs nothing

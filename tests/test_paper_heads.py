@@ -57,6 +57,30 @@ def test_vit_configs_put_the_papers_heads(name, arg, width, n):
     assert set(rlp) == blocks and all(shapes == normed for shapes in rlp.values()), rlp
 
 
+@pytest.mark.parametrize("override,depth", [({"depth": 6}, 6), ({"variant": "L"}, 24)])
+def test_vit_config_norm_layers_follow_the_depth_the_user_sets(override, depth):
+  """rlp.norm_layers='blocks' resolves against the model built: every block of a 6-block or a ViT-L
+  (24-block) model gets LayerNorm + dense, pre_logits one dense layer. (A list of the 12 default blocks,
+  fixed when the config was made, refused depth 6 and left ViT-L's blocks 13-24 without the LayerNorm.)"""
+  config = importlib.import_module("configs.vit_cifar100").get_config()
+  config.model.update(override)
+  config.rlp.layers = "all"
+  exp, state = experiment.build(config, INFO["cifar100"], abstract=True)
+  has_norm = {k: "scale" in v for k, v in state.params["rlp"]["layers"].items()}
+  blocks = [f"block_{i:02d}" for i in range(1, depth + 1)]
+  assert list(exp.rlp_layers) == [*blocks, "pre_logits"]
+  assert has_norm == {**dict.fromkeys(blocks, True), "pre_logits": False}
+
+
+def test_layer_heads_refuse_a_string_for_norm():
+  """A str is a Collection: norm='all' would have meant 'a layer named a, l or l', i.e. no LayerNorm."""
+  for norm in ("all", "block_1"):
+    with pytest.raises(TypeError, match=r"norm=True \(every layer\)"):
+      heads_lib.LayerHeads({"block_1": 4}, 3, 1, norm=norm, hidden_dim=0, rngs=nnx.Rngs(0))
+  heads = heads_lib.LayerHeads({"block_1": 4, "x": 4}, 3, 1, norm={"block_1"}, hidden_dim=0, rngs=nnx.Rngs(0))
+  assert heads.layers["block_1"].norm and not heads.layers["x"].norm
+
+
 def test_wrn_config_heads_are_dense_on_mean_pooled_groups():
   exp, rlp, _ = _abstract_heads("wrn_cifar100", "all_blocks")
   assert exp.pool == "mean"

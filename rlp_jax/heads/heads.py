@@ -170,7 +170,9 @@ def build_probes(
 class LayerHeads(nnx.Module):
   """One ``ParallelHeads`` per named layer: the RLP heads (or the class probes) of a whole network.
 
-  ``norm``: True / False for every layer, or the names of the layers whose heads have a LayerNorm.
+  ``norm``: True / False for every layer, or a collection of the names of the layers whose heads have a
+  LayerNorm (``{"block_1"}``). A string is refused: ``"all"`` or ``"block_1"`` would be read as a collection
+  of characters and silently give no layer a LayerNorm (config strings resolve with ``norm_layers``).
   """
 
   def __init__(
@@ -185,6 +187,11 @@ class LayerHeads(nnx.Module):
     num_valid: int | None = None,
     rngs: nnx.Rngs,
   ):
+    if isinstance(norm, str):
+      raise TypeError(
+        f"LayerHeads(norm={norm!r}): a string is not a collection of layer names; pass norm=True (every "
+        "layer), norm=False (none) or a collection of names such as norm={'block_1'}."
+      )
     # Each layer's init key depends only on its own name and the seed, so adding or removing a layer
     # never changes another layer's initialization (and offline heads can rebuild exactly these).
     key = rngs.params()
