@@ -81,6 +81,18 @@ def test_layer_heads_refuse_a_string_for_norm():
   assert heads.layers["block_1"].norm and not heads.layers["x"].norm
 
 
+def test_pool_features_refuses_the_unresolved_classifier_token():
+  """routed_losses/pool_features take a resolved pooling; 'classifier' (the runs' default) needs the model's
+  config, so it is refused naming what to pass, not treated as some other pooling."""
+  z = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)  # (B, 1 + N, D)
+  with pytest.raises(UserError, match=r"'classifier' is resolved per model.*'token'.*'mean'") as err:
+    heads_lib.pool_features(z, "classifier")
+  assert "\n" not in str(err.value)
+  config = configuration.base_config()
+  config.model.update(name="vit", classifier="token")
+  np.testing.assert_array_equal(heads_lib.pool_features(z, configuration.feature_pool(config)), z[:, 0])
+
+
 def test_wrn_config_heads_are_dense_on_mean_pooled_groups():
   exp, rlp, _ = _abstract_heads("wrn_cifar100", "all_blocks")
   assert exp.pool == "mean"
