@@ -61,7 +61,8 @@ def get_config(arg: str = ""):
   config_args.apply_figure_args(c, args, vit.block_names(c.model))
   # The paper's heads (docs/design.md §7): one dense layer on pre_logits (the default head; those features are
   # already layer-normed), LayerNorm + dense on a block (Fig. 2C), reading the class token (rlp.pool).
-  c.rlp.norm_layers = ",".join(vit.block_names(c.model))
+  # 'blocks', not their names: resolved against the model built, so --config.model.depth/variant keep it.
+  c.rlp.norm_layers = "blocks"
   if "runlocal" in args:
     config_args.shrink_for_runlocal(c)
   return c

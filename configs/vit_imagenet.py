@@ -95,7 +95,8 @@ def get_config(arg: str = ""):
   config_args.apply_figure_args(c, args, vit.block_names(c.model))
   # The paper's heads (docs/design.md §7): one dense layer on pre_logits (the default head; those features are
   # already layer-normed), LayerNorm + dense on a block (Fig. 2C), reading the class token (rlp.pool).
-  c.rlp.norm_layers = ",".join(vit.block_names(c.model))
+  # 'blocks', not their names: resolved against the model built, so --config.model.depth/variant keep it.
+  c.rlp.norm_layers = "blocks"
   if "unique" in args and "runlocal" not in args:
     # 1024 x 1.28M logits: computed 32,768 labels at a time, the step fits one 80 GB device (compiled
     # memory 74 GB, 89 GB with full logits) for one more head matmul. 0 restores full logits.

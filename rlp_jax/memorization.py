@@ -14,7 +14,7 @@ import os
 from absl import app, flags
 
 from rlp_jax.analysis import external_scores, image_grid, memorization, scores
-from rlp_jax.infra import console, errors, rundir
+from rlp_jax.infra import configuration, console, errors, rundir
 
 
 def main(argv) -> None:
@@ -25,7 +25,9 @@ def main(argv) -> None:
   config = rundir.load_config(fl.workdir)
   steps = fl.steps if fl.steps in ("last", "all") else [int(s) for s in fl.steps.split(",")]
   spec = config.rlp.layers.strip()
-  scored = fl.layers or ([] if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()])
+  scored = fl.layers or (
+    [] if spec in configuration.LAYER_TOKENS else [s.strip() for s in spec.split(",") if s.strip()]
+  )
   if fl.layer and scored and fl.layer not in scored:
     raise errors.UserError(f"--layer={fl.layer}: not among the scored layers {scored}; pick one of them.")
   external = None  # read before the scoring, so that a bad file costs nothing

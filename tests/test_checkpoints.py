@@ -240,7 +240,12 @@ def test_device_prefetch_yields_the_same_batches_in_order(uninterrupted):
 
 def test_dropping_redone_records_keeps_every_other_line_damaged_ones_included(tmp_path):
   path = str(tmp_path / "metrics.jsonl")
-  lines = ['{"step": 6, "epoch": 1}\n', '{"step": 12, "ep\n', '{"step": 18, "epoch": 3}\n', '{"step": 24, "ep']
+  lines = [
+    '{"step": 6, "epoch": 1}\n',
+    '{"step": 12, "ep\n',
+    '{"step": 18, "epoch": 3}\n',
+    '{"step": 24, "ep',
+  ]
   with open(path, "w") as f:
     f.writelines(lines)
   with pytest.warns(UserWarning, match="kept as it is"):

@@ -79,7 +79,9 @@ def test_a_huge_lambda_collapses_a_tiny_run_and_the_run_says_so(data_dir, tmp_pa
     result = loop.train_and_evaluate(config, workdir)
   collapse = result["collapse"]
   assert collapse and collapse["epoch"] == 2 and collapse["at_end"], (result["metrics"], collapse)
-  assert any(r.levelname == "WARNING" and "WARNING: training collapsed" in r.getMessage() for r in caplog.records)
+  assert any(
+    r.levelname == "WARNING" and "WARNING: training collapsed" in r.getMessage() for r in caplog.records
+  )
   with open(os.path.join(workdir, rundir.SUMMARY_FILE)) as f:
     assert json.load(f)["collapse"] == collapse
   assert "WARNING: training collapsed" in summary.explain(workdir, result)

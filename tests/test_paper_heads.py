@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import pathlib
+import re
+import shlex
 
 import jax
 import numpy as np
@@ -15,7 +18,7 @@ from flax import nnx
 from rlp_jax import models
 from rlp_jax.data.input_pipeline import DataInfo
 from rlp_jax.heads import heads as heads_lib
-from rlp_jax.infra import configuration, rundir
+from rlp_jax.infra import config_args, configuration, rundir
 from rlp_jax.infra.errors import UserError
 from rlp_jax.training import evaluators, experiment
 
@@ -55,6 +58,42 @@ def test_vit_configs_put_the_papers_heads(name, arg, width, n):
     assert set(probes) == blocks and all("scale" in shapes for shapes in probes.values()), probes
   else:
     assert set(rlp) == blocks and all(shapes == normed for shapes in rlp.values()), rlp
+
+
+@pytest.mark.parametrize("override,depth", [({"depth": 6}, 6), ({"variant": "L"}, 24)])
+def test_vit_config_norm_layers_follow_the_depth_the_user_sets(override, depth):
+  """rlp.norm_layers='blocks' resolves against the model built: every block of a 6-block or a ViT-L
+  (24-block) model gets LayerNorm + dense, pre_logits one dense layer. (A list of the 12 default blocks,
+  fixed when the config was made, refused depth 6 and left ViT-L's blocks 13-24 without the LayerNorm.)"""
+  config = importlib.import_module("configs.vit_cifar100").get_config()
+  config.model.update(override)
+  config.rlp.layers = "all"
+  exp, state = experiment.build(config, INFO["cifar100"], abstract=True)
+  has_norm = {k: "scale" in v for k, v in state.params["rlp"]["layers"].items()}
+  blocks = [f"block_{i:02d}" for i in range(1, depth + 1)]
+  assert list(exp.rlp_layers) == [*blocks, "pre_logits"]
+  assert has_norm == {**dict.fromkeys(blocks, True), "pre_logits": False}
+
+
+def test_layer_heads_refuse_a_string_for_norm():
+  """A str is a Collection: norm='all' would have meant 'a layer named a, l or l', i.e. no LayerNorm."""
+  for norm in ("all", "block_1"):
+    with pytest.raises(TypeError, match=r"norm=True \(every layer\)"):
+      heads_lib.LayerHeads({"block_1": 4}, 3, 1, norm=norm, hidden_dim=0, rngs=nnx.Rngs(0))
+  heads = heads_lib.LayerHeads({"block_1": 4, "x": 4}, 3, 1, norm={"block_1"}, hidden_dim=0, rngs=nnx.Rngs(0))
+  assert heads.layers["block_1"].norm and not heads.layers["x"].norm
+
+
+def test_pool_features_refuses_the_unresolved_classifier_token():
+  """routed_losses/pool_features take a resolved pooling; 'classifier' (the runs' default) needs the model's
+  config, so it is refused naming what to pass, not treated as some other pooling."""
+  z = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)  # (B, 1 + N, D)
+  with pytest.raises(UserError, match=r"'classifier' is resolved per model.*'token'.*'mean'") as err:
+    heads_lib.pool_features(z, "classifier")
+  assert "\n" not in str(err.value)
+  config = configuration.base_config()
+  config.model.update(name="vit", classifier="token")
+  np.testing.assert_array_equal(heads_lib.pool_features(z, configuration.feature_pool(config)), z[:, 0])
 
 
 def test_wrn_config_heads_are_dense_on_mean_pooled_groups():
@@ -156,6 +195,55 @@ def test_unknown_norm_layer_names_what_the_model_sows(data_dir):
   assert has_norm("rlp") == {"block_1": True, "pre_logits": False}
   assert has_norm("probes") == {"block_1": True, "block_2": False, "pre_logits": False}
   assert heads_lib.norm_layers(config, {"block_1": 1, "pre_logits": 1}) == {"block_1"}
+
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize(
+  "norm,expected",
+  [
+    (False, ["model.features_after_dropout", "probes.layers", "rlp.pool"]),
+    (True, ["model.features_after_dropout", "probes.layers", "rlp.norm_layers", "rlp.pool"]),
+  ],
+)
+def test_an_old_run_is_compared_in_todays_keys_and_resumes_with_the_saved_values(tmp_path, norm, expected):
+  """A config.json written before rlp.norm_layers, rlp.pool='classifier', features sown before dropout and
+  rlp.loss_kernel: resuming it with today's defaults names exactly what would change the experiment (old
+  pool 'mean', the CNN's features after dropout, the LayerNorm on every layer if rlp.norm was on, and the
+  user's own probes.layers=''), never a key the user cannot pass; the flags the message gives resume it."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  from rlp_jax.training import checkpointing
+
+  digits = str(CONFIG_DIR / "digits.py")
+  old = rundir.config_dict(config_args.from_file(digits))
+  for section, key in [("rlp", "loss_kernel"), ("rlp", "norm_layers"), ("rlp", "pool")]:
+    del old[section][key]
+  del old["model"]["features_after_dropout"], old["offline"]["at_init_scale_free"]
+  old["rlp"]["norm"] = norm
+  old["probes"]["layers"] = ""  # a real choice of that run's (today's file says 'all'): '' must be passable
+  assert old["model"]["name"] == "cnn"
+  rundir.atomic_write(str(tmp_path / rundir.CONFIG_FILE), json.dumps(old))
+
+  with pytest.raises(UserError) as err:
+    checkpointing.check_same_experiment(config_args.from_file(digits), str(tmp_path))
+  message = str(err.value)
+  assert re.findall(r"config\.([\w.]+): saved", message) == expected, message
+  assert "config.rlp.pool: saved 'mean' vs now 'classifier'" in message
+  assert "config.model.features_after_dropout: saved True vs now False" in message
+  overrides = shlex.split(re.search(r"resume it with the saved values: (.*)\. Nothing", message)[1])
+  assert sorted(o.split("=")[0] for o in overrides) == [f"--config.{k}" for k in expected]
+
+  # The command that trained it, plus those flags, parsed as every command parses --config: accepted.
+  argv, flag_values = ["prog", f"--config={digits}", *overrides], flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+  flag_values(argv)
+  checkpointing.check_same_experiment(flag_values.config, str(tmp_path))
+  resumed = rundir.load_config(str(tmp_path))
+  assert (resumed.rlp.pool, resumed.model.features_after_dropout) == ("mean", True)
+  assert (resumed.rlp.norm_layers, resumed.probes.layers) == ("all" if norm else "", "")
 
 
 def test_a_run_saved_with_the_former_rlp_norm_still_loads(tmp_path):

@@ -47,7 +47,7 @@ def _check_settings(config, path: str) -> None:
     config,
     ignore=("data_dir",),
     what=f"{settings} records other settings than this offline run; resuming would mix two curves",
-    fix="Pass the saved values, or --output=<another file> for a new curve.",
+    fix="Pass the saved values ({overrides}), or --output=<another file> for a new curve.",
   )
   if not os.path.exists(settings):
     rundir.write_config_file(settings, config)

@@ -24,8 +24,10 @@ from rlp_jax.infra.errors import UserError
 def pool_features(z: jax.Array, pool: str = "mean") -> jax.Array:
   """(B, ..., C) -> (B, D): what a head reads from a spatial or token map (docs/design.md §1).
 
-  ``pool`` is ``configuration.feature_pool``'s: ``mean`` over every position, ``flatten``, and for a ViT's
-  (B, 1 + N, D) token maps ``token`` (the class token, position 0) or ``mean_patches`` (the N patch tokens).
+  ``pool`` is a resolved pooling, ``configuration.feature_pool``'s: ``mean`` over every position, ``flatten``,
+  and for a ViT's (B, 1 + N, D) token maps ``token`` (the class token, position 0) or ``mean_patches`` (the
+  N patch tokens). The runs' default ``rlp.pool='classifier'`` is not one: it names ``token`` or ``mean``
+  depending on the model, and only the config knows the model.
   Mean pooling rather than flattening because a head on a flattened early conv map would be enormous
   (WRN block_1 on CIFAR: 32·32·64 features × n labels) and would measure the head, not the network.
   """
@@ -39,6 +41,11 @@ def pool_features(z: jax.Array, pool: str = "mean") -> jax.Array:
     return z[:, 0]
   if pool == "mean_patches":
     return z[:, 1:].mean(axis=1)
+  if pool == "classifier":  # a config value: what it means depends on the model, which is not known here
+    raise UserError(
+      "config.rlp.pool: 'classifier' is resolved per model (configuration.feature_pool(config)); pass its "
+      "result: 'token' for a ViT with a class token, else 'mean'."
+    )
   raise UserError(
     f"config.rlp.pool: {pool!r} is not a pooling; use 'mean', 'flatten', 'token' or 'mean_patches'."
   )
@@ -170,7 +177,9 @@ def build_probes(
 class LayerHeads(nnx.Module):
   """One ``ParallelHeads`` per named layer: the RLP heads (or the class probes) of a whole network.
 
-  ``norm``: True / False for every layer, or the names of the layers whose heads have a LayerNorm.
+  ``norm``: True / False for every layer, or a collection of the names of the layers whose heads have a
+  LayerNorm (``{"block_1"}``). A string is refused: ``"all"`` or ``"block_1"`` would be read as a collection
+  of characters and silently give no layer a LayerNorm (config strings resolve with ``norm_layers``).
   """
 
   def __init__(
@@ -185,6 +194,11 @@ class LayerHeads(nnx.Module):
     num_valid: int | None = None,
     rngs: nnx.Rngs,
   ):
+    if isinstance(norm, str):
+      raise TypeError(
+        f"LayerHeads(norm={norm!r}): a string is not a collection of layer names; pass norm=True (every "
+        "layer), norm=False (none) or a collection of names such as norm={'block_1'}."
+      )
     # Each layer's init key depends only on its own name and the seed, so adding or removing a layer
     # never changes another layer's initialization (and offline heads can rebuild exactly these).
     key = rngs.params()

@@ -133,6 +133,13 @@ def routed_losses(
     reg_layers: names of the layers whose heads regularize (a subset of the heads' layers).
     reg_lambda: λ. λ = 0 is a pure measurement: L_reg is then not built at all, so the backbone's
       gradients are those of L_class alone, bit for bit.
+    label_smoothing: of L_class only.
+    pool: how a sown map (B, ..., C) becomes the (B, D) a head or probe reads (heads.pool_features):
+      ``'mean'`` over every position (the default: right for any model, a class token included if there is
+      one), ``'token'`` (a ViT's class token), ``'mean_patches'`` or ``'flatten'``. A run's
+      ``config.rlp.pool`` defaults to ``'classifier'``, which is resolved per model before it gets here
+      (``configuration.feature_pool``: ``'token'`` for a ViT with a class token, else ``'mean'``); pass
+      ``pool='token'`` to read a class-token ViT's blocks as the runs do.
     mesh: when its ``model`` axis is > 1, the heads' label axis is sharded over it (see head_stats).
     label_chunk: > 0 computes the heads' statistics that many labels at a time (see head_stats).
     loss_kernel: 'xla' or 'pallas' (head_loss.head_stats's ``impl``).

@@ -79,13 +79,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.rlp = ml_collections.ConfigDict()
   c.rlp.num_heads = 1  # parallel heads per layer, each with its own labels (A.8); 0 = no heads
   c.rlp.num_labels = 10  # n; ignored (set to m) with label_mode='unique'
-  c.rlp.layers = "pre_logits"  # comma-separated sown names, or 'all'
-  c.rlp.reg_layers = "all"  # which of `layers` regularize: comma-separated, 'all' (= layers) or ''
+  # Layer lists here are comma-separated sown names, 'all', or 'blocks' (every sown layer but pre_logits).
+  c.rlp.layers = "pre_logits"
+  c.rlp.reg_layers = "all"  # which of `layers` regularize: a list of them, 'all' (= layers), 'blocks' or ''
   c.rlp.reg_lambda = 0.0  # λ; 0 = pure measurement
   c.rlp.label_mode = "fixed"  # fixed | shuffled | unique
   c.rlp.hidden_dim = 0  # 0 = linear head; >0 = one hidden ReLU layer of this width (A.6)
   # Layers whose heads put a LayerNorm before the dense layer (the paper's heads on ViT blocks, Fig. 2C):
-  # comma-separated sown names, 'all' or '' (every head one dense layer, the paper's default head).
+  # a layer list or '' (every head one dense layer, the paper's default head); the ViT configs: 'blocks'.
   c.rlp.norm_layers = ""
   c.rlp.dtype = "float32"  # head matmul inputs: float32 | bfloat16 (logits and losses stay float32)
   # > 0: compute the heads' losses this many labels at a time, recomputing each block's logits in the
@@ -107,7 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.rlp.optimizer = optimizer_config("adam", 1e-3, schedule="constant")
 
   c.probes = ml_collections.ConfigDict()
-  c.probes.layers = ""  # per-layer class probes (Fig. 9): comma-separated, 'all' or ''
+  c.probes.layers = ""  # per-layer class probes (Fig. 9): a layer list or ''
   c.probes.optimizer = optimizer_config("adam", 1e-3, schedule="constant")
 
   c.eval = ml_collections.ConfigDict()
@@ -163,17 +164,25 @@ RESUMABLE_KEYS = (
 )
 
 
+# ``blocks`` in a layer list: every sown layer but pre_logits, resolved against the model being built, so a
+# config that means "every block" (the ViT configs' norm_layers) stays right when --config.model.depth or
+# --config.model.variant changes the number of blocks.
+LAYER_TOKENS = ("all", "blocks")
+
+
 def parse_layers(spec: str, available: list[str], key: str) -> list[str]:
-  """'all' | '' | 'a,b' -> validated list of names, in the model's order."""
+  """'all' | 'blocks' (all but pre_logits) | '' | 'a,b' -> validated list of names, in the model's order."""
   spec = spec.strip()
   if spec == "all":
     return list(available)
+  if spec == "blocks":
+    return [n for n in available if n != "pre_logits"]
   names = [s.strip() for s in spec.split(",") if s.strip()]
   unknown = [n for n in names if n not in available]
   if unknown:
     where = "the model does not sow" if key != "rlp.reg_layers" else "config.rlp.layers does not measure"
     raise UserError(
-      f"config.{key}={spec!r}: {where} {unknown}. Use some of {available} or 'all'"
+      f"config.{key}={spec!r}: {where} {unknown}. Use some of {available}, 'all' or 'blocks'"
       + (
         " (a layer regularizes only if it also has a head: add it to rlp.layers)."
         if key == "rlp.reg_layers"

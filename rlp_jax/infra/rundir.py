@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shlex
 import socket
 import warnings
 from collections.abc import Iterable, Mapping
@@ -159,40 +160,82 @@ def differences(saved, current, ignore: Iterable[str] = ()) -> list[str]:
   return [k for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
 
 
+def override_flags(config, keys: Iterable[str]) -> str:
+  """``--config.KEY=VALUE`` for ``keys`` of ``config`` (a ConfigDict or its JSON), as a shell takes them."""
+  flat = flatten(config_dict(config))
+  return " ".join(f"--config.{k}={_flag_value(flat.get(k))}" for k in keys)
+
+
+def _flag_value(value) -> str:
+  # What ml_collections' config flags parse back to the same value: strings as they are (quoted for the
+  # shell: '' stays an empty string), bools as True/False, numbers in Python's notation.
+  return shlex.quote(value) if isinstance(value, str) else repr(value)
+
+
 def check_same(path: str, config, *, ignore: Iterable[str] = (), what: str, fix: str) -> None:
   """Refuses ``config`` if the config saved at ``path`` differs from it (outside ``ignore``).
 
   Mixing two settings in one directory (resuming a run with another λ, adding offline results of other
   settings to one curve) would splice two experiments into one result; the user meant a new directory
-  or made a typo. Nothing is written either way.
+  or made a typo. Nothing is written either way. The saved config is read as ``load_config`` reads it
+  (``migrate``d, missing keys at today's defaults), so an older run's file is compared in today's keys and
+  the message names only real differences. ``{overrides}`` in ``fix`` becomes the ``--config.KEY=VALUE``
+  flags that pass the saved values (every difference, not only the 8 the message shows).
   """
   if not os.path.exists(path):
     return
-  a, b = flatten(read_json(path)), flatten(config_dict(config))
+  saved = read_config(path)
+  a, b = flatten(config_dict(saved)), flatten(config_dict(config))
   diffs = differences(a, b, ignore)
   if diffs:
     detail = ", ".join(f"config.{k}: saved {a.get(k)!r} vs now {b.get(k)!r}" for k in diffs[:8])
-    raise UserError(f"{what} ({detail}). {fix}")
+    more = f", and {len(diffs) - 8} more" if len(diffs) > 8 else ""
+    raise UserError(f"{what} ({detail}{more}). {fix.replace('{overrides}', override_flags(a, diffs))}")
+
+
+# Keys that configs written by earlier versions lack, or name differently, with the value that reproduces
+# what those versions did where today's default would not (docs/design.md §6, "Old run directories").
+def migrate(saved: Mapping) -> dict:
+  """An older ``config.json``'s contents in today's keys, meaning what they meant when the run was trained.
+
+  - ``rlp.norm`` (one bool for every layer) became ``rlp.norm_layers``: True -> 'all', False -> ''.
+  - ``rlp.pool`` absent: the mean over every position (the only pooling before 'flatten' was added).
+  - ``model.features_after_dropout`` absent: the MLP and the CNN sowed their features after their dropout
+    then (True); the other models sow no dropped-out features (False).
+  - ``rlp.loss_kernel`` absent: 'xla' (the only kernel then).
+  - ``checkpoint_every_epochs`` became ``checkpoint.every_epochs``.
+  A config written today passes through unchanged.
+  """
+  out = json.loads(json.dumps(dict(saved)))  # a deep copy: the caller's dict stays as read
+  rlp, model = out.setdefault("rlp", {}), out.setdefault("model", {})
+  if "norm" in rlp:
+    norm = rlp.pop("norm")
+    rlp.setdefault("norm_layers", "all" if norm else "")
+  rlp.setdefault("pool", "mean")
+  rlp.setdefault("loss_kernel", "xla")
+  model.setdefault("features_after_dropout", model.get("name", "mlp") in ("mlp", "cnn"))
+  if "checkpoint_every_epochs" in out:
+    out.setdefault("checkpoint", {}).setdefault("every_epochs", out.pop("checkpoint_every_epochs"))
+  return out
+
+
+def read_config(path: str):
+  """A saved config file (``config.json``, ``offline.config.json``), ``migrate``d, on top of today's defaults
+  (keys added since take their defaults, which reproduce what the run did); unlocked."""
+  config = configuration.base_config()
+  _merge(config, migrate(read_json(path)))
+  return config
 
 
 def load_config(workdir: str):
-  """The config a run was trained with (``DIR/config.json``) on top of today's defaults, locked.
-
-  Keys added to ``configuration.base_config`` after the run was trained take their defaults, so older
-  runs stay readable.
-  """
+  """The config a run was trained with (``DIR/config.json``, read by ``read_config``), locked."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise UserError(
       f"{path} does not exist: --workdir must be the directory of a run trained by rlp_jax.main "
       "(it writes config.json, metrics.jsonl and checkpoints/ there)."
     )
-  saved = read_json(path)
-  rlp = saved.get("rlp", {})
-  if "norm" in rlp and "norm_layers" not in rlp:  # written before rlp.norm_layers: one bool for every layer
-    rlp["norm_layers"] = "all" if rlp.pop("norm") else ""
-  config = configuration.base_config()
-  _merge(config, saved)
+  config = read_config(path)
   config.lock()
   return config
 

@@ -197,7 +197,8 @@ def check_same_experiment(config: ml_collections.ConfigDict, workdir: str) -> No
     config,
     ignore=configuration.RESUMABLE_KEYS,
     what=f"--workdir={workdir} holds a different experiment",
-    fix="Use a new --workdir, or pass the saved values to resume it. Nothing in the workdir was changed.",
+    fix="Use a new --workdir, or resume it with the saved values: {overrides}. Nothing in the workdir was "
+    "changed.",
   )
 
 
