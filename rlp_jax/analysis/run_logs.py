@@ -49,7 +49,9 @@ class RunLogs:
   @classmethod
   def load(cls, workdir: str, name: str | None = None) -> RunLogs:
     config_path = os.path.join(workdir, rundir.CONFIG_FILE)
-    config = rundir.flatten(rundir.read_json(config_path)) if os.path.exists(config_path) else {}
+    config = (
+      rundir.flatten(rundir.migrate(rundir.read_json(config_path))) if os.path.exists(config_path) else {}
+    )
     mem_path = os.path.join(workdir, "memorization.json")
     mem = rundir.read_json(mem_path) if os.path.exists(mem_path) else None
     # read_jsonl skips a damaged line with a warning (the records after it still count, docs/design.md §6);
