@@ -58,7 +58,7 @@ def get_config(arg: str = ""):
   if "runlocal" in args:
     c.model.update(width=32, depth=2, num_heads=2, patch_size=8)
   # After runlocal shrank the model: the args name its blocks.
-  config_args.apply_figure_args(c, args, vit.block_names(c.model))
+  config_args.apply_figure_args(c, args, vit.block_names(c.model), "blocks")
   # The paper's heads (docs/design.md §7): one dense layer on pre_logits (the default head; those features are
   # already layer-normed), LayerNorm + dense on a block (Fig. 2C), reading the class token (rlp.pool).
   # 'blocks', not their names: resolved against the model built, so --config.model.depth/variant keep it.

@@ -60,7 +60,7 @@ def get_config(arg: str = ""):
   if "runlocal" in args:
     c.model.update(depth=10, width=1)
   # A WRN sows one block per group (3 groups at any depth) and pre_logits.
-  config_args.apply_figure_args(c, args, ["block_1", "block_2", "block_3", "pre_logits"])
+  config_args.apply_figure_args(c, args, ["block_1", "block_2", "block_3", "pre_logits"], "all")
   if "runlocal" in args:
     config_args.shrink_for_runlocal(c)
   return c

@@ -14,6 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from rlp_jax.data import input_pipeline, tfds_source
+from rlp_jax.infra import configuration
 from rlp_jax.training import experiment, loop, steps
 from tests.test_tfds_pipeline import write_fake_tfds
 
@@ -151,7 +152,10 @@ def test_docstring_holds_the_command(name):
 
 
 def test_args_select_layers_and_modes():
-  blocks = ",".join(f"block_{i:02d}" for i in range(1, 13))
+  # A token, not the names: resolved against the model built, so a depth override keeps every block.
+  blocks = "blocks"
+  names = [f"block_{i:02d}" for i in range(1, 13)]
+  assert configuration.parse_layers(blocks, [*names, "pre_logits"], "rlp.layers") == names
   vit = lambda arg: get_config("vit_imagenet", arg)
   assert vit("all_blocks").rlp.layers == blocks and vit("all_blocks").rlp.reg_layers == "all"
   assert vit("reg_last").rlp.reg_layers == "block_12" and vit("reg_last").rlp.layers == blocks
@@ -168,10 +172,10 @@ def test_args_select_layers_and_modes():
   assert vit("multihead").rlp.num_heads == 10
   assert vit("flip_only").augment.crop == "none" and vit("flip_only").augment.flip
   tiny = vit("runlocal,reg_block8")  # block numbers beyond the tiny depth map to its last block
-  assert (tiny.model.depth, tiny.rlp.layers, tiny.rlp.reg_layers) == (2, "block_01,block_02", "block_02")
+  assert (tiny.model.depth, tiny.rlp.layers, tiny.rlp.reg_layers) == (2, "blocks", "block_02")
   assert get_config("vit_cifar100", "no_flip").augment.flip is False
   wrn = get_config("wrn_cifar100", "all_blocks,reg_last,flip")
-  wrn_layers = "block_1,block_2,block_3,pre_logits"
+  wrn_layers = "all"  # every layer a WRN sows, at any depth
   assert (wrn.rlp.layers, wrn.rlp.reg_layers, wrn.augment.flip) == (wrn_layers, "pre_logits", True)
 
 

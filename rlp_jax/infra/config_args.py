@@ -58,17 +58,23 @@ def parse(arg: str, valid: Sequence[str], path: str) -> set[str]:
   return args
 
 
-def apply_figure_args(config, args: set[str], layers: Sequence[str]) -> None:
-  """Sets the heads, probes and label mode that the figure args ask for, over ``layers`` (in order)."""
+def apply_figure_args(config, args: set[str], layers: Sequence[str], spec: str) -> None:
+  """Sets the heads, probes and label mode that the figure args ask for, over ``layers`` (in order).
+
+  ``spec`` is the layer token (configuration.LAYER_TOKENS) that means ``layers`` whatever the model's depth
+  (``'blocks'`` for the ViT's blocks, ``'all'`` for every sown layer): written instead of the names, it
+  keeps ``--config.model.depth`` / ``variant`` overrides valid. Only ``reg_last`` and ``reg_block8`` name
+  one layer of the default depth.
+  """
   if args & set(LAYER_ARGS):
-    config.rlp.layers = ",".join(layers)
+    config.rlp.layers = spec
     config.rlp.reg_layers = "all"
   if "reg_last" in args:
     config.rlp.reg_layers = layers[-1]
   if "reg_block8" in args:
     config.rlp.reg_layers = layers[min(8, len(layers)) - 1]
   if "probes" in args:
-    config.probes.layers = ",".join(layers)
+    config.probes.layers = spec
   if "shuffled" in args:
     config.rlp.label_mode = "shuffled"
   if "unique" in args:
