@@ -64,13 +64,13 @@ def save_figure(fig, path: str) -> str:
   return path
 
 
-def _chance_line(ax, value, label="chance 1/n"):
+def chance_line(ax, value, label="chance 1/n"):
   if value is not None:
     # Dotted grey, unlike every data line (the class head is dashed black).
     ax.axhline(value, color="0.3", ls=(0, (1, 1.5)), lw=1.8, zorder=1.5, label=f"{label} = {value:.3g}")
 
 
-def _show_chance(ax, chance: float | None, log_below: float = LOG_BELOW):
+def show_chance(ax, chance: float | None, log_below: float = LOG_BELOW):
   """After plotting: a log y axis when ``chance`` is too small to see on a linear one, with the lower
   limit below both chance and the lowest value drawn (a line at the axis' edge is easily missed)."""
   if chance is None or chance >= log_below:
@@ -91,7 +91,7 @@ def _show_chance(ax, chance: float | None, log_below: float = LOG_BELOW):
   ax.set_ylabel(f"{ax.get_ylabel()} (log scale)")
 
 
-def _finish(ax, xlabel: str, ylabel: str, title: str = "", legend: bool = True):
+def finish(ax, xlabel: str, ylabel: str, title: str = "", legend: bool = True):
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   if title:
@@ -101,7 +101,7 @@ def _finish(ax, xlabel: str, ylabel: str, title: str = "", legend: bool = True):
     ax.legend(fontsize=8, framealpha=0.85)
 
 
-def _suptitle(axes, what: str, runs: Sequence[RunLogs]):
+def suptitle(axes, what: str, runs: Sequence[RunLogs]):
   axes[0].figure.suptitle(f"{what}\n{setting(runs)}", fontsize=11)
 
 
@@ -145,10 +145,10 @@ def plot_accuracy(ax, run: RunLogs) -> dict:
     label = f"random labels, train ({layer} head)"
     ax.plot(x, y, "-", marker="s", ms=3, color="C3", label=label)
     data[label] = (x, y)
-    _chance_line(ax, chance)
+    chance_line(ax, chance)
   ax.set_ylim(-0.02, 1.02)
-  _finish(ax, "epoch", "accuracy", f"Class and random-label accuracy during training\n{setting([run])}")
-  _show_chance(ax, chance)
+  finish(ax, "epoch", "accuracy", f"Class and random-label accuracy during training\n{setting([run])}")
+  show_chance(ax, chance)
   return data
 
 
@@ -168,14 +168,14 @@ def plot_online_offline(ax, run: RunLogs) -> dict:
       ax.plot(x, y, "--", marker=".", ms=4, color=c, alpha=0.8, label=label)
       data[label] = (x, y)
   chance = run.chance(layers[0]) if layers else None
-  _chance_line(ax, chance)
-  _finish(
+  chance_line(ax, chance)
+  finish(
     ax,
     "epoch (checkpoint; 0 = initialization)",
     RANDOM_LABELS,
     f"Random-label accuracy: online head vs a fresh head per checkpoint\n{setting([run])}",
   )
-  _show_chance(ax, chance)
+  show_chance(ax, chance)
   return data
 
 
@@ -188,9 +188,9 @@ def plot_layers(ax, run: RunLogs) -> dict:
     ax.plot(x, y, "-", marker="o", ms=3, color=c, label=layer)
     data[layer] = (x, y)
   chance = run.chance(layers[0]) if layers else None
-  _chance_line(ax, chance)
-  _finish(ax, "epoch", RANDOM_LABELS, f"Random-label accuracy of each layer's head\n{setting([run])}")
-  _show_chance(ax, chance)
+  chance_line(ax, chance)
+  finish(ax, "epoch", RANDOM_LABELS, f"Random-label accuracy of each layer's head\n{setting([run])}")
+  show_chance(ax, chance)
   return data
 
 
@@ -231,7 +231,7 @@ def plot_layer_map(ax, run: RunLogs) -> dict:
     cbar.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
   scale = "log scale, " if log else ""
   cbar.set_label(f"{RANDOM_LABELS}\n({scale}darkest = chance" + (f" {chance:.3g})" if chance else ")"))
-  _finish(ax, "epoch", "layer", f"Random-label accuracy per layer and epoch\n{setting([run])}", legend=False)
+  finish(ax, "epoch", "layer", f"Random-label accuracy per layer and epoch\n{setting([run])}", legend=False)
   ax.grid(False)
   return {"epochs": epochs, "layers": layers, "accuracy": grid}
 
@@ -249,10 +249,10 @@ def plot_probes(axes, run: RunLogs) -> dict:
     if len(x):
       ax.plot(x, y, "k--", lw=1, label="the network's own class head")
       data[f"{split} class head"] = (x, y)
-    _chance_line(ax, run.class_chance, "chance 1/classes")
-    _finish(ax, "epoch", f"class accuracy, {split} set", f"{split} set")
-    _show_chance(ax, run.class_chance)
-  _suptitle(axes, "Class accuracy of a linear probe on each layer's features", [run])
+    chance_line(ax, run.class_chance, "chance 1/classes")
+    finish(ax, "epoch", f"class accuracy, {split} set", f"{split} set")
+    show_chance(ax, run.class_chance)
+  suptitle(axes, "Class accuracy of a linear probe on each layer's features", [run])
   return data
 
 
@@ -274,7 +274,7 @@ def lambda_positions(lams: Sequence[float], all_lams: Sequence[float] | None = N
   return np.where(lams > 0, x, zero_at if zero_at is not None else np.nan), zero_at
 
 
-def _lambda_axis(ax, all_lams: Sequence[float]):
+def lambda_axis(ax, all_lams: Sequence[float]):
   """Decade ticks for λ > 0, a tick '0' for λ = 0, and an axis break between them."""
   _, zero_at = lambda_positions(all_lams)
   logs = np.log10([v for v in all_lams if v > 0])
@@ -312,7 +312,7 @@ def _groups(runs: Sequence[RunLogs], keys: Sequence[str]) -> dict[str, list[RunL
   return groups
 
 
-def _accuracy_panels(layer: str | None):
+def accuracy_panels(layer: str | None):
   """(log key, panel title, y label) of the three panels of Figs. 4/5."""
   return (
     (f"rlp/{layer}/accuracy", f"random labels ({layer} head)", RANDOM_LABELS),
@@ -329,7 +329,7 @@ def plot_lambda(axes, runs: Sequence[RunLogs], layer: str | None = None) -> dict
   lams_all = [float(r.config.get(LAMBDA, 0.0)) for r in runs]
   groups = _groups(runs, keys)
   colors = _colors(len(groups), "tab10") if len(groups) > 1 else ["C0"]
-  for ax, (key, title, ylabel) in zip(axes, _accuracy_panels(layer)):
+  for ax, (key, title, ylabel) in zip(axes, accuracy_panels(layer)):
     for (group, members), c in zip(groups.items(), colors):
       members = sorted(members, key=lambda r: float(r.config.get(LAMBDA, 0.0)))
       lams = np.array([float(r.config.get(LAMBDA, 0.0)) for r in members])
@@ -343,15 +343,15 @@ def plot_lambda(axes, runs: Sequence[RunLogs], layer: str | None = None) -> dict
           ax.plot([x[~pos][-1], x[pos][0]], [ys[~pos][-1], ys[pos][0]], ":", color=c, lw=1)
       data[f"{key} {group}".strip()] = (lams, ys)
     chance = runs[0].chance(layer) if key.startswith("rlp/") else None
-    _chance_line(ax, chance)
-    _lambda_axis(ax, lams_all)
+    chance_line(ax, chance)
+    lambda_axis(ax, lams_all)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=8)
-    _show_chance(ax, chance)
-  _suptitle(axes, "Final accuracy vs regularization strength λ", runs)
+    show_chance(ax, chance)
+  suptitle(axes, "Final accuracy vs regularization strength λ", runs)
   return data
 
 
@@ -362,17 +362,17 @@ def plot_lambda_curves(axes, runs: Sequence[RunLogs], layer: str | None = None) 
   ordered = sorted(runs, key=lambda r: (float(r.config.get(LAMBDA, 0.0)), r.name))
   colors = _colors(len(ordered))
   data = {}
-  for ax, (key, title, ylabel) in zip(axes, _accuracy_panels(layer)):
+  for ax, (key, title, ylabel) in zip(axes, accuracy_panels(layer)):
     for r, c in zip(ordered, colors):
       x, y = r.series(key)
       label = run_label(r, keys)
       ax.plot(x, y, "-", color=c, label=label)
       data[f"{key} {label}"] = (x, y)
     chance = runs[0].chance(layer) if key.startswith("rlp/") else None
-    _chance_line(ax, chance)
-    _finish(ax, "epoch", ylabel, title)
-    _show_chance(ax, chance)
-  _suptitle(axes, "Accuracy during training, one line per run", runs)
+    chance_line(ax, chance)
+    finish(ax, "epoch", ylabel, title)
+    show_chance(ax, chance)
+  suptitle(axes, "Accuracy during training, one line per run", runs)
   return data
 
 
@@ -411,8 +411,8 @@ def plot_per_layer(axes, runs: Sequence[RunLogs]) -> dict:
       if prefix == "rlp" and rlp_layers
       else (ordered[0].class_chance if prefix == "probe" and ordered else None)
     )
-    _chance_line(ax, chance, "chance 1/n" if prefix == "rlp" else "chance 1/classes")
-    _finish(ax, "layer (input → output)", ylabel, title)
-    _show_chance(ax, chance)
-  _suptitle(axes, "Final accuracy per layer", runs)
+    chance_line(ax, chance, "chance 1/n" if prefix == "rlp" else "chance 1/classes")
+    finish(ax, "layer (input → output)", ylabel, title)
+    show_chance(ax, chance)
+  suptitle(axes, "Final accuracy per layer", runs)
   return data

@@ -85,7 +85,7 @@ def plot_lambda_seeds(axes, runs: Sequence[RunLogs]) -> dict:
   lams = np.array(sorted(groups))
   x, _ = figures.lambda_positions(lams)
   data = {}
-  for ax, (key, title, ylabel) in zip(axes, figures._accuracy_panels(LAYER)):
+  for ax, (key, title, ylabel) in zip(axes, figures.accuracy_panels(LAYER)):
     cis = np.array([mean_ci([r.final.get(key) for r in groups[v]]) for v in lams])
     for xi, v in zip(x, lams):
       ys = [r.final.get(key, np.nan) for r in groups[v]]
@@ -95,12 +95,12 @@ def plot_lambda_seeds(axes, runs: Sequence[RunLogs]) -> dict:
     ax.errorbar(x, cis[:, 0], yerr=np.nan_to_num(err), fmt="-s", color="C0", capsize=4, label="mean, 95% CI")
     data[key] = (lams, cis)
     chance = runs[0].chance(LAYER) if key.startswith("rlp/") else None
-    figures._chance_line(ax, chance)
-    figures._lambda_axis(ax, list(lams))
-    figures._finish(ax, ax.get_xlabel(), ylabel, title)
-    figures._show_chance(ax, chance)
+    figures.chance_line(ax, chance)
+    figures.lambda_axis(ax, list(lams))
+    figures.finish(ax, ax.get_xlabel(), ylabel, title)
+    figures.show_chance(ax, chance)
   seeds = sorted({_get(r, "seed") for g in groups.values() for r in g})
-  figures._suptitle(axes, f"Final accuracy vs λ ({len(seeds)} seeds: dots; mean and 95% t-interval)", runs)
+  figures.suptitle(axes, f"Final accuracy vs λ ({len(seeds)} seeds: dots; mean and 95% t-interval)", runs)
   return data
 
 
@@ -121,7 +121,7 @@ def plot_controls(axes, noise: Sequence[RunLogs], width: Sequence[RunLogs], shuf
   ax.set_xticklabels([f"λ={v:g}" for v in lams])
   ax.set_xlim(-0.4, len(lams) - 0.6)
   p = _get(noise[0], "label_noise") if noise else 0
-  figures._finish(ax, "", "test accuracy", f"Fig. 7C: label noise {p:g}, test accuracy per seed")
+  figures.finish(ax, "", "test accuracy", f"Fig. 7C: label noise {p:g}, test accuracy per seed")
   ax = axes[1]
   width = sorted((r for r in width if r.final), key=lambda r: _get(r, "model.width"))
   ws = [_get(r, "model.width") for r in width]
@@ -133,9 +133,9 @@ def plot_controls(axes, noise: Sequence[RunLogs], width: Sequence[RunLogs], shuf
   ax.set_xticks(ws)
   ax.set_xticklabels([str(w) for w in ws])
   chance = width[0].chance(LAYER) if width else None
-  figures._chance_line(ax, chance)
-  figures._finish(ax, "CNN width (channels)", figures.RANDOM_LABELS, "A.9: width, λ = 0, seed 0")
-  figures._show_chance(ax, chance)
+  figures.chance_line(ax, chance)
+  figures.finish(ax, "CNN width (channels)", figures.RANDOM_LABELS, "A.9: width, λ = 0, seed 0")
+  figures.show_chance(ax, chance)
   ax, chance = axes[2], None
   fixed = [r for r in width if _get(r, "model.width") == 32]
   for run, label, c in [(r, "fixed labels", "C3") for r in fixed] + [
@@ -149,9 +149,9 @@ def plot_controls(axes, noise: Sequence[RunLogs], width: Sequence[RunLogs], shuf
     m = min(_get(shuffled[0], "eval.train_examples"), DIGITS_TRAIN)
     sd = math.sqrt(chance * (1 - chance) / m)
     ax.axhspan(max(chance - 2.5 * sd, 1e-4), chance + 2.5 * sd, color="0.85", label="chance ± 2.5 sd")
-    figures._chance_line(ax, chance)
-  figures._finish(ax, "epoch", figures.RANDOM_LABELS, "A.2: shuffled labels, scored on an unseen draw")
-  figures._show_chance(ax, chance)
+    figures.chance_line(ax, chance)
+  figures.finish(ax, "epoch", figures.RANDOM_LABELS, "A.2: shuffled labels, scored on an unseen draw")
+  figures.show_chance(ax, chance)
   return data
 
 
