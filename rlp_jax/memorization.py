@@ -24,10 +24,7 @@ def main(argv) -> None:
   console.setup()
   config = rundir.load_config(fl.workdir)
   steps = fl.steps if fl.steps in ("last", "all") else [int(s) for s in fl.steps.split(",")]
-  spec = config.rlp.layers.strip()
-  scored = fl.layers or (
-    [] if spec in configuration.LAYER_TOKENS else [s.strip() for s in spec.split(",") if s.strip()]
-  )
+  scored = fl.layers or configuration.named_layers(config.rlp.layers)
   if fl.layer and scored and fl.layer not in scored:
     raise errors.UserError(f"--layer={fl.layer}: not among the scored layers {scored}; pick one of them.")
   external = None  # read before the scoring, so that a bad file costs nothing

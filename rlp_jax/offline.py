@@ -14,7 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rlp_jax.analysis import offline
-from rlp_jax.infra import configuration, console, errors, multihost, rundir
+from rlp_jax.infra import config_args, configuration, console, errors, multihost, rundir
 
 
 def define_flags(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -42,9 +42,7 @@ def define_flags(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> Non
 
 
 def _saved_config(argv: Sequence[str]):
-  workdir = next((a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")), None)
-  if workdir is None and "--workdir" in argv[:-1]:
-    workdir = argv[list(argv).index("--workdir") + 1]
+  workdir = config_args.flag_in_argv(argv, "workdir")
   try:
     return rundir.load_config(workdir) if workdir else configuration.base_config()
   except errors.UserError:  # reported by main(), inside the command's error handling

@@ -17,7 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rlp_jax.analysis import sweep
-from rlp_jax.infra import console, errors
+from rlp_jax.infra import config_args, console, errors
 
 
 def _config_overrides(argv: Sequence[str]) -> list[str]:
@@ -40,7 +40,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.setup()
   config = flags_.config
-  config_arg = _config_arg(sys.argv)  # path[:arg] as given, for the emitted lines
+  config_arg = config_args.flag_in_argv(sys.argv, "config") or ""  # path[:arg] as given, for emitted lines
   spec = flags_.sweep or sweep.sweep_from_config_file(config_arg)
   if spec is None:
     raise app.UsageError(
@@ -59,15 +59,6 @@ def main(argv: Sequence[str]) -> None:
   print(f"{len(rows)} runs: {os.path.join(flags_.workdir, 'summary.md')}")
   with open(os.path.join(flags_.workdir, "summary.md")) as f:
     print(f.read())
-
-
-def _config_arg(argv: Sequence[str]) -> str:
-  for i, a in enumerate(argv):
-    if a.startswith("--config="):
-      return a.split("=", 1)[1]
-    if a == "--config" and i + 1 < len(argv):
-      return argv[i + 1]
-  return ""
 
 
 def define_flags() -> None:

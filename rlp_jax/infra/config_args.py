@@ -49,6 +49,17 @@ def from_file(config_arg: str):
   return get_config(arg) if arg else get_config()
 
 
+def flag_in_argv(argv: Sequence[str], name: str) -> str | None:
+  """The value of ``--name=V`` or ``--name V`` as written on a command line, before absl parses it (a
+  command whose flags depend on it: offline's --config is the saved config of its --workdir)."""
+  for i, a in enumerate(argv):
+    if a.startswith(f"--{name}="):
+      return a.split("=", 1)[1]
+    if a == f"--{name}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
 def parse(arg: str, valid: Sequence[str], path: str) -> set[str]:
   """Comma-separated args; an unknown one fails naming the config file and the valid ones."""
   args = {a.strip() for a in arg.split(",") if a.strip()}

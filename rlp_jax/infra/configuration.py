@@ -170,6 +170,12 @@ RESUMABLE_KEYS = (
 LAYER_TOKENS = ("all", "blocks")
 
 
+def named_layers(spec: str) -> list[str]:
+  """The names a layer spec lists ('a,b'); [] for '' or a token (LAYER_TOKENS), which the model resolves."""
+  spec = spec.strip()
+  return [] if spec in LAYER_TOKENS else [s.strip() for s in spec.split(",") if s.strip()]
+
+
 def parse_layers(spec: str, available: list[str], key: str) -> list[str]:
   """'all' | 'blocks' (all but pre_logits) | '' | 'a,b' -> validated list of names, in the model's order."""
   spec = spec.strip()
@@ -177,7 +183,7 @@ def parse_layers(spec: str, available: list[str], key: str) -> list[str]:
     return list(available)
   if spec == "blocks":
     return [n for n in available if n != "pre_logits"]
-  names = [s.strip() for s in spec.split(",") if s.strip()]
+  names = named_layers(spec)
   unknown = [n for n in names if n not in available]
   if unknown:
     where = "the model does not sow" if key != "rlp.reg_layers" else "config.rlp.layers does not measure"

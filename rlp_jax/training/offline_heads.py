@@ -78,16 +78,17 @@ def fit_heads(
 
   @jax.jit
   def correct(p, feats, y):
-    # The online heads' loss code (head_loss.py): exact, and chunked over labels like them, so the
-    # (M, H, n) logits never exist (n = m on ImageNet).
-    heads = nnx.merge(graphdef, p).layers
-    return {
-      k: routing.head_stats(heads[k], heads[k].standardize(f), y, chunk=chunk)["correct"].mean(0)
-      for k, f in feats.items()
-    }
+    return {k: st["correct"].mean(0) for k, st in _head_stats(graphdef, p, feats, y, chunk).items()}
 
   out = correct(params, {k: jnp.asarray(v) for k, v in features.items()}, jnp.asarray(rlp_labels))
   return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _head_stats(graphdef, params, feats, y, chunk: int) -> dict[str, dict]:
+  """Per layer, the online heads' loss statistics (head_loss.py): exact, and chunked over labels like
+  them, so the (M, H, n) logits never exist (n = m on ImageNet)."""
+  heads = nnx.merge(graphdef, params).layers
+  return {k: routing.head_stats(heads[k], heads[k].standardize(f), y, chunk=chunk) for k, f in feats.items()}
 
 
 def train_heads(
@@ -120,15 +121,8 @@ def train_heads(
 
   chunk = exp.config.rlp.label_chunk
 
-  def stats(p, feats, y):
-    # The online heads' loss code (head_loss.py): exact, and chunked over labels like them.
-    heads = nnx.merge(graphdef, p).layers
-    return {
-      k: routing.head_stats(heads[k], heads[k].standardize(f), y, chunk=chunk) for k, f in feats.items()
-    }
-
   def loss_fn(p, feats, y):
-    return jnp.mean(jnp.stack([st["ce"].mean() for st in stats(p, feats, y).values()]))
+    return jnp.mean(jnp.stack([st["ce"].mean() for st in _head_stats(graphdef, p, feats, y, chunk).values()]))
 
   @jax.jit
   def epoch_fn(p, opt_state, feats, y, order):
