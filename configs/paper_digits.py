@@ -1,6 +1,7 @@
 r"""The paper's findings, small, on the embedded digits (docs/results.md): one sweep of 19 runs.
 
-  python tools/reproduce_digits.py --root=/tmp/rlp_paper_digits --out=docs/results
+  python -m rlp_jax.reproduce --config=configs/paper_digits.py --workdir=/tmp/rlp_paper_digits \
+      --out=docs/results
 
 runs this sweep (``python -m rlp_jax.sweep --config=configs/paper_digits.py --workdir=ROOT`` alone trains
 it), the offline heads of Fig. 2B on the λ = 0 run, the per-example scores of the label-noise runs, and

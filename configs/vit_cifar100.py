@@ -16,7 +16,8 @@ heads on every block, which of them regularize, class probes, label modes, head 
 test); ``no_flip`` trains without augmentation.
 
 Fig. A.2 is the λ sweep: ``--config.rlp.reg_lambda=L`` for L in 0, 1e-2, 1e-1, 1, 10, 100 (memorization stops
-for λ > 1e-1 in the paper). The README maps every figure to its command.
+for λ > 1e-1 in the paper), in the paper's convention (``rlp.reg_normalization='paper'``: λ multiplies
+Eq. 4's -log(1 - p̂)/n, n = 10,000). The README maps every figure to its command.
 """
 
 from rlp_jax.infra import config_args, configuration
@@ -51,6 +52,9 @@ def get_config(arg: str = ""):
   )
   c.augment.update(flip="no_flip" not in args, crop="none", image_size=0, normalize="symmetric")
   c.rlp.update(num_heads=1, num_labels=10_000, layers="pre_logits", reg_layers="all")
+  # λ multiplies the paper's Eq. 4 with its 1/n (docs/design.md §7), one convention for every paper
+  # config: at n = 10,000, λ = 100 weighs the per-example penalty by 0.01.
+  c.rlp.reg_normalization = "paper"
   c.eval.update(batch_size=1024, train_examples=10_000)
   c.offline.update(batch_size=256)
   c.checkpoint.every_epochs = 1

@@ -41,7 +41,9 @@ Args (comma-separated: ``--config=configs/vit_imagenet.py:all_blocks,reg_last``)
               smoke test of any combination above on whatever data ``--config.data_dir`` holds (the tests
               run it on fake tfds data); block numbers beyond its depth map to its last block
 
-The λ sweeps (Fig. 4, 7, 8, A.1, A.4, A.8, A.10) add ``--config.rlp.reg_lambda=L``; Fig. 7 adds
+The λ sweeps (Fig. 4, 7, 8, A.1, A.4, A.8, A.10) add ``--config.rlp.reg_lambda=L``, in the paper's
+convention (``rlp.reg_normalization='paper'``: λ multiplies Eq. 4's -log(1 - p̂)/n, so L = 1e4 weighs the
+per-example penalty by 1e4 / n = 0.1); Fig. 7 adds
 ``--config.dataset_fraction=F`` or ``--config.label_noise=P``; A.4 ``--config.rlp.num_labels=N``. The README
 maps every figure to its command. Offline heads (Fig. 2B): ``python -m rlp_jax.offline --workdir=$WORKDIR``.
 """
@@ -80,6 +82,9 @@ def get_config(arg: str = ""):
   if "flip_only" in args:
     c.augment.crop = "none"
   c.rlp.update(num_heads=1, num_labels=100_000, layers="pre_logits", reg_layers="all")
+  # λ multiplies the paper's Eq. 4 with its 1/n (docs/design.md §7), so the paper's λ values mean what they
+  # meant there: λ = 1e4 at n = 100k is a per-example weight of 0.1.
+  c.rlp.reg_normalization = "paper"
   c.eval.update(batch_size=1024, test_split="validation", train_examples=10_000)
   # Offline heads (Fig. 2B) run as their own command over all snapshots; a fixed 100k-example subset
   # and 20 epochs per checkpoint keep that affordable. No offline run at the end of training.

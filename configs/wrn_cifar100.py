@@ -22,7 +22,8 @@ Args (comma-separated: ``--config=configs/wrn_cifar100.py:all_blocks,probes``):
 
 Figures with this config (the README has the exact commands): Fig. 3 (``--config.model.dropout``,
 ``--config.optimizer.weight_decay``, ``--config.label_smoothing`` sweeps), Fig. 5 (λ sweep,
-``--config.rlp.reg_lambda``), A.3A (n sweep, ``--config.rlp.num_labels``), A.6 (``:two_layer`` with
+``--config.rlp.reg_lambda``, in the paper's convention ``rlp.reg_normalization='paper'``: λ multiplies
+Eq. 4's -log(1 - p̂)/n), A.3A (n sweep, ``--config.rlp.num_labels``), A.6 (``:two_layer`` with
 ``--config.rlp.num_labels=100``, ``--config.rlp.hidden_dim`` and λ), A.7 (``--config.rlp.num_labels=1024``
 with ``--config.dataset_fraction``), A.9 (width sweep, ``--config.model.width``).
 """
@@ -52,6 +53,9 @@ def get_config(arg: str = ""):
   c.optimizer = configuration.optimizer_config("sgd", 0.5, momentum=0.9, warmup_epochs=1.0)
   c.augment.update(flip="flip" in args, crop="none", image_size=0, normalize="cifar100")
   c.rlp.update(num_heads=1, num_labels=10_000, layers="pre_logits", reg_layers="all")
+  # λ multiplies the paper's Eq. 4 with its 1/n (docs/design.md §7), one convention for every paper
+  # config: at n = 10,000, λ = 100 weighs the per-example penalty by 0.01.
+  c.rlp.reg_normalization = "paper"
   c.eval.update(batch_size=1024, train_examples=10_000)
   c.offline.update(batch_size=256)
   c.checkpoint.every_epochs = 1

@@ -42,7 +42,7 @@ class Net(nnx.Module):
   def __call__(self, x):
     h = nnx.relu(self.hidden(x))
     # Captured by rlp_jax.models.sown_features. (Called outside nnx.capture, flax would store the value
-    # on the module; models/mlp.py's sow_intermediate skips the sow there instead.)
+    # on the module; rlp_jax.models.sow_intermediate skips the sow there instead.)
     self.sow(nnx.Intermediate, "features", h)
     return self.out(h)
 

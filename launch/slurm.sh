@@ -161,6 +161,10 @@ for opt in --partition:"$PARTITION" --time:"$TIME" --account:"$ACCOUNT" --qos:"$
   --constraint:"$CONSTRAINT" --mem:"$MEM" --log-dir:"$LOG_DIR"; do
   [[ -z ${opt#*:} ]] || check_word "${opt%%:*}" "${opt#*:}"
 done
+for arg in "${SBATCH_ARGS[@]}"; do  # an #SBATCH option itself ('--mail-type=END'): one word, '-' allowed
+  check_text --sbatch-arg "$arg"
+  [[ $arg != *[[:space:]]* ]] || die "--sbatch-arg: one word per #SBATCH line (sbatch reads no quotes), got $(show "$arg")"
+done
 for opt in --python:"$PYTHON" --chdir:"$CHDIR"; do
   check_text "${opt%%:*}" "${opt#*:}"
   [[ ${opt#*:} != -* ]] || die "${opt%%:*}: must not start with '-', got $(show "${opt#*:}")"

@@ -1,8 +1,9 @@
 r"""Per-example memorization scores, capacity, noisy-vs-clean AUC, image grids:
 
   python -m rlp_jax.memorization --workdir=DIR [--steps=last|all|S1,S2]
-      [--score=p_own|margin|correct|class_loss|...] [--layer=pre_logits] [--k=8] [--offline]
+      [--score=p_own|margin|correct|class_loss|...] [--layer=pre_logits] [--k=8] [--offline] [--probe]
       [--external=FILE [--external_score_key=tr_mem] [--external_label_key=tr_labels]]
+      [--ground_truth=FILE]  (written by python -m rlp_jax.ground_truth with the run's config)
 
 What each score is: analysis/scores.py; the summary built on them: analysis/memorization.py.
 """
@@ -13,7 +14,7 @@ import os
 
 from absl import app, flags
 
-from rlp_jax.analysis import external_scores, image_grid, memorization, scores
+from rlp_jax.analysis import external_scores, ground_truth, image_grid, memorization, scores
 from rlp_jax.infra import configuration, console, errors, rundir
 
 
@@ -32,13 +33,35 @@ def main(argv) -> None:
     external = external_scores.load_external(
       fl.external, fl.external_score_key, fl.external_label_key, fl.external_index_key
     )
+  ground = ground_truth.load(fl.ground_truth) if fl.ground_truth else None
+  _print(fl, _score(fl, config, steps, external, ground))
+
+
+def _score(fl, config, steps, external, ground) -> dict:
   data = scores.compute(
-    fl.workdir, steps, fl.layers or None, offline=fl.offline, log=lambda s: print(s, flush=True)
+    fl.workdir,
+    steps,
+    fl.layers or None,
+    offline=fl.offline,
+    probe=fl.probe,
+    lock=True,  # one scorer per run (a lock of its own: the run may still be training)
+    log=lambda s: print(s, flush=True),
   )
   images = image_grid.load_train_images(config) if fl.k > 0 else None
   out = memorization.analyze(
-    fl.workdir, data, kind=fl.score, layer=fl.layer or None, k=fl.k, images=images, external=external
+    fl.workdir,
+    data,
+    kind=fl.score,
+    layer=fl.layer or None,
+    k=fl.k,
+    images=images,
+    external=external,
+    ground=ground,
   )
+  return out
+
+
+def _print(fl, out) -> None:
   for name, cap in out["capacity"].items():
     print(
       f"capacity {name}: {cap['estimate']:.4f} [{cap['ci_low']:.4f}, {cap['ci_high']:.4f}] "
@@ -51,6 +74,27 @@ def main(argv) -> None:
   if "noisy_vs_clean_best" in out:
     best = out["noisy_vs_clean_best"]
     print(f"noisy vs clean, best score: {_auc_line(best)} at step {best['step']}")
+  fit = out.get("fit_of_training_labels")
+  if fit:
+    noisy = (
+      f" (noisy {fit['noisy_accuracy']:.4f}, clean {fit['clean_accuracy']:.4f})"
+      if "noisy_accuracy" in fit
+      else ""
+    )
+    print(f"training labels fitted at step {fit['step']}: {fit['train_accuracy']:.4f}{noisy}")
+  if "ground_truth" in out:
+    gt = out["ground_truth"]
+    print(
+      f"against Feldman-Zhang memorization ({gt['num_models']} models), step {gt['step']}: "
+      "Spearman [95% CI], "
+      f"overlap of the top {gt['top_k']} (chance {gt['top_chance']:.2f})"
+    )
+    for row in gt["rows"]:
+      what = " ".join(x for x in (row["score"], row["layer"] or "", row["heads"]) if x)
+      print(
+        f"  {what}: {row['spearman']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}], top overlap "
+        f"{row['top_overlap']:.3f}"
+      )
   for key in ("noisy_vs_clean_auc", "external", "image_grid"):
     if key in out:
       print(f"{key}: {out[key]}")
@@ -83,6 +127,12 @@ def define_flags() -> None:
   )
   flags.DEFINE_bool(
     "offline", False, "Also score with offline heads fitted at each checkpoint (config.offline's budget)."
+  )
+  flags.DEFINE_bool("probe", False, "Also score with the converged probe fitted at each checkpoint.")
+  flags.DEFINE_string(
+    "ground_truth",
+    "",
+    "Feldman-Zhang memorization (.npz of python -m rlp_jax.ground_truth) to correlate with.",
   )
   flags.DEFINE_string("layer", "", "Layer of that score (default: the last scored layer).")
   flags.DEFINE_integer("k", 8, "Examples per class and side in the image grid (0 = no grid).", lower_bound=0)

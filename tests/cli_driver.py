@@ -22,7 +22,18 @@ import sys
 import tempfile
 import traceback
 
-COMMANDS = ("main", "offline", "memorization", "report", "sweep", "benchmark", "plan")
+# The package's commands (rlp_jax/<name>.py); test_architecture and test_cli_errors import this list.
+COMMANDS = (
+  "main",
+  "offline",
+  "memorization",
+  "ground_truth",
+  "report",
+  "sweep",
+  "reproduce",
+  "benchmark",
+  "plan",
+)
 TIMEOUT_S = 60
 
 

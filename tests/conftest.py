@@ -20,6 +20,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
+# XLA:CPU spends seconds optimizing the threefry bit-mixing of every parameter's initializer (a tiny MLP's
+# jitted init: 6 s at the default level, 1 s at 0). What the tests assert does not depend on how well the
+# CPU code is optimized, and their programs are tiny, so they compile without the backend's optimizations.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
 import pytest  # noqa: E402
 
 import configs.digits  # noqa: E402

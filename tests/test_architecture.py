@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
+from cli_driver import COMMANDS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "rlp_jax"
 # Bottom to top. Sub-packages of one rank may not import each other (analysis and perf are siblings).
 LAYERS = {"infra": 0, "data": 1, "models": 2, "heads": 3, "training": 4, "analysis": 5, "perf": 5}
-COMMANDS = ("main", "offline", "memorization", "report", "sweep", "benchmark", "plan")
 
 
 def _layer(module: str) -> str | None:

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_driver import COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("main", "offline", "memorization", "report", "sweep", "benchmark", "plan")
 TINY = "--config=configs/digits.py:tiny"
 
 # (command, argv, what the error line must name). NEW is a workdir that must not exist afterwards; RUN is a
@@ -48,6 +48,25 @@ CASES = [
   ("main", [TINY, "--workdir=NEW", "--config.rlp.reg_lambda=-1"], "config.rlp.reg_lambda"),
   ("main", [TINY, "--workdir=NEW", "--config.rlp.reg_lambda=nan"], "config.rlp.reg_lambda"),
   ("main", [TINY, "--workdir=NEW", "--config.rlp.label_mode=foo"], "config.rlp.label_mode"),
+  ("main", [TINY, "--workdir=NEW", "--config.rlp.reg_normalization=n"], "config.rlp.reg_normalization"),
+  # main: values that used to pass validation (issue 23)
+  ("main", [TINY, "--workdir=NEW", "--config.data_dir=DATA", "--config.rlp.num_heads=1000000000"], "GiB"),
+  ("main", [TINY, "--workdir=NEW", "--config.eval.train_examples=-5"], "config.eval.train_examples"),
+  ("main", [TINY, "--workdir=NEW", "--config.eval.train_examples=0"], "config.eval.train_examples"),
+  ("main", [TINY, "--workdir=NEW", "--config.optimizer.weight_decay=nan"], "config.optimizer.weight_decay"),
+  ("main", [TINY, "--workdir=NEW", "--config.optimizer.learning_rate=inf"], "config.optimizer.learning_rate"),
+  ("main", [TINY, "--workdir=NEW", "--config.seed=99999999999"], "config.seed"),
+  ("main", [TINY, "--workdir=NEW", "--config.rlp.reg_layers=pre_logits,pre_logits"], "more than once"),
+  (
+    "main",
+    [TINY, "--workdir=NEW", "--config.data_dir=DATA", "--config.dataset_fraction=1e-9"],
+    "keeps no example",
+  ),
+  (
+    "main",
+    [TINY, "--workdir=NEW", "--config.data_dir=DATA", "--config.dataset_fraction=0.001"],
+    "fewer than one batch",
+  ),
   ("main", [TINY, "--workdir=NEW", "--config.rlp.num_labels=1"], "config.rlp.num_labels"),
   (
     "main",
@@ -89,6 +108,18 @@ CASES = [
   ("memorization", ["--workdir=RUN", "--layers=zzz"], "--layers"),
   ("memorization", ["--workdir=RUN", "--k=-1"], "--k"),
   ("memorization", ["--workdir=RUN", "--external=MISSING.npz"], "--external"),
+  ("memorization", ["--workdir=RUN", "--ground_truth=MISSING.npz"], "--ground_truth"),
+  # ground_truth
+  ("ground_truth", ["--output=NEW.npz"], "--config is required"),
+  ("ground_truth", [TINY], "--output"),
+  ("ground_truth", [TINY, "--output=NEW"], "must name a .npz file"),
+  ("ground_truth", [TINY, "--output=NEW.npz", "--subset=1.5"], "--subset"),
+  ("ground_truth", [TINY, "--output=NEW.npz", "--num_models=1"], "--num_models"),
+  (
+    "ground_truth",
+    [TINY, "--output=NEW.npz", "--config.rlp.reg_normalization=paperish"],
+    "reg_normalization",
+  ),
   # report
   ("report", [], "--workdir"),
   ("report", ["RUN"], "--workdir"),
@@ -108,6 +139,10 @@ CASES = [
   ("plan", ["--config=configs/digits.py", "--devices=-1"], "--devices"),
   ("plan", ["--config=configs/digits.py", "--device_kind=Z80"], "--device_kind"),
   ("plan", ["--config=configs/digits.py", "--mfu=2"], "--mfu"),
+  # reproduce
+  ("reproduce", ["--workdir=NEW"], "--config is required"),
+  ("reproduce", ["--config=configs/nope.py", "--workdir=NEW"], "configs/nope.py"),
+  ("reproduce", ["--config=configs/paper_digits.py:foo", "--workdir=NEW"], "unknown arg(s) ['foo']"),
 ]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from rlp_jax.heads import head_loss
+from rlp_jax.heads import head_loss, label_axis
 
 
 def _problem(b=32, h=2, d=8, n=96, valid=90, per_head=False, seed=0):
@@ -18,7 +18,7 @@ def _problem(b=32, h=2, d=8, n=96, valid=90, per_head=False, seed=0):
   w, bias = jax.random.normal(keys[1], (h, d, n)), jax.random.normal(keys[2], (h, n))
   y = jax.random.randint(keys[3], (b, h), 0, valid)
   # A quarter of the rows labelled with their argmax, so accuracy is neither 0 nor 1.
-  s = head_loss.mask_padding(head_loss.dense(x, w, bias), valid)
+  s = label_axis.mask_padding(label_axis.dense(x, w, bias), valid)
   y = y.at[: b // 4].set(jnp.argmax(s[: b // 4], -1))
   # Arbitrary cotangents for (ce, log1m): every combination of both terms must be right.
   g_ce, g_l1m = jax.random.normal(keys[4], (b, h)), jax.random.normal(keys[5], (b, h))
@@ -28,7 +28,7 @@ def _problem(b=32, h=2, d=8, n=96, valid=90, per_head=False, seed=0):
 def reference(x, w, bias, y, valid):
   """The definitions, by plain autodiff of the full (B, H, n) logits: optax's CE; log(1 - p_y) as the
   log-sum-exp of the other labels minus that of all labels (stable as p_y → 1); argmax == y."""
-  s = head_loss.mask_padding(head_loss.dense(x, w, bias), valid)
+  s = label_axis.mask_padding(label_axis.dense(x, w, bias), valid)
   ce = optax.softmax_cross_entropy_with_integer_labels(s, y)
   others = jnp.where(jax.nn.one_hot(y, s.shape[-1], dtype=bool), -jnp.inf, s)
   log1m = jax.nn.logsumexp(others, -1) - jax.nn.logsumexp(s, -1)
@@ -54,7 +54,7 @@ def test_reference_is_the_definition_where_the_naive_form_is_accurate():
   """The reference itself, in float64 on unsaturated rows: CE = -log p_y, log1m = log(1 - p_y)."""
   x, w, bias, y, *_ = _problem()
   ce, log1m, correct = reference(x, w, bias, y, 90)
-  s = np.asarray(head_loss.mask_padding(head_loss.dense(x, w, bias), 90), np.float64)[1:]
+  s = np.asarray(label_axis.mask_padding(label_axis.dense(x, w, bias), 90), np.float64)[1:]
   p = np.exp(s - s.max(-1, keepdims=True))
   p_y = np.take_along_axis(p / p.sum(-1, keepdims=True), np.asarray(y)[1:, :, None], -1)[..., 0]
   np.testing.assert_allclose(ce[1:], -np.log(p_y), rtol=1e-5, atol=1e-5)
@@ -67,7 +67,7 @@ def test_reference_is_the_definition_where_the_naive_form_is_accurate():
 def test_values_and_gradients_equal_autodiff_of_full_logits(chunk, per_head):
   valid = 90  # 6 padded labels: never predicted, no probability mass
   x, w, bias, y, g_ce, g_l1m = _problem(valid=valid, per_head=per_head)
-  ours = value_and_grads(lambda *a: head_loss.head_stats(*a, y, num_valid=valid, chunk=chunk))
+  ours = value_and_grads(lambda *a: head_loss.head_stats(*a, y, num_valid=valid, label_chunk=chunk))
   ref = value_and_grads(lambda *a: reference(*a, y, valid))
   zeros = jnp.zeros_like(g_ce)
   # Both cotangents (their sum's per-row scale), and each alone: L_rnd's ce only (λ = 0: log1m is
@@ -93,7 +93,8 @@ def test_log1m_inputs_route_log1m_and_ce_through_separate_sets(chunk, per_head):
   valid = 90
   x, w, bias, y, g_ce, g_l1m = _problem(valid=valid, per_head=per_head, seed=2)
   split = value_and_grads(
-    lambda a, b: head_loss.head_stats(*a, y, log1m_inputs=b, num_valid=valid, chunk=chunk), argnums=(0, 1)
+    lambda a, b: head_loss.head_stats(*a, y, log1m_inputs=b, num_valid=valid, label_chunk=chunk),
+    argnums=(0, 1),
   )
   got, (grad_a, grad_b) = split((x, w, bias), (x, w, bias), g_ce, g_l1m)
   for a, e in zip(got, head_loss.head_stats(x, w, bias, y, num_valid=valid)):
@@ -134,7 +135,7 @@ def test_chunked_needs_less_memory_than_one_logit_matrix():
   x, w, bias, y, g_ce, g_l1m = _problem(b, h, d, n, valid)
 
   def loss(chunk):
-    stats = lambda *a: head_loss.head_stats(*a, y, num_valid=valid, chunk=chunk)
+    stats = lambda *a: head_loss.head_stats(*a, y, num_valid=valid, label_chunk=chunk)
     return lambda *a: (g_ce * stats(*a)[0]).sum() + (g_l1m * stats(*a)[1]).sum()
 
   temp = [
@@ -152,4 +153,4 @@ def test_chunked_needs_less_memory_than_one_logit_matrix():
 def test_chunk_must_divide_the_labels():
   x, w, bias, y, *_ = _problem()
   with pytest.raises(ValueError, match="label_chunk=7 must divide"):
-    head_loss.head_stats(x, w, bias, y, chunk=7)
+    head_loss.head_stats(x, w, bias, y, label_chunk=7)

@@ -393,6 +393,10 @@ def test_slurm_env_defaults():
     (["--config", CONFIG, "--workdir", "w", "--gpus-per-node", "8", "--nodes", "x"], "--nodes"),
     (["--config", CONFIG, "--workdir", "w", "--gpus-per-node", "8", "--bogus"], "--bogus"),
     (["--config", CONFIG, "--workdir", "w", "--gpus-per-node"], "--gpus-per-node"),
+    (
+      ["--config", CONFIG, "--workdir", "w", "--gpus-per-node", "8", "--sbatch-arg", "--mail-type=END x"],
+      "--sbatch-arg",
+    ),
   ],
 )
 def test_slurm_errors_name_the_option(args, named):

@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from rlp_jax import models
-from rlp_jax.models import MODEL_NAMES, create_model
+from rlp_jax.infra import model_registry
+from rlp_jax.models import create_model
 
 NUM_CLASSES = 5
 # name -> (depth, number of sown blocks); WRN always has 3 groups.
@@ -47,7 +48,7 @@ def variable_types(model):
 
 # The shared-contract tests below run on 1-D and tiny 2-D inputs with width 2 and unpadded block names;
 # the ViT (2-D images, zero-padded block_01.. names) has its own tests in tests/test_vit.py.
-GENERIC = tuple(n for n in MODEL_NAMES if n != "vit")
+GENERIC = tuple(n for n in model_registry.names() if n != "vit")
 
 
 @pytest.mark.parametrize("input_shape", SHAPES, ids=["2d", "1d"])

@@ -51,7 +51,7 @@ def _start(argv: list[str], logs: str) -> list[subprocess.Popen]:
   env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
   env.update(
     JAX_PLATFORMS="cpu",
-    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2",
     JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
     JAX_NUM_PROCESSES="2",
     PYTHONPATH=ROOT,

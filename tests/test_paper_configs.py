@@ -14,6 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from rlp_jax.data import input_pipeline, tfds_source
+from rlp_jax.heads import routing
 from rlp_jax.infra import configuration
 from rlp_jax.training import experiment, loop, steps
 from tests.test_tfds_pipeline import write_fake_tfds
@@ -135,6 +136,12 @@ def test_full_configs_hold_the_paper_recipes():
   # ('blocks' resolves to every sown block, whatever the depth: tests/test_paper_heads.py)
   blocks = "blocks"
   assert (vit.rlp.norm_layers, vit.rlp.pool) == (blocks, "classifier")
+
+  # λ is the paper's (Eq. 4 with its 1/n): the ImageNet peak λ = 1e4 weighs the per-example penalty by
+  # 1e4 / 100,000 = 0.1, CIFAR-100's λ = 100 by 0.01; digits collapses at a per-example 1000.
+  for config in (wrn, vit, get_config("vit_cifar100")):
+    assert config.rlp.reg_normalization == "paper"
+  assert routing.reg_scale(vit.rlp.reg_normalization, vit.rlp.num_labels) * 1e4 == pytest.approx(0.1)
 
   small = get_config("vit_cifar100")
   assert (small.model.variant, small.model.patch_size, small.dataset, small.rlp.norm_layers) == (

@@ -219,7 +219,12 @@ def test_an_old_run_is_compared_in_todays_keys_and_resumes_with_the_saved_values
 
   digits = str(CONFIG_DIR / "digits.py")
   old = rundir.config_dict(config_args.from_file(digits))
-  for section, key in [("rlp", "loss_kernel"), ("rlp", "norm_layers"), ("rlp", "pool")]:
+  for section, key in [
+    ("rlp", "loss_kernel"),
+    ("rlp", "norm_layers"),
+    ("rlp", "pool"),
+    ("rlp", "reg_normalization"),
+  ]:
     del old[section][key]
   del old["model"]["features_after_dropout"], old["offline"]["at_init_scale_free"]
   old["rlp"]["norm"] = norm
@@ -244,6 +249,7 @@ def test_an_old_run_is_compared_in_todays_keys_and_resumes_with_the_saved_values
   resumed = rundir.load_config(str(tmp_path))
   assert (resumed.rlp.pool, resumed.model.features_after_dropout) == ("mean", True)
   assert (resumed.rlp.norm_layers, resumed.probes.layers) == ("all" if norm else "", "")
+  assert resumed.rlp.reg_normalization == "per_example"  # what λ meant before the key existed
 
 
 def test_a_run_saved_with_the_former_rlp_norm_still_loads(tmp_path):
@@ -255,3 +261,17 @@ def test_a_run_saved_with_the_former_rlp_norm_still_loads(tmp_path):
     rundir.atomic_write(str(tmp_path / rundir.CONFIG_FILE), json.dumps(saved))
     config = rundir.load_config(str(tmp_path))
     assert config.rlp.norm_layers == layers and "norm" not in config.rlp
+
+
+def test_a_paper_run_saved_before_the_lambda_convention_keeps_its_meaning(tmp_path):
+  """A wrn_cifar100 run saved before rlp.reg_normalization trained with λ per example; today's config reads
+  λ as the paper's. Resuming it with today's config is refused naming the key, not silently rescaled."""
+  from rlp_jax.training import checkpointing
+
+  wrn = str(CONFIG_DIR / "wrn_cifar100.py")
+  old = rundir.config_dict(config_args.from_file(wrn))
+  del old["rlp"]["reg_normalization"]
+  rundir.atomic_write(str(tmp_path / rundir.CONFIG_FILE), json.dumps(old))
+  assert rundir.load_config(str(tmp_path)).rlp.reg_normalization == "per_example"
+  with pytest.raises(UserError, match=r"config\.rlp\.reg_normalization: saved 'per_example' vs now 'paper'"):
+    checkpointing.check_same_experiment(config_args.from_file(wrn), str(tmp_path))

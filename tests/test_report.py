@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import configs.digits
-from rlp_jax.analysis import figures, report, run_logs
+from rlp_jax.analysis import figures, figures_across_runs, report, run_logs
 from rlp_jax.infra.errors import UserError
 
 LAYERS = ("block_1", "block_2", "block_10", "pre_logits")  # block_10 after block_2: model order, not text
@@ -169,7 +169,7 @@ def test_lambda_sweep_panels_put_lambda_zero_left_of_the_log_axis(tmp_path):
     "rlp.reg_lambda"
   ]  # data_dir differs too, but is not an experiment key
   fig, axes = figures.new_figure(3)
-  figures.plot_lambda(axes, logs)
+  figures_across_runs.plot_lambda(axes, logs)
   lines = _lines(axes[2])
   np.testing.assert_array_equal(lines["_child0"][0], [-2.0, 0.0, 2.0])  # log10 λ for λ > 0
   np.testing.assert_array_equal(lines["_child1"][0], [-3.0])  # λ = 0: one decade left of 1e-2
@@ -193,7 +193,7 @@ def test_runs_differing_in_two_keys_give_one_lambda_line_per_other_setting(tmp_p
   logs = run_logs.find_runs([str(tmp_path)])
   assert run_logs.differing_keys(logs) == ["rlp.reg_lambda", "model.width"]
   fig, axes = figures.new_figure(3)
-  data = figures.plot_lambda(axes, logs)
+  data = figures_across_runs.plot_lambda(axes, logs)
   assert sorted(data) == sorted(
     f"{k} model.width={w}"
     for k in ("rlp/pre_logits/accuracy", "train/accuracy", "test/accuracy")
@@ -459,7 +459,8 @@ def test_random_label_axes_show_chance_visibly(tmp_path, num_labels, log):
     fig, ax = figures.new_figure()
     plot(ax, logs[0])
     axes_of.append(ax)
-  for plot in (figures.plot_lambda, figures.plot_lambda_curves, figures.plot_per_layer):
+  across = figures_across_runs
+  for plot in (across.plot_lambda, across.plot_lambda_curves, across.plot_per_layer):
     fig, axes = figures.new_figure(3)
     plot(axes, logs)
     axes_of.append(axes[0])
@@ -484,7 +485,7 @@ def test_per_layer_profile_has_a_gap_where_a_run_has_no_head(tmp_path):
   ]
   logs = run_logs.find_runs(runs)
   fig, axes = figures.new_figure(3)
-  data = figures.plot_per_layer(axes, logs)
+  data = figures_across_runs.plot_per_layer(axes, logs)
   assert [t.get_text() for t in axes[0].get_xticklabels()] == list(LAYERS)
   for line in axes[0].lines:
     if line.get_label().startswith("λ="):

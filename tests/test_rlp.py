@@ -26,7 +26,7 @@ def _heads():
   return heads_lib.LayerHeads({"block": 8}, 10, 1, norm=False, hidden_dim=0, rngs=nnx.Rngs(0))
 
 
-def _routed(heads, z, y, reg_lambda):
+def _routed(heads, z, y, reg_lambda, **kwargs):
   """routed_losses on one layer's (B, 2, 2, 8) feature map, with class logits that do not depend on z: the
   gradient of the total with respect to z is then λ·∇L_reg alone (L_rnd reads detached features)."""
   b = z.shape[0]
@@ -39,7 +39,37 @@ def _routed(heads, z, y, reg_lambda):
     probes=None,
     reg_layers=("block",),
     reg_lambda=reg_lambda,
+    **kwargs,
   )
+
+
+@pytest.mark.parametrize("n,padded", [(10, 10), (40, 40), (10, 16)])
+def test_paper_lambda_convention_equals_per_example_at_lambda_over_n(n, padded):
+  """rlp.reg_normalization='paper' is Eq. 4 with its 1/n: its λ is λ/n per example. The total, L_reg's
+  share of it and the gradient reaching the features equal the per-example convention's at λ/n, and
+  differ at λ itself (so the test can fail). n is the number of real labels, not the padded label axis
+  (a label axis padded for sharding, 10 -> 16, must not change what λ means)."""
+  heads = heads_lib.LayerHeads(
+    {"block": 8}, padded, 1, norm=False, hidden_dim=0, num_valid=n, rngs=nnx.Rngs(0)
+  )
+  z = jax.random.normal(jax.random.key(1), (6, 2, 2, 8)) * 3
+  y = jax.random.randint(jax.random.key(2), (6, 1), 0, n)
+  lam = 50.0
+
+  def total(zz, reg_lambda, norm):
+    return _routed(heads, zz, y, reg_lambda, reg_normalization=norm)[0]
+
+  paper, same, unscaled = (lam, "paper"), (lam / n, "per_example"), (lam, "per_example")
+  np.testing.assert_allclose(total(z, *paper), total(z, *same), rtol=1e-6)
+  reg = lambda reg_lambda, norm: float(
+    _routed(heads, z, y, reg_lambda, reg_normalization=norm)[1]["loss/reg"]
+  )  # noqa: E731
+  np.testing.assert_allclose(reg(lam, "paper") * n, reg(lam, "per_example"), rtol=1e-6)
+  g_paper, g_same, g_unscaled = (jax.grad(total)(z, *args) for args in (paper, same, unscaled))
+  np.testing.assert_allclose(g_paper, g_same, rtol=1e-5, atol=1e-8)
+  assert float(jnp.abs(g_same).max()) > 1e-4
+  assert float(jnp.abs(g_unscaled - g_paper).max()) > 1e-3 * float(jnp.abs(g_unscaled).max())
+  assert abs(float(total(z, *unscaled)) - float(total(z, *paper))) > 1e-3
 
 
 def _p_hat(heads, z, y):

@@ -23,7 +23,7 @@ from flax import nnx
 from test_head_loss import reference, value_and_grads
 
 from rlp_jax.data import input_pipeline
-from rlp_jax.heads import head_loss, routing
+from rlp_jax.heads import head_loss, label_axis, routing
 from rlp_jax.heads import heads as heads_lib
 from rlp_jax.infra import mesh as mesh_lib
 from rlp_jax.perf import flops
@@ -43,7 +43,11 @@ def data_dir(data_dir):
 
 @pytest.mark.skipif(EIGHT, reason="this process already has 8 devices")
 def test_sharded_suite_on_8_simulated_cpu_devices(data_dir):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", **{_DATA_DIR_ENV: data_dir})
+  env = dict(
+    os.environ,
+    XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8",
+    **{_DATA_DIR_ENV: data_dir},
+  )
   proc = subprocess.run(
     [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=5", __file__],
     env=env,
@@ -82,13 +86,13 @@ def test_sharded_head_stats_equal_full_logits(shape, per_head, chunk):
   bias = jax.random.normal(keys[2], (h, n))
   y = jax.random.randint(keys[3], (b, h), 0, valid)
   x = x.at[0].multiply(300.0)  # saturated rows: p_y ≈ 1 or ≈ 0
-  logits = head_loss.mask_padding(head_loss.dense(x, w, bias), valid)
+  logits = label_axis.mask_padding(label_axis.dense(x, w, bias), valid)
   y = y.at[1:5].set(jnp.argmax(logits[1:5], -1))  # some correct
   g_ce, g_l1m = jax.random.normal(keys[4], (b, h)), jax.random.normal(keys[5], (b, h))
   zeros = jnp.zeros_like(g_ce)
 
   def sharded(x, w, bias):
-    return head_loss.head_stats(x, w, bias, y, num_valid=valid, chunk=chunk, mesh=mesh)
+    return head_loss.head_stats(x, w, bias, y, num_valid=valid, label_chunk=chunk, mesh=mesh)
 
   ours, ref = value_and_grads(sharded), value_and_grads(lambda *a: reference(*a, y, valid))
   (got, grads), (want, want_grads) = ours(x, w, bias, g_ce, g_l1m), ref(x, w, bias, g_ce, g_l1m)
@@ -102,7 +106,7 @@ def test_sharded_head_stats_equal_full_logits(shape, per_head, chunk):
   # One evaluation, two routes (routing.routed_losses): ce through the first input set, log1m the second.
   split = value_and_grads(
     lambda first, second: head_loss.head_stats(
-      *first, y, log1m_inputs=second, num_valid=valid, chunk=chunk, mesh=mesh
+      *first, y, log1m_inputs=second, num_valid=valid, label_chunk=chunk, mesh=mesh
     ),
     argnums=(0, 1),
   )
@@ -114,7 +118,7 @@ def test_sharded_head_stats_equal_full_logits(shape, per_head, chunk):
   # Sharding splits the matmuls, it does not add any: counted over all devices, the same FLOPs.
   def scalar(mesh):
     return lambda *a: (lambda ce, l1m, _: ce.mean() - 0.3 * l1m.mean())(
-      *head_loss.head_stats(*a, y, num_valid=valid, chunk=chunk, mesh=mesh)
+      *head_loss.head_stats(*a, y, num_valid=valid, label_chunk=chunk, mesh=mesh)
     )
 
   count = lambda mesh: flops.count(jax.grad(scalar(mesh), argnums=(0, 1, 2)), x, w, bias)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import zipfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -30,6 +31,15 @@ def load_external(path: str, score_key: str = "score", label_key: str = "label",
     raise UserError(f"--external={path}: must be a .npz, .npy or .csv file.")
   if not os.path.isfile(path):
     raise UserError(f"--external={path}: no such file.")
+  try:
+    return _read(path, ext, score_key, label_key, index_key)
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+    if isinstance(e, UserError):
+      raise
+    raise UserError(f"--external={path}: not a readable {ext} file ({type(e).__name__}: {e}).") from None
+
+
+def _read(path: str, ext: str, score_key: str, label_key: str, index_key: str):
   labels = None
   if ext == ".npz":
     with np.load(path) as f:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from rlp_jax.analysis import external_scores, image_grid, score_stats, scores
+from rlp_jax.analysis import external_scores, ground_truth, image_grid, score_stats, scores
 from rlp_jax.infra import rundir
 
 SUMMARY_FILE = "memorization.json"
@@ -40,6 +40,7 @@ def analyze(
   k: int = 8,
   images: np.ndarray | None = None,
   external: tuple | None = None,
+  ground: Mapping[str, np.ndarray] | None = None,
   num_boot: int = 1000,
 ) -> dict:
   """Capacity per layer, noisy-vs-clean AUC, the image grid and the external correlation -> a dict
@@ -66,6 +67,9 @@ def analyze(
     out["image_grid"] = grid
   if external is not None:
     out["external"] = external_scores.correlate_external(data, values, *external)
+  if ground is not None:
+    out["fit_of_training_labels"] = fit_of_training_labels(data)
+    out["ground_truth"] = ground_truth.correlate(data, ground, score_variants(data), num_boot=num_boot)
   rundir.atomic_write(os.path.join(workdir, SUMMARY_FILE), json.dumps(out, indent=2))
   return out
 
@@ -81,6 +85,8 @@ def score_variants(data: Mapping[str, np.ndarray]) -> list[tuple[str, str | None
       out.append(("p_own", layer, 0))
     if f"offline_p_own/{layer}" in data:
       out.append(("offline_p_own", layer, None))
+    if f"probe_margin/{layer}" in data:
+      out.append(("probe_margin", layer, None))
   if "class_loss" in data:
     out.append(("class_loss", None, None))
   return out
@@ -109,3 +115,18 @@ def noisy_vs_clean(data: Mapping[str, np.ndarray], *, num_boot: int = 1000) -> l
         }
       )
   return rows
+
+
+def fit_of_training_labels(data: Mapping[str, np.ndarray]) -> dict:
+  """How far the scored checkpoint has fitted the labels it trained on (class accuracy on them, from the
+  class margin: > 0 iff predicted), overall and on the noisy and clean examples: the regime a per-example
+  reading belongs to (before the noise is fitted, the class loss flags noisy labels; after, it cannot)."""
+  if "class_margin" not in data:
+    return {}
+  scored = data["scored"]
+  fitted = np.asarray(data["class_margin"][-1], np.float64)[scored] > 0
+  noisy = data["is_noisy"][scored]
+  out = {"step": int(data["steps"][-1]), "train_accuracy": float(fitted.mean())}
+  if noisy.any():
+    out.update(noisy_accuracy=float(fitted[noisy].mean()), clean_accuracy=float(fitted[~noisy].mean()))
+  return out

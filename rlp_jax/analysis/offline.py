@@ -91,6 +91,13 @@ def run_offline(
   missing = sorted(set(steps or ()) - set(all_steps))
   if missing:
     raise UserError(f"--steps: no snapshot at {missing}; the saved steps are {all_steps}.")
+  with rundir.lock(workdir, enabled=is_writer, name=f".{output}.lock", what=f"the same {output}"):
+    return _run_offline(workdir, config, saved, ckpt, kind, all_steps, path, steps=steps, log=log)
+
+
+def _run_offline(workdir, config, saved, ckpt, kind, all_steps, path, *, steps, log) -> list[dict]:
+  """run_offline's work, while this process holds the output's lock."""
+  is_writer = jax.process_index() == 0
   if is_writer:  # the first write, once every request is known to be valid
     _check_settings(config, path)
   todo = all_steps if steps is None else [s for s in all_steps if s in set(steps) | {0}]
@@ -113,6 +120,9 @@ def run_offline(
     state = ckpt.restore_for_analysis(kind, step, abstract)
     acc = offline_heads.offline_accuracy(exp, state.params["model"], state.batch_stats)
     rec = offline_record(exp, step, acc, online.get(step), steps_per_epoch=run_exp.steps_per_epoch)
+    if config.offline.ridge_probe:  # the converged probe beside the budgeted heads (docs/design.md §4)
+      probe = offline_heads.frozen_probe(exp, state.params["model"], state.batch_stats)
+      rec.update(metrics.accuracy_metrics(probe, exp.num_labels, prefix="probe"))
     if is_writer:
       rundir.append_jsonl(path, rec)
     records.append(rec)

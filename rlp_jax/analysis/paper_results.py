@@ -1,5 +1,5 @@
-"""The small reproduction of the paper's findings on digits (configs/paper_digits.py, docs/results.md): the
-sweep's runs sorted by experiment, aggregated over seeds with intervals, drawn and tabulated.
+"""The tables and figures of a small reproduction of the paper (configs/paper_<dataset>.py, docs/results.md):
+the sweep's runs sorted by experiment, aggregated over seeds with intervals, drawn and tabulated.
 
 ``write(root, out)`` reads only logs (metrics.jsonl, offline.jsonl, memorization.json; analysis/run_logs.py)
 and writes ``out/*.png`` and ``out/tables.md``. Per-run figures are the report's own (analysis/figures.py);
@@ -17,12 +17,11 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-from rlp_jax.analysis import figures
+from rlp_jax.analysis import figures, figures_across_runs
 from rlp_jax.analysis.run_logs import LAMBDA, RunLogs, find_runs
 from rlp_jax.infra import rundir
 
 LAYER = "pre_logits"
-DIGITS_TRAIN = 1437  # digits' training examples: the random-label accuracy is a mean over at most these
 RANDOM = f"rlp/{LAYER}/accuracy"
 
 
@@ -30,9 +29,10 @@ def _get(run: RunLogs, key: str, default=None):
   return run.config.get(key, default)
 
 
-def classify(root: str) -> dict[str, list[RunLogs]]:
+def classify(root: str, base_width: int) -> dict[str, list[RunLogs]]:
   """The sweep's runs by experiment: ``lambda`` (Figs. 4/5), ``noise`` (Fig. 7C), ``shuffled`` (A.2),
-  ``width`` (A.9, λ = 0 and seed 0, width 32 included) and ``fig2`` (the λ = 0, seed 0, width 32 run)."""
+  ``width`` (A.9, λ = 0 and seed 0, the base width included) and ``fig2`` (the λ = 0, seed 0 run of the
+  base width: the reproduction config's ``model.width``)."""
   out: dict[str, list[RunLogs]] = collections.defaultdict(list)
   for run in find_runs([root]):
     plain = _get(run, "rlp.label_mode") == "fixed" and not _get(run, "label_noise")
@@ -41,11 +41,11 @@ def classify(root: str) -> dict[str, list[RunLogs]]:
       out["shuffled"].append(run)
     elif _get(run, "label_noise"):
       out["noise"].append(run)
-    elif plain and _get(run, "model.width") == 32:
+    elif plain and _get(run, "model.width") == base_width:
       out["lambda"].append(run)
     if base:
       out["width"].append(run)
-    if base and _get(run, "model.width") == 32:
+    if base and _get(run, "model.width") == base_width:
       out["fig2"].append(run)
   return dict(out)
 
@@ -83,9 +83,9 @@ def plot_lambda_seeds(axes, runs: Sequence[RunLogs]) -> dict:
   with its 95% t-interval as an error bar."""
   groups = _by_lambda(runs)
   lams = np.array(sorted(groups))
-  x, _ = figures.lambda_positions(lams)
+  x, _ = figures_across_runs.lambda_positions(lams)
   data = {}
-  for ax, (key, title, ylabel) in zip(axes, figures.accuracy_panels(LAYER)):
+  for ax, (key, title, ylabel) in zip(axes, figures_across_runs.accuracy_panels(LAYER)):
     cis = np.array([mean_ci([r.final.get(key) for r in groups[v]]) for v in lams])
     for xi, v in zip(x, lams):
       ys = [r.final.get(key, np.nan) for r in groups[v]]
@@ -96,7 +96,7 @@ def plot_lambda_seeds(axes, runs: Sequence[RunLogs]) -> dict:
     data[key] = (lams, cis)
     chance = runs[0].chance(LAYER) if key.startswith("rlp/") else None
     figures.chance_line(ax, chance)
-    figures.lambda_axis(ax, list(lams))
+    figures_across_runs.lambda_axis(ax, list(lams))
     figures.finish(ax, ax.get_xlabel(), ylabel, title)
     figures.show_chance(ax, chance)
   seeds = sorted({_get(r, "seed") for g in groups.values() for r in g})
@@ -104,9 +104,10 @@ def plot_lambda_seeds(axes, runs: Sequence[RunLogs]) -> dict:
   return data
 
 
-def plot_controls(axes, noise: Sequence[RunLogs], width: Sequence[RunLogs], shuffled: Sequence[RunLogs]):
+def plot_controls(axes, runs: dict[str, list[RunLogs]], base_width: int, num_train: int):
   """Fig. 7C (test accuracy per seed, λ = 0 vs the largest λ, label noise), A.9 (random-label accuracy vs
-  width) and A.2 (shuffled vs fixed labels over training)."""
+  width) and A.2 (shuffled vs fixed labels over training; ``num_train`` bounds the examples scored)."""
+  noise, width, shuffled = runs.get("noise", []), runs.get("width", []), runs.get("shuffled", [])
   data = {}
   ax = axes[0]
   groups = _by_lambda(noise)
@@ -137,7 +138,7 @@ def plot_controls(axes, noise: Sequence[RunLogs], width: Sequence[RunLogs], shuf
   figures.finish(ax, "CNN width (channels)", figures.RANDOM_LABELS, "A.9: width, λ = 0, seed 0")
   figures.show_chance(ax, chance)
   ax, chance = axes[2], None
-  fixed = [r for r in width if _get(r, "model.width") == 32]
+  fixed = [r for r in width if _get(r, "model.width") == base_width]
   for run, label, c in [(r, "fixed labels", "C3") for r in fixed] + [
     (r, "shuffled labels", "C0") for r in shuffled
   ]:
@@ -146,13 +147,19 @@ def plot_controls(axes, noise: Sequence[RunLogs], width: Sequence[RunLogs], shuf
     data[label] = (x, y)
   if shuffled:
     chance = shuffled[0].chance(LAYER)
-    m = min(_get(shuffled[0], "eval.train_examples"), DIGITS_TRAIN)
+    m = _scored(shuffled[0], num_train)
     sd = math.sqrt(chance * (1 - chance) / m)
     ax.axhspan(max(chance - 2.5 * sd, 1e-4), chance + 2.5 * sd, color="0.85", label="chance ± 2.5 sd")
     figures.chance_line(ax, chance)
   figures.finish(ax, "epoch", figures.RANDOM_LABELS, "A.2: shuffled labels, scored on an unseen draw")
   figures.show_chance(ax, chance)
   return data
+
+
+def _scored(run: RunLogs, num_train: int) -> int:
+  """How many training examples the run's random-label accuracy averages over."""
+  subset = _get(run, "eval.train_examples")
+  return num_train if subset is None or subset < 0 else min(subset, num_train)
 
 
 def _save(out: str, name: str, ncols: int, draw, width=4.6, height=4.0) -> str:
@@ -245,11 +252,17 @@ def auc_table(runs: Sequence[RunLogs]) -> list[str]:
   )
 
 
-def write(root: str, out: str, wall_s: dict | None = None) -> str:
-  """Figures and ``tables.md`` in ``out`` from the runs under ``root``; returns the tables' path."""
+def write(
+  root: str, out: str, *, base_width: int, num_train: int, command: str, wall_s: dict | None = None
+) -> str:
+  """Figures and ``tables.md`` in ``out`` from the runs under ``root``; returns the tables' path.
+
+  ``base_width``: the reproduction config's model width (its Fig. 2 and λ runs); ``num_train``: the
+  dataset's training examples; ``command``: what regenerates them, for the tables' heading.
+  """
   os.makedirs(out, exist_ok=True)
-  runs = classify(root)
-  md = ["# Reproduction tables (generated by tools/reproduce_digits.py)", ""]
+  runs = classify(root, base_width)
+  md = [f"# Reproduction tables (generated by `{command}`)", ""]
   if runs.get("fig2"):
     run = runs["fig2"][0]
     _save(
@@ -276,7 +289,7 @@ def write(root: str, out: str, wall_s: dict | None = None) -> str:
     out,
     "controls.png",
     3,
-    lambda a: plot_controls(a, runs.get("noise", []), runs.get("width", []), runs.get("shuffled", [])),
+    lambda a: plot_controls(a, runs, base_width, num_train),
   )
   if runs.get("noise"):
     md += [f"## Fig. 7C: label noise {_get(runs['noise'][0], 'label_noise'):g}", ""] + noise_table(
@@ -287,7 +300,7 @@ def write(root: str, out: str, wall_s: dict | None = None) -> str:
     )
   if runs.get("shuffled"):
     r = runs["shuffled"][0]
-    chance, m = r.chance(LAYER), min(_get(r, "eval.train_examples"), DIGITS_TRAIN)
+    chance, m = r.chance(LAYER), _scored(r, num_train)
     acc = r.final.get(RANDOM, math.nan)
     z = (acc - chance) / math.sqrt(chance * (1 - chance) / m)
     md += [

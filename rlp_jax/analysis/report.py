@@ -23,7 +23,7 @@ import re
 import shutil
 from collections.abc import Callable, Sequence
 
-from rlp_jax.analysis import figures
+from rlp_jax.analysis import figures, figures_across_runs
 from rlp_jax.analysis.run_logs import (
   LAMBDA,
   SHORT_NAMES,
@@ -99,7 +99,7 @@ def across_runs(runs: Sequence[RunLogs]) -> list[FigureSpec]:
         "Figs. 4/5: final accuracies vs λ",
         "Each run's final random-label, train and test accuracy against its regularization strength λ "
         "(λ = 0 left of the axis break); one line per setting of the other swept keys.",
-        lambda a: figures.plot_lambda(a, runs),
+        lambda a: figures_across_runs.plot_lambda(a, runs),
         3,
         4.6,
         4.4,
@@ -108,7 +108,7 @@ def across_runs(runs: Sequence[RunLogs]) -> list[FigureSpec]:
         "lambda_curves.png",
         "Figs. 4/5 over training, one line per run",
         "The same three accuracies at every epoch, one line per run, colored by λ.",
-        lambda a: figures.plot_lambda_curves(a, runs),
+        lambda a: figures_across_runs.plot_lambda_curves(a, runs),
         3,
         4.6,
         4.4,
@@ -120,7 +120,7 @@ def across_runs(runs: Sequence[RunLogs]) -> list[FigureSpec]:
       "Figs. 8/9: final values per layer",
       "Each run's final accuracy per layer: the random-label head (left) and the class-label probes "
       "(middle, right); a gap means that layer has no head or probe.",
-      lambda a: figures.plot_per_layer(a, runs),
+      lambda a: figures_across_runs.plot_per_layer(a, runs),
       3,
       4.6,
       4.6,

@@ -1,5 +1,6 @@
-"""Statistics of per-example scores (docs/design.md §4): rank correlation, noisy-vs-clean ROC AUC (with a
-bootstrap interval), and the capacity estimate with its bootstrap interval.
+"""Statistics of per-example scores (docs/design.md §4): rank correlation (with a bootstrap interval) and
+top-k overlap, noisy-vs-clean ROC AUC (with a bootstrap interval), and the capacity estimate with its
+bootstrap interval.
 
 Spearman and the AUC are the libraries' own (scipy, scikit-learn); what is ours is the handling of missing
 values: examples not scored (NaN) are dropped rather than ranked.
@@ -32,6 +33,38 @@ def spearman(a, b) -> float:
   with warnings.catch_warnings():  # a constant input: NaN is the answer, not a warning per call
     warnings.simplefilter("ignore", stats.ConstantInputWarning)
     return float(stats.spearmanr(a, b).statistic)
+
+
+def spearman_ci(a, b, *, num_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+  """``spearman`` with a percentile-bootstrap interval (example pairs resampled with replacement). A
+  resample's ties (the repeated examples) are ranked by their average rank, as in ``spearman``."""
+  a, b = finite_pairs(a, b)
+  rho = spearman(a, b)
+  out = {"spearman": rho, "ci_low": float("nan"), "ci_high": float("nan"), "level": level, "num": len(a)}
+  if not np.isfinite(rho):
+    return out
+  draws = np.random.default_rng(seed).integers(0, len(a), (num_boot, len(a)))
+  ra, rb = stats.rankdata(a[draws], axis=1), stats.rankdata(b[draws], axis=1)
+  ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    boots = (ra * rb).sum(1) / np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
+  boots = boots[np.isfinite(boots)]
+  out["ci_low"], out["ci_high"] = (
+    float(q) for q in np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+  )
+  return out
+
+
+def top_k_overlap(a, b, k: int) -> float:
+  """Share of the ``k`` highest of ``a`` that are also among the ``k`` highest of ``b`` (finite pairs only;
+  chance is k / M)."""
+  a, b = finite_pairs(a, b)
+  k = min(k, len(a))
+  if k < 1:
+    return float("nan")
+  top_a = np.argsort(-a, kind="stable")[:k]
+  top_b = np.argsort(-b, kind="stable")[:k]
+  return float(len(np.intersect1d(top_a, top_b)) / k)
 
 
 def roc_auc(score_values, positive) -> float:

@@ -9,7 +9,9 @@ online heads):
   margin   logit of ŷ_h(i) minus the largest other logit (> 0 iff correct, up to exact ties)
 
 and, with ``offline=True``, the same three from offline heads (``offline_p_own`` ...: fresh heads fitted to
-the frozen network at that checkpoint, training/offline_heads.py). Beside them, per example, the baseline
+the frozen network at that checkpoint, training/offline_heads.py); with ``probe=True``, ``probe_margin`` and
+``probe_correct`` of the converged probe fitted there (heads/ridge_probe.py: a closed-form fit on
+standardized features, blind to scale and budget). Beside them, per example, the baseline
 that needs no head: the classifier's own view of the label it was trained on (possibly noisy),
 
   class_loss    cross-entropy of the class logits on the trained-on label (the classic noisy-label
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -46,8 +49,11 @@ from rlp_jax.infra.errors import UserError
 SCORE_FILE = "memorization.npz"
 KINDS = ("p_own", "margin", "correct")
 OFFLINE_KINDS = tuple(f"offline_{k}" for k in KINDS)
+# The converged probe's (heads/ridge_probe.py), fitted at the checkpoint: the own label's score minus the
+# largest other, and whether it is the argmax.
+PROBE_KINDS = ("probe_margin", "probe_correct")
 CLASS_KINDS = ("class_loss", "class_margin")
-ALL_KINDS = KINDS + OFFLINE_KINDS + CLASS_KINDS
+ALL_KINDS = KINDS + OFFLINE_KINDS + PROBE_KINDS + CLASS_KINDS
 
 
 def scores_from_logits(logits: np.ndarray, own: np.ndarray) -> dict[str, np.ndarray]:
@@ -154,6 +160,7 @@ def offline_scores(exp, params, batch_stats, layers, scored: np.ndarray, epoch: 
   if len(rows) != len(y):
     raise UserError(f"offline heads read {len(y)} examples, the scores {len(rows)}; they must be the same.")
   cfg = exp.config.offline
+  feats = offline_heads.standardized(feats) if cfg.standardize else feats
   graphdef, head_params = offline_heads.train_heads(
     exp, feats, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size
   )
@@ -169,15 +176,46 @@ def offline_scores(exp, params, batch_stats, layers, scored: np.ndarray, epoch: 
   return out
 
 
+def probe_scores(exp, params, batch_stats, layers, scored: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
+  """``probe_margin/<layer>``, ``probe_correct/<layer>`` (m, H) of the converged probe fitted to the frozen
+  network's features of the examples ``scored`` marks (in index order)."""
+  from rlp_jax.heads import ridge_probe
+  from rlp_jax.training import offline_heads
+
+  feats, y = offline_heads.extract_features(exp, params["model"], batch_stats, layers, epoch=epoch)
+  rows = np.flatnonzero(scored)
+  if len(rows) != len(y):
+    raise UserError(f"the probe read {len(y)} examples, the scores {len(rows)}; they must be the same.")
+  out = {}
+  for layer in layers:
+    probe = ridge_probe.fit(feats[layer], y, exp.num_labels)
+    for kind, value in ridge_probe.own_label_stats(probe, feats[layer], y).items():
+      fill = False if kind == "correct" else np.nan
+      out[f"probe_{kind}/{layer}"] = np.full((len(scored), *value.shape[1:]), fill, value.dtype)
+      out[f"probe_{kind}/{layer}"][rows] = value
+  return out
+
+
 def compute(
-  workdir: str, steps="last", layers=None, *, config=None, output: str = SCORE_FILE, offline=False, log=print
+  workdir: str,
+  steps="last",
+  layers=None,
+  *,
+  config=None,
+  output: str = SCORE_FILE,
+  offline=False,
+  probe=False,
+  lock=False,
+  log=print,
 ):
   """Scores at the chosen checkpoints (``'last'``, ``'all'`` or a list of steps), written to DIR/<output>.
 
   Returns the arrays as written. ``config`` defaults to the run's own (``rundir.load_config``). With
-  ``offline``, also the scores of offline heads fitted at each of those checkpoints (Fig. 2B's heads).
+  ``offline``, also the scores of offline heads fitted at each of those checkpoints (Fig. 2B's heads); with
+  ``probe``, the converged probe's. With ``lock``, once the request is known to be valid, the scoring and
+  the write hold ``DIR/.memorization.lock``: a second scorer of the same run is refused in one line.
   """
-  from rlp_jax.training import checkpointing, evaluators, experiment
+  from rlp_jax.training import checkpointing, experiment
 
   config = config or rundir.load_config(workdir)
   exp, state = experiment.build(config)
@@ -196,6 +234,14 @@ def compute(
       "True keeps them in every snapshot)."
     )
   chosen = _choose_steps(saved, steps)
+  what = f"the same {output}"
+  with rundir.lock(workdir, enabled=lock, name=f".{os.path.splitext(output)[0]}.lock", what=what):
+    return _score_steps(workdir, config, exp, state, ckpt, kind, chosen, layers, output, offline, probe, log)
+
+
+def _score_steps(workdir, config, exp, state, ckpt, kind, chosen, layers, output, offline, probe, log):
+  """compute's work once the request is valid: score each chosen checkpoint, then write DIR/<output>."""
+  from rlp_jax.training import evaluators
 
   per_step = []
   for step in chosen:
@@ -206,6 +252,10 @@ def compute(
     if offline:
       per_step[-1].update(
         offline_scores(exp, restored.params, restored.batch_stats, layers, per_step[-1]["scored"], epoch)
+      )
+    if probe:
+      per_step[-1].update(
+        probe_scores(exp, restored.params, restored.batch_stats, layers, per_step[-1]["scored"], epoch)
       )
     log(
       f"scored step {step}: mean probability of the own random label "
@@ -229,8 +279,14 @@ def compute(
 
 
 def load(path: str) -> dict[str, np.ndarray]:
-  with np.load(path, allow_pickle=False) as f:
-    return {k: f[k] for k in f.files}
+  """The arrays of a scores file; a damaged one is reported in one line naming it (never deleted)."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise UserError(
+      f"{path} cannot be read ({type(e).__name__}: {e}); recompute it with python -m rlp_jax.memorization."
+    ) from None
 
 
 def score(
@@ -252,7 +308,8 @@ def score(
   if layer not in layers:
     raise UserError(f"layer {layer!r} was not scored; the file has {layers}")
   if f"{kind}/{layer}" not in data:
-    raise UserError(f"{kind}: no offline-head scores here; compute them with --offline.")
+    flag = "--probe" if kind in PROBE_KINDS else "--offline"
+    raise UserError(f"{kind}: not in these scores; compute them with {flag}.")
   per_head = np.asarray(data[f"{kind}/{layer}"][pos], np.float64)
   values = per_head.mean(-1) if head is None else per_head[:, head]
   return np.where(data["scored"], values, np.nan)

@@ -30,13 +30,12 @@ import numpy as np
 from etils import epy
 
 from rlp_jax.data import labels, preprocess, tfds_source
+from rlp_jax.infra import streams
 from rlp_jax.infra.errors import UserError
 
 with epy.lazy_imports():
   import tensorflow as tf
   import tensorflow_datasets as tfds
-
-_FILE_SHUFFLE_STREAM = 0x1F83D9AB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +68,11 @@ def get_info(config: ml_collections.ConfigDict) -> DataInfo:
     tfds_source.shard_offsets(info.splits["train"])  # fails now if the example index cannot be derived
   m = info.splits["train"].num_examples
   selected = labels.exact_count(config.dataset_fraction, m)
+  if selected < 1:
+    raise UserError(
+      f"config.dataset_fraction={config.dataset_fraction} keeps no example of the {m} in {config.dataset}'s "
+      f"train split; use at least {1 / m:.2g}."
+    )
   return DataInfo(
     name=config.dataset,
     num_train=m,
@@ -86,6 +90,12 @@ def num_labels(config: ml_collections.ConfigDict, info: DataInfo) -> int:
 
 def steps_per_epoch(config: ml_collections.ConfigDict, info: DataInfo) -> int:
   steps = info.num_selected // config.batch_size
+  if steps < 1 and config.dataset_fraction < 1.0:
+    raise UserError(
+      f"config.dataset_fraction={config.dataset_fraction} keeps {info.num_selected} of the {info.num_train} "
+      f"training examples, fewer than one batch (config.batch_size={config.batch_size}); raise the fraction "
+      "or lower the batch size."
+    )
   if steps < 1:
     raise UserError(
       f"config.batch_size={config.batch_size} exceeds the {info.num_selected} training examples; lower it."
@@ -151,7 +161,7 @@ def train_batches(config, info: DataInfo, epoch: int, skip: int = 0) -> Iterator
   src = tfds_source.source(config)
   epoch_seed = int(labels.hash32(config.seed, epoch) >> np.uint32(1))
   ds = tfds_source.read(
-    src, "train", shuffle_seed=int(labels.hash32(config.seed, epoch, _FILE_SHUFFLE_STREAM) >> 1)
+    src, "train", shuffle_seed=int(labels.hash32(config.seed, epoch, streams.FILE_SHUFFLE) >> 1)
   )
   mask = _selected_mask(config, info)
   if mask is not None:

@@ -7,8 +7,8 @@ computes the same labels, and memory does not grow with the dataset (ImageNet wi
 All functions are vectorized NumPy over uint32 arithmetic (wrap-around multiplication is the point of
 the hash, and NumPy does it silently on arrays). They run in the input pipeline on host, never on device.
 
-Streams: each use of the hash takes its own ``purpose`` constant, so e.g. which examples get a noisy
-label is independent of their random labels.
+Streams: each use of the hash takes its own ``purpose`` constant (infra/streams.py), so e.g. which
+examples get a noisy label is independent of their random labels.
 
 Exact subsets (dataset fraction, label noise) are keyed rankings: a keyed bijection π on ``[0, m)`` ranks
 the examples and the ``⌊f·m⌋`` lowest are chosen — exact in size, nested across rates, and still a pure
@@ -22,15 +22,9 @@ import math
 
 import numpy as np
 
+from rlp_jax.infra import streams
 from rlp_jax.infra.configuration import LABEL_MODES
 from rlp_jax.infra.errors import UserError
-
-# Distinct stream tags; arbitrary odd constants.
-_RANDOM_LABEL = 0x2545F491
-_NOISE_RANK = 0x6C8E9CF5
-_NOISE_CLASS = 0x1B873593
-_FRACTION = 0x5BD1E995
-_BIJECTION = 0x68E31DA4
 
 # In ``shuffled`` mode training epoch e draws its labels with key e + 1 >= 1; this epoch's key, 0, is never
 # trained on: the held-out draw the per-epoch evaluation scores against (docs/design.md §4).
@@ -87,11 +81,11 @@ def random_labels(
   heads = np.arange(num_heads, dtype=np.uint32)
   idx = index[..., None]
   if mode == "fixed":
-    h = hash32(seed, _RANDOM_LABEL, heads, idx)
+    h = hash32(seed, streams.RANDOM_LABEL, heads, idx)
   elif mode == "shuffled":
     if epoch < -1:  # the key epoch + 1 must be a valid (non-negative) hash key
       raise ValueError(f"shuffled labels exist for epochs >= -1 (HELD_OUT_EPOCH), got {epoch}")
-    h = hash32(seed, _RANDOM_LABEL, heads, epoch + 1, idx)
+    h = hash32(seed, streams.RANDOM_LABEL, heads, epoch + 1, idx)
   elif mode == "unique":
     if num_examples is None or num_labels != num_examples:
       raise UserError(
@@ -99,7 +93,10 @@ def random_labels(
         f"(got num_labels={num_labels}, num_examples={num_examples})."
       )
     out = np.stack(
-      [keyed_permutation(hash32(seed, _RANDOM_LABEL, k), index, num_examples) for k in range(num_heads)],
+      [
+        keyed_permutation(hash32(seed, streams.RANDOM_LABEL, k), index, num_examples)
+        for k in range(num_heads)
+      ],
       axis=-1,
     )
     return out.astype(np.int32)
@@ -126,7 +123,7 @@ def keyed_permutation(key, index, size: int) -> np.ndarray:
     left = (x >> np.uint32(half_bits)) & mask
     right = x & mask
     for r in range(4):
-      left, right = right, left ^ (hash32(key, _BIJECTION, r, right) & mask)
+      left, right = right, left ^ (hash32(key, streams.BIJECTION, r, right) & mask)
     return (left << np.uint32(half_bits)) | right
 
   x = feistel(index.astype(np.uint32))
@@ -153,7 +150,7 @@ def selection_rank(seed: int, index, num_examples: int, fraction: float) -> np.n
   index = np.asarray(index, dtype=np.int64)
   if fraction >= 1.0:
     return index
-  return keyed_permutation(hash32(seed, _FRACTION), index, num_examples)
+  return keyed_permutation(hash32(seed, streams.FRACTION), index, num_examples)
 
 
 def fraction_mask(seed: int, num_examples: int, fraction: float) -> np.ndarray:
@@ -190,7 +187,7 @@ def noise_mask(seed: int, index, rate: float, *, num_examples: int, fraction: fl
     return out
   rank = selection_rank(seed, index, num_examples, fraction)
   inside = rank < selected
-  out[inside] = keyed_permutation(hash32(seed, _NOISE_RANK), rank[inside], selected) < flipped
+  out[inside] = keyed_permutation(hash32(seed, streams.NOISE_RANK), rank[inside], selected) < flipped
   return out
 
 
@@ -206,6 +203,16 @@ def noisy_labels(
   index = np.asarray(index)
   labels = np.asarray(labels)
   is_noisy = noise_mask(seed, index, rate, num_examples=num_examples, fraction=fraction)
-  shift = 1 + hash32(seed, _NOISE_CLASS, index) % np.uint32(max(num_classes - 1, 1))
+  shift = 1 + hash32(seed, streams.NOISE_CLASS, index) % np.uint32(max(num_classes - 1, 1))
   corrupted = (labels.astype(np.int64) + shift.astype(np.int64)) % num_classes
   return np.where(is_noisy, corrupted, labels).astype(labels.dtype), is_noisy
+
+
+def subset_mask(seed: int, model: int, num_examples: int, rate: float) -> np.ndarray:
+  """Which of ``num_examples`` examples model ``model`` of a Feldman-Zhang ensemble trains on: exactly
+  ``⌊rate·M⌋`` of them, ranked by the keyed bijection with key ``hash32(seed, SUBSET, model)``."""
+  keep = exact_count(rate, num_examples)
+  if not 0 < keep < num_examples:
+    raise UserError(f"a subset rate of {rate} keeps {keep} of {num_examples} examples; use a rate in (0, 1).")
+  rank = keyed_permutation(hash32(seed, streams.SUBSET, model), np.arange(num_examples), num_examples)
+  return rank < keep

@@ -29,6 +29,7 @@ from etils import epy
 
 from rlp_jax.data import labels
 from rlp_jax.data.tfds_source import Source
+from rlp_jax.infra import streams
 from rlp_jax.infra.errors import UserError
 
 with epy.lazy_imports():
@@ -42,7 +43,6 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
   "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 CROPS = ("none", "inception")
-_AUGMENT_STREAM = 0x3C6EF372
 
 
 def check_augment(config, image_shape: tuple) -> tuple[int, ...]:
@@ -130,7 +130,7 @@ def preprocessor(config, input_shape: tuple, src: Source, *, train: bool, epoch:
   stored = tuple(src.builder.info.features["image"].shape)
   resize = src.encoded or (is_image and tuple(stored[:2]) != tuple(shape[:2]))
   crop = train and aug.crop == "inception"
-  aug_seed = int(labels.hash32(config.seed, epoch, _AUGMENT_STREAM))
+  aug_seed = int(labels.hash32(config.seed, epoch, streams.AUGMENT))
 
   def fn(ex):
     image = ex["image"]

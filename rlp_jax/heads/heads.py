@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rlp_jax.heads.head_loss import dense, mask_padding
-from rlp_jax.infra import configuration
+from rlp_jax.heads.label_axis import dense, mask_padding
+from rlp_jax.infra import configuration, streams
 from rlp_jax.infra.errors import UserError
 
 
@@ -127,10 +127,6 @@ def norm_layers(config, feature_dims: Mapping[str, int]) -> frozenset[str]:
   return frozenset(configuration.parse_layers(config.rlp.norm_layers, list(feature_dims), "rlp.norm_layers"))
 
 
-# PRNG streams (folded into config.seed) of the heads and probes: independent of the model's stream.
-RLP_STREAM, PROBE_STREAM = 1, 2
-
-
 def build_heads(
   config,
   feature_dims: Mapping[str, int],
@@ -150,7 +146,7 @@ def build_heads(
   if not layers:
     return None
   padded = -(-num_labels // label_multiple) * label_multiple
-  rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(config.seed), RLP_STREAM))
+  rngs = nnx.Rngs(params=streams.key(config.seed, streams.RLP_HEADS))
   return LayerHeads(
     {k: feature_dims[k] for k in layers},
     padded,
@@ -169,7 +165,7 @@ def build_probes(
   """Per-layer linear class probes (Fig. 9)."""
   if not layers:
     return None
-  rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(config.seed), PROBE_STREAM))
+  rngs = nnx.Rngs(params=streams.key(config.seed, streams.PROBES))
   norm = norm_layers(config, feature_dims)
   return LayerHeads({k: feature_dims[k] for k in layers}, num_classes, 1, norm=norm, hidden_dim=0, rngs=rngs)
 

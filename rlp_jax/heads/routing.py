@@ -15,6 +15,9 @@ logits and the sown intermediates ``z_l``; from them:
 
   L = L_class + L_rnd + λ·L_reg + L_probe
 
+With ``reg_normalization='paper'`` each head's L_reg is divided by its n, the paper's Eq. 4 taken with its
+1/n (docs/design.md §7): λ_paper·L_reg/n is λ_per_example·L_reg at λ_per_example = λ_paper / n.
+
 ``routed_losses`` below (and, for one head's output layer alone, ``route_inputs`` and ``routed_head_loss``,
 which the benchmarks use) are the only functions that place ``stop_gradient``; everything else in the
 package is routing-agnostic.
@@ -25,8 +28,8 @@ we implement the penalty ``-log(1 - p̂_ŷ) >= 0``, which is minimized at ``p̂_
 
 Why the head has two sets of inputs (``sg(z)`` with ψ for L_rnd, ``z`` with ``sg(ψ)`` for L_reg): it
 makes each loss's reach explicit. ``stop_gradient`` is the identity in the forward pass, so both sets hold
-the same values; ``head_stats`` computes the logits once and differentiates each statistic through its
-own set (head_loss.py), so regularizing adds only the matmul of dz, not a second evaluation.
+the same values; ``parallel_head_stats`` computes the logits once and differentiates each statistic
+through its own set (head_loss.py), so regularizing adds only the matmul of dz, not a second evaluation.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from flax import nnx
 
 from rlp_jax.heads import head_loss
 from rlp_jax.heads.heads import LayerHeads, ParallelHeads, pool_features
+from rlp_jax.heads.label_axis import HeadStats
 from rlp_jax.infra import mesh as mesh_lib
 
 sg = jax.lax.stop_gradient
@@ -54,36 +58,34 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def head_stats(
+def parallel_head_stats(
   head: ParallelHeads,
   u: jax.Array,
   labels: jax.Array,
+  *,
   mesh=None,
-  chunk: int = 0,
-  log1m_via: tuple[ParallelHeads, jax.Array] | None = None,
+  label_chunk: int = 0,
+  log1m_inputs: tuple[ParallelHeads, jax.Array] | None = None,
   loss_kernel: str = "xla",
-) -> dict[str, jax.Array]:
-  """Per example and head (B, H): ``ce`` = CE(s, ŷ), ``log1m`` = log(1 - p̂_ŷ), ``correct`` = argmax == ŷ,
-  for the head's logits s on standardized features ``u = head.standardize(z)``.
+) -> HeadStats:
+  """head_loss.head_stats of one ParallelHeads on standardized features ``u = head.standardize(z)``.
 
-  ``log1m_via=(head', u')``, equal in value to ``(head, u)``, differentiates ``log1m`` through them
-  instead of through ``(head, u)``: one evaluation, two gradient routes (routed_losses).
-
-  From head_loss.head_stats, exact in value and gradient (tested against autodiff of full logits):
-  label-sharded over the mesh's ``model`` axis when it has several devices, ``chunk`` labels at a time
-  when chunk > 0, and with a backward pass that touches the (B, H, n) logits once.
+  Per example and head (B, H): ``ce`` = CE(s, ŷ), ``log1m`` = log(1 - p̂_ŷ), ``correct`` = argmax == ŷ.
+  ``log1m_inputs=(head', u')``, equal in value to ``(head, u)``, differentiates ``log1m`` through them
+  instead of through ``(head, u)``: one evaluation, two gradient routes (routed_losses). Exact in value
+  and gradient (tested against autodiff of full logits): label-sharded over the mesh's ``model`` axis
+  when it has several devices, ``label_chunk`` labels at a time when > 0.
   """
-  ce, log1m, correct = head_loss.head_stats(
+  return head_loss.head_stats(
     *_output_layer(head, u),
     labels,
-    log1m_inputs=None if log1m_via is None else _output_layer(*log1m_via),
+    log1m_inputs=None if log1m_inputs is None else _output_layer(*log1m_inputs),
     num_valid=head.num_valid,
     dtype=head.dtype,
-    chunk=chunk,
+    label_chunk=label_chunk,
     mesh=mesh if mesh_lib.label_sharded(mesh) else None,
-    impl=loss_kernel,
+    loss_kernel=loss_kernel,
   )
-  return {"ce": ce, "log1m": log1m, "correct": correct}
 
 
 def route_inputs(x: jax.Array, kernel: jax.Array, bias: jax.Array):
@@ -95,10 +97,20 @@ def route_inputs(x: jax.Array, kernel: jax.Array, bias: jax.Array):
 def routed_head_loss(x, kernel, bias, labels, reg_lambda: float, **stats_kwargs) -> jax.Array:
   """``mean(ce) - λ·mean(log1m)`` of one output layer ``x @ kernel + bias`` (head_loss.head_stats's
   shapes), routed as L_rnd + λ·L_reg: ce through L_rnd's inputs, log1m through L_reg's (route_inputs); at
-  λ = 0 only L_rnd is built. ``stats_kwargs`` go to head_loss.head_stats (num_valid, dtype, chunk, impl)."""
+  λ = 0 only L_rnd is built. ``stats_kwargs`` go to head_loss.head_stats (num_valid, dtype, label_chunk,
+  loss_kernel)."""
   rnd, reg = route_inputs(x, kernel, bias)
   ce, log1m, _ = head_loss.head_stats(*rnd, labels, log1m_inputs=reg if reg_lambda else None, **stats_kwargs)
   return ce.mean() - reg_lambda * log1m.mean() if reg_lambda else ce.mean()
+
+
+def reg_scale(reg_normalization: str, num_labels: int) -> float:
+  """What multiplies a head's mean -log(1 - p̂_ŷ) in L_reg: 1, or the paper's 1/n (docs/design.md §7)."""
+  if reg_normalization == "per_example":
+    return 1.0
+  if reg_normalization == "paper":
+    return 1.0 / num_labels
+  raise ValueError(f"reg_normalization must be 'per_example' or 'paper', got {reg_normalization!r}")
 
 
 def _output_layer(head: ParallelHeads, u: jax.Array):
@@ -121,6 +133,7 @@ def routed_losses(
   mesh=None,
   label_chunk: int = 0,
   loss_kernel: str = "xla",
+  reg_normalization: str = "per_example",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Total loss ``L_class + L_rnd + λ·L_reg + L_probe`` and its parts, with docs/design.md §1's routing.
 
@@ -140,9 +153,11 @@ def routed_losses(
       ``config.rlp.pool`` defaults to ``'classifier'``, which is resolved per model before it gets here
       (``configuration.feature_pool``: ``'token'`` for a ViT with a class token, else ``'mean'``); pass
       ``pool='token'`` to read a class-token ViT's blocks as the runs do.
-    mesh: when its ``model`` axis is > 1, the heads' label axis is sharded over it (see head_stats).
-    label_chunk: > 0 computes the heads' statistics that many labels at a time (see head_stats).
-    loss_kernel: 'xla' or 'pallas' (head_loss.head_stats's ``impl``).
+    mesh: when its ``model`` axis is > 1, the heads' label axis is sharded over it (see parallel_head_stats).
+    label_chunk: > 0 computes the heads' statistics that many labels at a time (see parallel_head_stats).
+    loss_kernel: 'xla' or 'pallas' (head_loss.head_stats's backend).
+    reg_normalization: 'per_example' (L_reg = mean -log(1 - p̂_ŷ)) or 'paper' (the same divided by each
+      head's number of labels n: the paper's Eq. 4, ``(1/n) Σ_i δ_iŷ log(1 - p̂_i)``, with its 1/n).
   Returns:
     (total, parts): the scalar losses, plus per-layer (B, H) ``rnd_correct`` and (B,) ``probe_correct``.
   """
@@ -162,28 +177,36 @@ def routed_losses(
     # L_reg: frozen copies of the heads (sg(ψ)) score the *live* features — θ moves, ψ does not.
     # Both from one evaluation of each head: ce through (sg(z), ψ), log1m through (z, sg(ψ)).
     rnd = {
-      name: head_stats(
+      name: parallel_head_stats(
         heads.layers[name],
         sg(u),
         rlp_labels,
-        mesh,
-        label_chunk,
-        log1m_via=(frozen.layers[name], u) if regularize and name in reg_layers else None,
+        mesh=mesh,
+        label_chunk=label_chunk,
+        log1m_inputs=(frozen.layers[name], u) if regularize and name in reg_layers else None,
         loss_kernel=loss_kernel,
       )
       for name, u in pooled.items()
     }
-    l_rnd = jnp.mean(jnp.stack([st["ce"].mean() for st in rnd.values()]))
+    l_rnd = jnp.mean(jnp.stack([st.ce.mean() for st in rnd.values()]))
     total = total + l_rnd
     parts["loss/rnd"] = l_rnd
     if regularize:
-      l_reg = jnp.mean(jnp.stack([-rnd[name]["log1m"].mean() for name in reg_layers]))
+      scale = {name: reg_scale(reg_normalization, heads.layers[name].num_valid) for name in reg_layers}
+      l_reg = jnp.mean(jnp.stack([-rnd[name].log1m.mean() * scale[name] for name in reg_layers]))
       total = total + reg_lambda * l_reg
       parts["loss/reg"] = l_reg
     else:
       # Reported for the curves only; computed from detached statistics, so it cannot move anything.
-      parts["loss/reg"] = jnp.mean(jnp.stack([-sg(rnd[n]["log1m"]).mean() for n in reg_layers or rnd]))
-    parts["rnd_correct"] = {name: st["correct"] for name, st in rnd.items()}
+      parts["loss/reg"] = jnp.mean(
+        jnp.stack(
+          [
+            -sg(rnd[n].log1m).mean() * reg_scale(reg_normalization, heads.layers[n].num_valid)
+            for n in reg_layers or rnd
+          ]
+        )
+      )
+    parts["rnd_correct"] = {name: st.correct for name, st in rnd.items()}
 
   if probes is not None:
     # L_probe: class probes read detached features — only the probes move.

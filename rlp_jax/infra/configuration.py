@@ -11,12 +11,16 @@ import math
 
 import ml_collections
 
+from rlp_jax.infra import model_registry
 from rlp_jax.infra.errors import UserError
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 MAX_LABELS = 2**31 - 1
+MAX_SEED = 2**31 - 1
 # How random labels are drawn (data/labels.py, docs/design.md §2).
 LABEL_MODES = ("fixed", "shuffled", "unique")
+# What λ multiplies: L_reg per example, or the paper's Eq. 4 with its 1/n (heads/routing.py, §7).
+REG_NORMALIZATIONS = ("per_example", "paper")
 
 
 def optimizer_config(name: str, learning_rate: float, **overrides) -> ml_collections.ConfigDict:
@@ -54,17 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_steps_per_epoch = 0  # > 0 caps every epoch at this many steps (smoke tests on real data); 0 = all
 
   c.model = ml_collections.ConfigDict(dict(name="mlp", width=256, depth=2, dropout=0.0))
-  # MLP and CNN: the sown features (what the heads and L_reg read) are taken before the dropout that feeds
-  # the next layer or the class head; True sows the dropped-out features instead (docs/design.md §7).
-  c.model.features_after_dropout = False
-  # ViT only (models/vit.py): variant Ti|S|B|L sets width/depth/heads (width, depth, num_heads of 0 = the
-  # variant's; nonzero values override it); 'float32' or 'bfloat16' matmuls (params, logits, losses fp32);
-  # the class token ('token') or global average pooling ('gap') feeds the class head.
-  c.model.variant = "B"
-  c.model.patch_size = 16
-  c.model.num_heads = 0
-  c.model.dtype = "float32"
-  c.model.classifier = "token"
+  # Each model's own keys with their defaults (infra/model_registry.py), e.g. the MLP's and CNN's
+  # features_after_dropout (True sows the dropped-out features instead of those before the dropout,
+  # docs/design.md §7) and the ViT's variant, patch_size, num_heads, dtype and classifier.
+  c.model.update(model_registry.own_key_defaults())
 
   # Preprocessing and train-time augmentation (data/preprocess.py documents exactly what each does).
   c.augment = ml_collections.ConfigDict()
@@ -83,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.rlp.layers = "pre_logits"
   c.rlp.reg_layers = "all"  # which of `layers` regularize: a list of them, 'all' (= layers), 'blocks' or ''
   c.rlp.reg_lambda = 0.0  # λ; 0 = pure measurement
+  # What λ multiplies (docs/design.md §7): 'per_example' = mean -log(1 - p̂_ŷ); 'paper' = the paper's Eq. 4
+  # with its 1/n, i.e. mean -log(1 - p̂_ŷ) / n, under which the paper's λ values (1e4 on ImageNet at
+  # n = 100k) mean what they meant. λ_per_example = λ_paper / n. The paper configs use 'paper'.
+  c.rlp.reg_normalization = "per_example"
   c.rlp.label_mode = "fixed"  # fixed | shuffled | unique
   c.rlp.hidden_dim = 0  # 0 = linear head; >0 = one hidden ReLU layer of this width (A.6)
   # Layers whose heads put a LayerNorm before the dense layer (the paper's heads on ViT blocks, Fig. 2C):
@@ -95,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   # chunk x model. 0 = full logits.
   c.rlp.label_chunk = 0
   # How the heads' loss statistics are computed: 'xla' (head_loss.py's blocks, any mesh) or 'pallas' (the
-  # fused kernels of pallas_head_loss.py, one label shard, their own tiles: label_chunk is not used).
+  # fused kernels of head_loss_pallas.py, one label shard, their own tiles: label_chunk is not used).
   c.rlp.loss_kernel = "xla"
   # How spatial/token maps become vectors (docs/design.md §1): 'classifier' reads them as the class head
   # reads the last one (a ViT's class token, else the mean over positions) | 'mean' (every position, a
@@ -114,7 +115,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 1
   c.eval.batch_size = 512
-  c.eval.train_examples = 10_000  # fixed subset of training examples (unaugmented) for train metrics
+  c.eval.train_examples = (
+    10_000  # fixed subset of training examples (unaugmented) for train metrics; -1 = all
+  )
   c.eval.test_split = ""  # the tfds split evaluated as 'test'; '' = 'test', or 'validation' if there is none
 
   c.offline = ml_collections.ConfigDict()
@@ -122,6 +125,14 @@ def base_config() -> ml_collections.ConfigDict:
   # ... and a second one with a LayerNorm before its dense layer on every layer: scale-free, so it tells
   # whether the control's gap is the features' growth in norm or their content (docs/design.md §4)
   c.offline.at_init_scale_free = False
+  # The converged capacity probe (heads/ridge_probe.py): a closed-form ridge fit of the random labels on
+  # standardized features, blind to the features' scale and to any step budget; at init and at the end in
+  # the run's table, on every checkpoint in `python -m rlp_jax.offline` (docs/design.md §4).
+  c.offline.ridge_probe = False
+  # z-score each feature over the fitted set before the offline heads (an affine map: the same hypothesis
+  # class as the plain head, without the features' scale); accuracy against offline.num_epochs is then the
+  # budget a head needs.
+  c.offline.standardize = False
   c.offline.num_epochs = 100  # the same budget for every checkpoint
   c.offline.batch_size = 128
   c.offline.train_examples = -1  # training examples the offline head fits (-1 = all trained-on ones)
@@ -155,6 +166,8 @@ RESUMABLE_KEYS = (
   "shuffle_buffer",
   "offline.at_init",
   "offline.at_init_scale_free",
+  "offline.ridge_probe",
+  "offline.standardize",
   "offline.num_epochs",
   "offline.batch_size",
   "offline.train_examples",
@@ -209,7 +222,7 @@ def feature_pool(config: ml_collections.ConfigDict) -> str:
   other model (CNN/WRN global average pooling, ViT 'gap') the mean over positions.
   """
   pool = config.rlp.pool
-  class_token = config.model.name == "vit" and config.model.get("classifier", "token") == "token"
+  class_token = model_registry.get(config.model.name).class_token(config.model)
   if pool == "classifier":
     return "token" if class_token else "mean"
   if pool in ("token", "mean_patches") and not class_token:
@@ -218,6 +231,15 @@ def feature_pool(config: ml_collections.ConfigDict) -> str:
       f"'token'), this model ({config.model.name}) has none; use 'classifier' or 'mean'."
     )
   return pool
+
+
+def _leaves(config, prefix: str = ""):
+  """``(dotted key, value)`` of every leaf of a ConfigDict."""
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      yield from _leaves(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -233,9 +255,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not value >= low:  # also refuses NaN
       fail(key, f"must be >= {low}{what}, got {value}.")
 
+  # A float that is NaN or infinite is no setting at all (and NaN is not valid JSON in config.json).
+  for key, value in _leaves(config):
+    if isinstance(value, float) and not math.isfinite(value):
+      fail(key, f"must be a finite number, got {value}.")
   at_least("num_epochs", 1)
   at_least("batch_size", 1)
   at_least("seed", 0, " (it keys the hash of every random label)")
+  if config.seed > MAX_SEED:
+    # The label hash takes 32-bit keys (data/labels.py): a larger seed would wrap onto another one.
+    fail("seed", f"must be <= {MAX_SEED:,} (it keys the 32-bit label hash), got {config.seed:,}.")
+  for key in ("eval.train_examples", "offline.train_examples"):
+    value = config[key.split(".")[0]][key.split(".")[1]]
+    if value == 0 or value < -1:
+      fail(key, f"must be a number of examples >= 1, or -1 for all of them; got {value}.")
+  for key in ("rlp.layers", "rlp.reg_layers", "rlp.norm_layers", "probes.layers"):
+    names = named_layers(config[key.split(".")[0]][key.split(".")[1]])
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+      fail(key, f"lists {twice} more than once; name each layer once.")
   at_least("shuffle_buffer", 1)
   at_least("max_steps_per_epoch", 0, " (0 = whole epochs)")
   at_least("log_every_steps", 1)
@@ -243,10 +281,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   at_least("eval.batch_size", 1)
   at_least("offline.num_epochs", 1)
   at_least("offline.batch_size", 1)
+  model = model_registry.get(config.model.name)
   # A ViT's width and depth of 0 take its variant's (models/vit.py): the full ViT configs rely on it.
-  vit = config.model.name == "vit"
-  at_least("model.width", 0 if vit else 1, " (0 = the variant's)" if vit else "")
-  at_least("model.depth", 0 if vit else 1, " (0 = the variant's)" if vit else "")
+  smallest, meaning = (0, " (0 = the variant's)") if model.size_from_variant else (1, "")
+  at_least("model.width", smallest, meaning)
+  at_least("model.depth", smallest, meaning)
   if not math.isfinite(config.rlp.reg_lambda):
     fail("rlp.reg_lambda", f"must be a finite number >= 0, got {config.rlp.reg_lambda}.")
   if config.rlp.reg_lambda > 0 and config.rlp.num_heads == 0:
@@ -278,6 +317,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("rlp.reg_lambda", f"must be >= 0 (λ = 0 measures only), got {config.rlp.reg_lambda}.")
   if config.rlp.num_heads < 0:
     fail("rlp.num_heads", f"must be >= 0 (0 = no RLP heads), got {config.rlp.num_heads}.")
+  if config.rlp.reg_normalization not in REG_NORMALIZATIONS:
+    fail(
+      "rlp.reg_normalization",
+      f"must be one of {REG_NORMALIZATIONS} ('paper': λ multiplies Eq. 4's -log(1 - p̂)/n), "
+      f"got {config.rlp.reg_normalization!r}.",
+    )
   if config.rlp.label_mode not in LABEL_MODES:
     fail("rlp.label_mode", f"must be one of {LABEL_MODES}, got {config.rlp.label_mode!r}.")
   if config.rlp.num_heads and config.rlp.label_mode != "unique" and config.rlp.num_labels < 2:
@@ -302,7 +347,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.rlp.pool not in POOLS:
     fail("rlp.pool", f"must be one of {POOLS}, got {config.rlp.pool!r}.")
   feature_pool(config)
-  if config.model.get("features_after_dropout", False) and config.model.name not in ("mlp", "cnn"):
+  if config.model.get("features_after_dropout", False) and not model.sows_after_dropout:
     fail(
       "model.features_after_dropout",
       f"only the MLP and the CNN drop out the features they sow ({config.model.name} drops out inside its "
@@ -328,5 +373,5 @@ def validate(config: ml_collections.ConfigDict) -> None:
       fail(f"{key}.warmup_epochs", f"must be >= 0, got {opt.warmup_epochs}.")
     if not opt.learning_rate > 0:
       fail(f"{key}.learning_rate", f"must be > 0, got {opt.learning_rate}.")
-    if opt.weight_decay < 0:
+    if not opt.weight_decay >= 0:
       fail(f"{key}.weight_decay", f"must be >= 0, got {opt.weight_decay}.")

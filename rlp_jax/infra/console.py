@@ -35,12 +35,47 @@ def _quiet(record: pylogging.LogRecord) -> bool:
   return not any(m in record.pathname for m in _CHATTY)
 
 
+class _ConsoleFormatter(pylogging.Formatter):
+  """A logged exception shows as its message line on the console, without the traceback: on a full disk
+  Orbax's save threads log one per file they could not write (dozens), while the command ends with one
+  ``error:`` line. The traceback stays in WORKDIR/logs/train.log (the record itself is not changed)."""
+
+  def format(self, record: pylogging.LogRecord) -> str:
+    saved = record.exc_info, record.exc_text, record.stack_info
+    record.exc_info = record.exc_text = record.stack_info = None
+    try:
+      return super().format(record)
+    finally:
+      record.exc_info, record.exc_text, record.stack_info = saved
+
+
 def setup() -> None:
   """INFO for our lines on the console, time-stamped, without absl's thread and file columns."""
   logging.set_verbosity(logging.INFO)
   handler = logging.get_absl_handler()
-  handler.setFormatter(pylogging.Formatter(_CONSOLE_FORMAT, "%H:%M:%S"))
+  handler.setFormatter(_ConsoleFormatter(_CONSOLE_FORMAT, "%H:%M:%S"))
   handler.addFilter(_quiet)
+
+
+class _QuietFileHandler(pylogging.FileHandler):
+  """The training log on disk. A line it cannot write (a full or vanished disk) is dropped: the log is a
+  copy of what the libraries narrate, and the logging module's default would print a traceback per line on
+  the console, dozens of them before the one error line that says the disk is full (issue 23)."""
+
+  def handleError(self, record) -> None:  # noqa: N802 - the logging module's name
+    del record
+
+  def flush(self) -> None:
+    try:
+      super().flush()
+    except OSError:
+      pass
+
+  def close(self) -> None:
+    try:
+      super().close()
+    except OSError:
+      pass
 
 
 @contextlib.contextmanager
@@ -51,7 +86,7 @@ def log_file(path: str, *, enabled: bool = True):
     yield
     return
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  handler = pylogging.FileHandler(path)
+  handler = _QuietFileHandler(path)
   handler.setFormatter(pylogging.Formatter(_FILE_FORMAT))
   root = pylogging.getLogger()
   root.addHandler(handler)

@@ -9,7 +9,9 @@ It subclasses ``ValueError`` so that library callers who catch ``ValueError`` ke
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import re
 import sys
 
@@ -19,9 +21,37 @@ class UserError(ValueError):
 
 
 def exit_with(message: str) -> None:
-  """How every command ends on a user error: one line on stderr, exit status 2."""
+  """How every command ends on a user error: one line on stderr, exit status 2.
+
+  The line is the command's last word: stderr is then pointed at /dev/null for the interpreter's shutdown,
+  where libraries cut short by the error (Orbax's save threads on a full disk, tensorstore's callbacks into
+  a closed event loop) would print tracebacks that are not ours to show."""
   print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  try:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stderr.fileno())
+  except (OSError, ValueError, AttributeError):  # no real stderr (e.g. captured in-process): nothing to hide
+    pass
   sys.exit(2)
+
+
+# What the file system refuses (a read-only or full disk, a name too long, no permission): not a bug of ours,
+# so one line naming the file, like a UserError.
+_FILE_SYSTEM_ERRNOS = {
+  errno.EACCES: "check its permissions",
+  errno.EPERM: "check its permissions",
+  errno.EROFS: "the file system is read-only; use a writable directory",
+  errno.ENOSPC: "the disk is full; free space (checkpoints already written stay resumable) and run it again",
+  errno.EDQUOT: "the disk quota is exhausted; free space and run it again",
+  errno.ENAMETOOLONG: "use a shorter name",
+}
+
+
+def file_system_error(e: OSError) -> str:
+  """The one line for an OSError the file system raised: the file, what it said, the fix."""
+  where = f"{e.filename}: " if e.filename else ""
+  return f"{where}{e.strerror or e}; {_FILE_SYSTEM_ERRNOS.get(e.errno, 'check the path')}."
 
 
 def run(main, define_flags=None) -> None:
@@ -44,6 +74,8 @@ def run(main, define_flags=None) -> None:
     except (UserError, OSError) as e:
       # ml_collections reports a --config file it could not load only when the config is first read.
       config_file = isinstance(e, OSError) and "Failed loading config file" in str(e)
+      if not flags.FLAGS.debug and isinstance(e, OSError) and e.errno in _FILE_SYSTEM_ERRNOS:
+        exit_with(file_system_error(e))
       if flags.FLAGS.debug or not (isinstance(e, UserError) or config_file):
         raise
       message = str(e)

@@ -24,7 +24,7 @@ import socket
 import warnings
 from collections.abc import Iterable, Mapping
 
-from rlp_jax.infra import configuration
+from rlp_jax.infra import configuration, model_registry
 from rlp_jax.infra.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -57,15 +57,23 @@ def read_jsonl(path: str) -> list[dict]:
   if not os.path.exists(path):
     return []
   out = []
-  with open(path) as f:
+  with open(path, "rb") as f:  # bytes: a damaged line need not even be UTF-8
     for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        out.append(json.loads(line))
-      except json.JSONDecodeError:
+      record = _record(line)
+      if record is None and line.strip():
         warnings.warn(f"{path}:{number}: not a complete JSON record; skipped.", stacklevel=2)
+      elif record is not None:
+        out.append(record)
   return out
+
+
+def _record(line: bytes) -> dict | None:
+  """The JSON object on one line of a JSONL file, or None for a blank, torn or damaged line."""
+  try:
+    record = json.loads(line.decode("utf-8")) if line.strip() else None
+  except (UnicodeDecodeError, json.JSONDecodeError):
+    return None
+  return record if isinstance(record, dict) else None
 
 
 def append_jsonl(path: str, record: Mapping) -> None:
@@ -91,21 +99,19 @@ def drop_records_after(path: str, step: int) -> int:
   never deleted. The file is rewritten only when there is something to drop, atomically."""
   if not os.path.exists(path):
     return 0
-  with open(path) as f:
+  with open(path, "rb") as f:  # bytes: a damaged line is kept byte for byte, UTF-8 or not
     lines = f.read().splitlines(keepends=True)
   kept = []
   for number, line in enumerate(lines, 1):
-    try:
-      record = json.loads(line) if line.strip() else None
-    except json.JSONDecodeError:
+    record = _record(line)
+    if record is None and line.strip():
       warnings.warn(f"{path}:{number}: not a complete JSON record; kept as it is.", stacklevel=2)
-      record = None
-    if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+    if record is not None and isinstance(record.get("step"), int) and record["step"] > step:
       continue
-    kept.append(line if line.endswith("\n") else line + "\n")
+    kept.append(line if line.endswith(b"\n") else line + b"\n")
   dropped = len(lines) - len(kept)
   if dropped:
-    atomic_write(path, "".join(kept))
+    atomic_write(path, b"".join(kept))
   return dropped
 
 
@@ -142,11 +148,16 @@ def config_dict(config) -> dict:
 
 def read_json(path: str) -> dict:
   """A JSON file the user's run depends on; a damaged one is reported with its path, never replaced."""
-  with open(path) as f:
+  with open(path, "rb") as f:
     try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
+      data = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
       raise UserError(f"{path} is not valid JSON ({e}). Restore it, or use a new --workdir.") from None
+  if not isinstance(data, dict):
+    raise UserError(
+      f"{path} holds a JSON {type(data).__name__}, not an object. Restore it, or use a new --workdir."
+    )
+  return data
 
 
 def write_config_file(path: str, config) -> None:
@@ -203,6 +214,7 @@ def migrate(saved: Mapping) -> dict:
   - ``model.features_after_dropout`` absent: the MLP and the CNN sowed their features after their dropout
     then (True); the other models sow no dropped-out features (False).
   - ``rlp.loss_kernel`` absent: 'xla' (the only kernel then).
+  - ``rlp.reg_normalization`` absent: 'per_example' (λ multiplied the mean -log(1 - p̂) then).
   - ``checkpoint_every_epochs`` became ``checkpoint.every_epochs``.
   A config written today passes through unchanged.
   """
@@ -213,7 +225,10 @@ def migrate(saved: Mapping) -> dict:
     rlp.setdefault("norm_layers", "all" if norm else "")
   rlp.setdefault("pool", "mean")
   rlp.setdefault("loss_kernel", "xla")
-  model.setdefault("features_after_dropout", model.get("name", "mlp") in ("mlp", "cnn"))
+  rlp.setdefault("reg_normalization", "per_example")
+  if "features_after_dropout" not in model:
+    spec = model_registry.known(model.get("name", "mlp"))
+    model["features_after_dropout"] = bool(spec and spec.legacy_features_after_dropout)
   if "checkpoint_every_epochs" in out:
     out.setdefault("checkpoint", {}).setdefault("every_epochs", out.pop("checkpoint_every_epochs"))
   return out
@@ -223,7 +238,13 @@ def read_config(path: str):
   """A saved config file (``config.json``, ``offline.config.json``), ``migrate``d, on top of today's defaults
   (keys added since take their defaults, which reproduce what the run did); unlocked."""
   config = configuration.base_config()
-  _merge(config, migrate(read_json(path)))
+  try:
+    _merge(config, migrate(read_json(path)))
+  except (TypeError, ValueError, AttributeError) as e:  # a section that is not a section, a wrong type
+    raise UserError(
+      f"{path} does not hold a config of this project ({type(e).__name__}: {e}). Restore it (a copy of a "
+      f"run's config.json is kept as {CONFIG_BACKUP} beside it), or use a new --workdir."
+    ) from None
   return config
 
 
@@ -249,6 +270,9 @@ def _merge(base, saved: Mapping) -> None:
 
 
 LOCK_FILE = ".lock"
+# A copy of config.json, written with it: what restores it when it is lost
+# (checkpointing.check_same_experiment).
+CONFIG_BACKUP = ".config.json"
 
 
 def log_path(workdir: str, command: str) -> str:
@@ -263,18 +287,20 @@ def check_workdir(workdir: str) -> None:
 
 
 @contextlib.contextmanager
-def lock(workdir: str, *, enabled: bool = True):
+def lock(workdir: str, *, enabled: bool = True, name: str = LOCK_FILE, what: str = ""):
   """Holds the workdir for one process: a second training process on it is refused while the first lives.
 
   An advisory ``flock`` on ``WORKDIR/.lock``: the kernel drops it when its process dies, however it dies
   (SIGKILL included), so a killed run never leaves its workdir stuck. Cloud paths (``gs://``) have no
-  locks; there the launcher is what keeps one job per workdir.
+  locks; there the launcher is what keeps one job per workdir. The analysis commands that write into a run
+  directory hold a lock of their own (``name``, e.g. ``.offline.jsonl.lock``), so they may read a run that
+  is still training but two of them never append to one file; ``what`` says what they would write.
   """
   if not enabled or "://" in workdir:
     yield
     return
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, LOCK_FILE)
+  path = os.path.join(workdir, name)
   f = open(path, "a+")  # noqa: SIM115 - held for the whole run
   try:
     try:
@@ -283,8 +309,9 @@ def lock(workdir: str, *, enabled: bool = True):
       f.seek(0)
       holder = f.read().strip() or "another process"
       raise UserError(
-        f"--workdir={workdir} is in use by {holder}: two runs would write the same checkpoints and "
-        "logs. Wait for it to finish (or stop it), or use another --workdir."
+        f"--workdir={workdir} is in use by {holder}: two processes would write "
+        f"{what or 'the same checkpoints and logs'}. Wait for it to finish (or stop it), or use another "
+        + ("--output." if what else "--workdir.")
       ) from None
     f.seek(0)
     f.truncate()

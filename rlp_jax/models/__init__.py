@@ -15,21 +15,16 @@ import jax
 import ml_collections
 from flax import nnx
 
-from rlp_jax.infra.errors import UserError
+from rlp_jax.infra import model_registry
 from rlp_jax.models.cnn import CNN
-from rlp_jax.models.mlp import MLP, sow_intermediate
+from rlp_jax.models.mlp import MLP
+from rlp_jax.models.sow import sow_intermediate
 from rlp_jax.models.vit import VisionTransformer
 from rlp_jax.models.wrn import WideResNet
-
-_MODELS = {"mlp": MLP, "cnn": CNN, "wrn": WideResNet, "vit": VisionTransformer}
-MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
-# ViT-only keys of config.model (absent keys take the model's defaults).
-_VIT_KEYS = ("variant", "patch_size", "num_heads", "dtype", "classifier")
 
 __all__ = [
   "CNN",
   "MLP",
-  "MODEL_NAMES",
   "VisionTransformer",
   "WideResNet",
   "apply",
@@ -45,18 +40,14 @@ def create_model(
   input_shape: tuple,
   rngs: nnx.Rngs,
 ) -> nnx.Module:
-  """Build the model named by ``model_config.name``.
+  """Build the model named by ``model_config.name`` (infra/model_registry.py lists them).
 
   ``input_shape`` excludes the batch dim, e.g. (8, 8, 1) or (40, 1); models
   need it up front because nnx layers are created with concrete sizes.
   """
-  name = model_config.name
-  if name not in _MODELS:
-    raise UserError(f"Unknown config.model.name {name!r}; valid names: {', '.join(MODEL_NAMES)}.")
-  extra = {k: model_config[k] for k in _VIT_KEYS if k in model_config} if name == "vit" else {}
-  if name in ("mlp", "cnn"):  # the models whose sown features have a dropout after them
-    extra["features_after_dropout"] = bool(model_config.get("features_after_dropout", False))
-  return _MODELS[name](
+  spec = model_registry.get(model_config.name)
+  extra = {k: model_config.get(k, default) for k, default in spec.own_keys.items()}
+  return spec.resolve()(
     tuple(input_shape),
     num_classes,
     width=int(model_config.width),

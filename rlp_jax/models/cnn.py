@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlp_jax.infra.errors import UserError
-from rlp_jax.models.mlp import sow_intermediate
+from rlp_jax.models.sow import sow_intermediate
 
 
 def pool_window(spatial: tuple[int, ...]) -> tuple[int, ...]:

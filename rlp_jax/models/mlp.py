@@ -9,22 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlp_jax.infra.errors import UserError
-
-
-def sow_intermediate(module: nnx.Module, name: str, value: jax.Array) -> None:
-  """Sow ``value`` as ``nnx.Intermediate`` ``name``, but only under ``nnx.capture``.
-
-  Why the guard: outside ``nnx.capture`` flax 0.12 ``Module.sow`` stores the
-  value as a new ``Intermediate`` attribute on the module (and warns that this
-  is deprecated). A plain forward pass would then grow the model state with
-  an ever-longer tuple of activations, and ``nnx.split(model, nnx.Param,
-  nnx.BatchStat)`` would fail on the non-exhaustive remainder. ``nnx.capture``
-  marks every submodule with ``__captures__`` while it runs, and ``sow``
-  itself dispatches on that attribute, so checking it keeps plain calls pure
-  while captured calls behave exactly like ``self.sow``.
-  """
-  if hasattr(module, "__captures__"):
-    module.sow(nnx.Intermediate, name, value)
+from rlp_jax.models.sow import sow_intermediate
 
 
 class MLP(nnx.Module):

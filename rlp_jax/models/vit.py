@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlp_jax.infra.errors import UserError
-from rlp_jax.models.mlp import sow_intermediate
+from rlp_jax.models.sow import sow_intermediate
 
 # name -> (width D, depth, attention heads); the MLP hidden width is always 4·D (head dim 64 throughout).
 VARIANTS: dict[str, tuple[int, int, int]] = {

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlp_jax.infra.errors import UserError
-from rlp_jax.models.mlp import sow_intermediate
+from rlp_jax.models.sow import sow_intermediate
 
 _HE_FAN_OUT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 _BN_MOMENTUM = 0.9

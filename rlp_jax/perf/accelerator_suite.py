@@ -32,18 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 
-from rlp_jax.heads import head_loss, routing
 from rlp_jax.infra import config_args
 from rlp_jax.infra.errors import UserError
-from rlp_jax.perf import benchmark, flops
+from rlp_jax.perf import benchmark
+from rlp_jax.perf.head_loss_rows import LAMBDA, NOT_MEASURED, head_rows, peak_memory
 
 M_IMAGENET = 1_281_167
-NOT_MEASURED = "not measured"
-LAMBDA = 1.0  # λ of the λ > 0 rows (its value does not change the work)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +61,7 @@ def shapes(accelerator: bool, scale: float) -> Shapes:
     n, m = round(100_000 * scale), round(M_IMAGENET * scale)
     return Shapes(True, 1024, {}, n, m, 32_768, (1024, 768, m), 32_768, "bfloat16", 10)
   n, m, head_n = (max(64, round(base * scale)) for base in (4096, 16_384, 65_536))
-  # float32: XLA:CPU emulates bf16 matmuls slowly (head_loss.matmul_dtype computes heads in float32 there).
+  # float32: XLA:CPU emulates bf16 matmuls slowly (label_axis.matmul_dtype computes heads in float32 there).
   tiny_vit = dict(width=32, depth=1, num_heads=2, patch_size=32, dtype="float32")
   return Shapes(
     False, 32, tiny_vit, n, m, max(8, m // 8), (256, 768, head_n), max(8, head_n // 8), "float32", 2
@@ -131,164 +126,6 @@ def step_row(name, lam, cfg, sh: Shapes) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The head loss alone
-# ----------------------------------------------------------------------------------------------------
-
-
-def _autodiff(x, w, b, y, lam, *, num_valid, dtype):
-  """Plain autodiff of optax's CE and log(1 - p_y) over full logits, each through routing's input set."""
-
-  def logits(x, w, b):
-    return head_loss.mask_padding(head_loss.dense(x, w, b, dtype), num_valid)
-
-  rnd, reg = routing.route_inputs(x, w, b)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits(*rnd), y).mean()
-  if lam:
-    s = logits(*reg)
-    others = jnp.where(jax.nn.one_hot(y, s.shape[-1], dtype=bool), -jnp.inf, s)
-    loss = loss - lam * (jax.nn.logsumexp(others, -1) - jax.nn.logsumexp(s, -1)).mean()
-  return loss
-
-
-def _ours(x, w, b, y, lam, *, num_valid, dtype, chunk=0, impl="xla"):
-  return routing.routed_head_loss(x, w, b, y, lam, num_valid=num_valid, dtype=dtype, chunk=chunk, impl=impl)
-
-
-def _tokamax(tokamax, x, w, b, y, *, num_valid, dtype):
-  """tokamax's loss: CE only, no bias, no padding: the valid labels' kernel in the matmul dtype."""
-  dt = head_loss.matmul_dtype(dtype)
-  (x, _, _), _ = routing.route_inputs(x, w, b)  # L_rnd's route: the head moves, x does not
-  return tokamax.linear_softmax_cross_entropy_loss(
-    x.astype(dt), y[:, 0], w[0, :, :num_valid].astype(dt), reduction="mean", implementation="xla"
-  )
-
-
-def _timed(fn, args, steps):
-  """(best mean seconds per call over 2 repeats, compiled) for a jitted value-and-grad."""
-  compiled = fn.lower(*args).compile()
-  jax.block_until_ready(compiled(*args))
-  means = []
-  for _ in range(2):
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      out = compiled(*args)
-    jax.block_until_ready(out)
-    means.append((time.perf_counter() - t0) / steps)
-  return min(means), compiled
-
-
-def _problem(b, d, n, chunk, seed=0):
-  """x (B, D), one head's kernel (1, D, n padded to whole chunks), zero bias, labels (B, 1) in [0, n)."""
-  n_pad = -(-n // chunk) * chunk
-  kx, kw, ky = jax.random.split(jax.random.key(seed), 3)
-  x = jax.random.normal(kx, (b, d))
-  w = jax.random.normal(kw, (1, d, n_pad)) / np.sqrt(d)
-  return x, w, jnp.zeros((1, n_pad)), jax.random.randint(ky, (b, 1), 0, n)
-
-
-def _max_diff(a, b):
-  """Largest absolute difference over the loss and the gradients (tokamax's dW: the valid labels)."""
-  (la, ga), (lb, gb) = a, b
-  out = abs(float(la) - float(lb))
-  for u, v in zip(ga, gb):
-    if u is None or v is None:
-      continue
-    k = min(u.shape[-1], v.shape[-1])
-    out = max(out, float(jnp.abs(u[..., :k].astype(jnp.float32) - v[..., :k].astype(jnp.float32)).max()))
-  return out
-
-
-def head_rows(sh: Shapes, tokamax=None) -> list[dict[str, Any]]:
-  """Every head-loss row, λ = 0 and λ > 0, on one problem; then the Pallas kernel (on a CPU: its numerics
-  at a tiny shape, interpreted)."""
-  b, d, n = sh.head
-  x, w, bias, y = _problem(b, d, n, sh.head_chunk)
-  kw = dict(num_valid=n, dtype=sh.dtype)
-  shape = f"B {b}, D {d}, n {n:,}, {sh.dtype}"
-  impls = [
-    ("autodiff (optax CE + log1m)", lambda lam: lambda *a: _autodiff(*a, y, lam, **kw)),
-    ("ours, full logits", lambda lam: lambda *a: _ours(*a, y, lam, **kw)),
-    (f"ours, chunk {sh.head_chunk:,}", lambda lam: lambda *a: _ours(*a, y, lam, chunk=sh.head_chunk, **kw)),
-  ]
-  if sh.accelerator:
-    impls.append(("ours, pallas", lambda lam: lambda *a: _ours(*a, y, lam, impl="pallas", **kw)))
-  impls.append(("tokamax 0.0.x, xla", None))
-  rows = []
-  peak = benchmark.peak_flops(jax.devices()[0])
-  for lam in (0.0, LAMBDA):
-    useful = flops.count(jax.value_and_grad(impls[1][1](lam), argnums=(0, 1, 2)), x, w, bias)
-    results, this = {}, []
-    for name, make in impls:
-      row = dict(kind="head", row=name, lam=lam, shape=shape)
-      this.append(row)
-      if make is None:  # tokamax
-        if tokamax is None:
-          row["note"] = "tokamax not installed"
-          continue
-        row["row"] = f"tokamax {getattr(tokamax, '__version__', '')}, xla"
-        if lam:
-          row["note"] = "not applicable: CE only (no log1m, no bias)"
-          continue
-        fn = jax.jit(jax.value_and_grad(lambda x, w, b: _tokamax(tokamax, x, w, b, y, **kw), argnums=(0, 1)))
-      else:
-        fn = jax.jit(jax.value_and_grad(make(lam), argnums=(0, 1, 2)))
-      try:
-        seconds, compiled = _timed(fn, (x, w, bias), sh.steps)
-      except Exception as e:  # a kernel that does not lower here must not cost the rest of the table
-        row["note"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
-        continue
-      results[row["row"]] = compiled(x, w, bias)
-      mem = compiled.memory_analysis()
-      row.update(time_s=seconds, flops=useful, memory_bytes=getattr(mem, "temp_size_in_bytes", None))
-      row["mfu"] = useful / seconds / peak if peak else None
-      row.update(_peak_memory())
-    ours, auto = results.get(impls[1][0]), results.get(impls[0][0])
-    for row in this:
-      if "time_s" in row and "time_s" in this[0]:
-        row["ratio"] = row["time_s"] / this[0]["time_s"]
-      if row["row"] in results:
-        row["diff_ours"] = _max_diff(results[row["row"]], ours) if ours is not None else None
-        row["diff_autodiff"] = _max_diff(results[row["row"]], auto) if auto is not None else None
-    rows.extend(this)
-  if not sh.accelerator:
-    rows.extend(_pallas_correctness_rows())
-  return rows
-
-
-def _pallas_correctness_rows():
-  """The Pallas kernel in Pallas's interpreter at a tiny shape: numerics only (its time says nothing)."""
-  b, d, n = 8, 16, 64
-  x, w, bias, y = _problem(b, d, n, 1)
-  kw = dict(num_valid=n, dtype="float32")
-  rows = []
-  for lam in (0.0, LAMBDA):
-    out = {}
-    for impl in ("xla", "pallas"):
-      fn = jax.jit(
-        jax.value_and_grad(lambda *a, impl=impl: _ours(*a, y, lam, impl=impl, **kw), argnums=(0, 1, 2))
-      )
-      out[impl] = fn(x, w, bias)
-    auto = jax.jit(jax.value_and_grad(lambda *a: _autodiff(*a, y, lam, **kw), argnums=(0, 1, 2)))(x, w, bias)
-    rows.append(
-      dict(
-        kind="head",
-        row="ours, pallas (interpreted)",
-        lam=lam,
-        shape=f"B {b}, D {d}, n {n}, float32",
-        diff_ours=_max_diff(out["pallas"], out["xla"]),
-        diff_autodiff=_max_diff(out["pallas"], auto),
-        note=f"time {NOT_MEASURED}: needs a GPU (Triton)",
-      )
-    )
-  return rows
-
-
-def _peak_memory() -> dict[str, float]:
-  stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
-  return {"peak_bytes": float(stats["peak_bytes_in_use"])} if stats and "peak_bytes_in_use" in stats else {}
-
-
-# ----------------------------------------------------------------------------------------------------
 # The suite
 # ----------------------------------------------------------------------------------------------------
 
@@ -314,7 +151,7 @@ def run(scale: float = 0.0) -> dict[str, Any]:
       rows.append(step_row(name, lam, cfg, sh))
     except Exception as e:  # one row that does not fit or lower must not cost the rest of the table
       rows.append(dict(kind="step", row=name, lam=lam, note=f"failed: {type(e).__name__}: {str(e)[:120]}"))
-    rows[-1].update(_peak_memory())
+    rows[-1].update(peak_memory())
   off = rows[0].get("time_s")
   for r in rows:
     if off and "time_s" in r:

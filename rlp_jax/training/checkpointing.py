@@ -30,6 +30,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from rlp_jax.infra import configuration, rundir
+from rlp_jax.infra.errors import UserError
 
 RESUME_DIR = "checkpoints"
 SNAPSHOT_DIR = "snapshots"
@@ -137,29 +138,74 @@ class Checkpoints:
   def restore_latest(self, abstract_state) -> tuple[int | None, Any]:
     """``(step, state)`` of the newest readable resume checkpoint, or ``(None, abstract_state)``.
 
-    Each unreadable newer one is renamed ``<step>.unreadable`` and named in a warning.
+    Each unreadable newer one is renamed ``<step>.unreadable`` and named in a warning. When none can be
+    read, nothing is renamed: every checkpoint failing at once says more about the config beside them (a
+    config.json of another model or heads) than about the checkpoints, so the run is refused in one line.
     """
-    for step in reversed(self.resume_steps()):
+    steps = self.resume_steps()
+    failed = []
+    for step in reversed(steps):
       try:
-        return step, self.resume.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        state = self.resume.restore(step, args=ocp.args.StandardRestore(abstract_state))
       except Exception as e:  # noqa: BLE001 - any failure to read means: try the one before
-        self._set_aside(RESUME_DIR, step, e)
+        failed.append((step, e))
         # A manager that failed once may keep the damaged step's handler state: start a fresh one.
         self.resume.close()
         self.resume = self._resume_manager()
+        continue
+      for bad, error in failed:
+        self._set_aside(RESUME_DIR, bad, error)
+      if failed:
+        self.resume.close()
+        self.resume = self._resume_manager()
+      return step, state
+    if failed:
+      step, e = failed[0]
+      first = (str(e).splitlines() or [""])[0][:200]
+      raise UserError(
+        f"none of the checkpoints in {self.root / RESUME_DIR} ({', '.join(str(s) for s, _ in failed)}) can "
+        f"be read with this config (step {step}: {type(e).__name__}: {first}). If {rundir.CONFIG_FILE} was "
+        f"replaced, restore the run's own (its copy: {rundir.CONFIG_BACKUP}); nothing was changed."
+      )
     return None, abstract_state
 
   def analysis_steps(self, *, heads: bool) -> tuple[str, list[int]]:
     """``(kind, steps)`` that the analysis can read at: the snapshots, or — when the heads are needed and
     the snapshots were written without them — the resume checkpoints that are left."""
     if heads and not self.heads_in_snapshots:
-      return RESUME_DIR, self.resume_steps()
-    return SNAPSHOT_DIR, self.snapshot_steps()
+      kind, steps = RESUME_DIR, self.resume_steps()
+    else:
+      kind, steps = SNAPSHOT_DIR, self.snapshot_steps()
+    self._warn_unlisted(kind, steps)
+    return kind, steps
+
+  def _warn_unlisted(self, kind: str, steps: list[int]) -> None:
+    """A step-named entry Orbax does not list (a broken or self-looping symlink, a file) is skipped, and
+    said so: the analysis then covers fewer checkpoints than the directory seems to hold."""
+    path = self.root / kind
+    if not path.is_dir():
+      return
+    for entry in sorted(os.listdir(path)):
+      if entry.isdigit() and int(entry) not in steps:
+        warnings.warn(
+          f"{path / entry} is not a readable checkpoint (a broken link or not a directory); skipped.",
+          stacklevel=3,
+        )
 
   def restore_for_analysis(self, kind: str, step: int, abstract_state):
-    if kind == RESUME_DIR:
-      return self.resume.restore(step, args=ocp.args.StandardRestore(abstract_state))
-    return self.restore_snapshot(step, abstract_state)
+    """A checkpoint the analysis reads; one that cannot be read is refused in one line naming it (a damaged
+    file, or a config.json beside it that describes another network or heads), and left as it is."""
+    try:
+      if kind == RESUME_DIR:
+        return self.resume.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      return self.restore_snapshot(step, abstract_state)
+    except Exception as e:  # noqa: BLE001 - Orbax, tensorstore and json raise many kinds; all mean "unreadable"
+      first = (str(e).splitlines() or [""])[0][:200]
+      raise UserError(
+        f"{self.root / kind / str(step)} cannot be read ({type(e).__name__}: {first}): it is damaged, or the "
+        f"{rundir.CONFIG_FILE} beside it describes another model or other heads than the run that wrote it. "
+        "Nothing was changed; restore the file, or pass --steps without this one."
+      ) from None
 
   def restore_snapshot(self, step: int, abstract_state):
     """The snapshot of ``step`` as a TrainState-like tree: ``abstract_state`` with params['model'] (and
@@ -190,8 +236,23 @@ class Checkpoints:
 def check_same_experiment(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses a workdir whose saved config differs in any key that changes the experiment.
 
-  Keys in ``configuration.RESUMABLE_KEYS`` (logging, mesh, checkpoint cadence, ...) may differ.
+  Keys in ``configuration.RESUMABLE_KEYS`` (logging, mesh, checkpoint cadence, ...) may differ. A workdir
+  that holds a run's checkpoints or log but no ``config.json`` is refused too: without it nothing says
+  which experiment they are, and starting would describe them as this one (the copy ``.config.json``,
+  written beside it, restores it).
   """
+  config_path = os.path.join(workdir, rundir.CONFIG_FILE)
+  if "://" not in workdir and not os.path.exists(config_path) and _holds_a_run(workdir):
+    backup = os.path.join(workdir, rundir.CONFIG_BACKUP)
+    restore = (
+      f"restore it from its copy: cp {backup} {config_path}"
+      if os.path.exists(backup)
+      else "put back the config.json it was trained with"
+    )
+    raise UserError(
+      f"--workdir={workdir} holds checkpoints or logs of a run but no {rundir.CONFIG_FILE}, which says what "
+      f"experiment they are; {restore}, or use a new --workdir. Nothing in the workdir was changed."
+    )
   rundir.check_same(
     os.path.join(workdir, rundir.CONFIG_FILE),
     config,
@@ -202,5 +263,17 @@ def check_same_experiment(config: ml_collections.ConfigDict, workdir: str) -> No
   )
 
 
+def _holds_a_run(workdir: str) -> bool:
+  """Checkpoints, snapshots or a metrics log: the traces of a run that trained here."""
+  for sub in (RESUME_DIR, SNAPSHOT_DIR):
+    path = os.path.join(workdir, sub)
+    if os.path.isdir(path) and os.listdir(path):
+      return True
+  metrics = os.path.join(workdir, rundir.METRICS_FILE)
+  return os.path.exists(metrics) and os.path.getsize(metrics) > 0
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """``config.json`` and its copy ``.config.json`` (what restores it if it is lost, check_same_experiment)."""
   rundir.write_config_file(os.path.join(workdir, rundir.CONFIG_FILE), config)
+  rundir.write_config_file(os.path.join(workdir, rundir.CONFIG_BACKUP), config)

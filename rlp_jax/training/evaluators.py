@@ -82,10 +82,14 @@ def _metric_sums(exp: Experiment, params, logits, feats, batch) -> dict[str, jax
     heads = nnx.merge(exp.heads_def, params["rlp"])
     for name in exp.rlp_layers:
       head = heads.layers[name]
-      st = routing.head_stats(
-        head, head.standardize(feats[name]), batch["rlp_labels"], exp.mesh, exp.config.rlp.label_chunk
+      st = routing.parallel_head_stats(
+        head,
+        head.standardize(feats[name]),
+        batch["rlp_labels"],
+        mesh=exp.mesh,
+        label_chunk=exp.config.rlp.label_chunk,
       )
-      out[f"rlp/{name}"] = (st["correct"] & mask[:, None]).sum(0)
+      out[f"rlp/{name}"] = (st.correct & mask[:, None]).sum(0)
   if exp.probes_def is not None:
     probes = nnx.merge(exp.probes_def, params["probes"])
     for name, s in probes({k: feats[k] for k in exp.probe_layers}).items():

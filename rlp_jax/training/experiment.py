@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -28,14 +29,10 @@ from jax.sharding import PartitionSpec as P
 from rlp_jax import models
 from rlp_jax.data import input_pipeline
 from rlp_jax.heads import heads as heads_lib
-from rlp_jax.infra import configuration
+from rlp_jax.infra import configuration, streams
 from rlp_jax.infra import mesh as mesh_lib
 from rlp_jax.infra.errors import UserError
 from rlp_jax.training import optimizers, sharding
-
-# PRNG streams derived from config.seed (the heads' streams are in heads/heads.py). The model's stream never
-# depends on whether RLP heads or probes exist: that is what makes λ = 0 bit-identical to no heads.
-_MODEL_STREAM, _DROPOUT_STREAM = 0, 3
 
 
 @flax.struct.dataclass
@@ -113,7 +110,7 @@ def build(
   total = spe * config.num_epochs
 
   def new_model():
-    key = jax.random.fold_in(jax.random.key(config.seed), _MODEL_STREAM)
+    key = streams.key(config.seed, streams.MODEL)  # never depends on the heads (infra/streams.py)
     return models.create_model(config.model, info.num_classes, info.input_shape, rngs=nnx.Rngs(key))
 
   model_def, abs_params, abs_stats = nnx.split(nnx.eval_shape(new_model), nnx.Param, nnx.BatchStat)
@@ -150,6 +147,8 @@ def build(
   # A label axis that the model axis times the label chunk does not divide is padded with masked labels
   # (each device's shard must split into whole chunks).
   label_multiple = mesh.shape["model"] * max(1, config.rlp.label_chunk)
+
+  _check_heads_fit(config, dims, rlp_layers, n, mesh)
 
   def new_heads():
     return heads_lib.build_heads(config, dims, rlp_layers, n, label_multiple=label_multiple)
@@ -204,6 +203,29 @@ def build(
       lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), shapes, shardings
     )
   return exp, jax.jit(init_state, out_shardings=shardings)()
+
+
+def _check_heads_fit(config, dims, layers, num_labels: int, mesh) -> None:
+  """Refuses heads whose parameters and Adam moments (3 float32 copies) cannot fit one device's memory
+  (the host's on a CPU), before anything is allocated: ``rlp.num_heads=1e9`` would otherwise hang
+  allocating. Per device, the label axis is split over the mesh's ``model`` axis."""
+  rlp = config.rlp
+  per_head = sum(
+    (dims[k] + 1) * (rlp.hidden_dim or 0) + ((rlp.hidden_dim or dims[k]) + 1) * num_labels for k in layers
+  )
+  need = 3 * 4 * rlp.num_heads * per_head / mesh.shape["model"]
+  try:  # this process's own device: another host's cannot be asked
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:  # noqa: BLE001 - a backend without memory statistics: use the host's memory
+    stats = None
+  have = (stats or {}).get("bytes_limit") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  if need > have:
+    raise UserError(
+      f"config.rlp.num_heads={rlp.num_heads:,}: the heads' parameters and optimizer state need "
+      f"{need / 2**30:,.1f} GiB per device, more than its {have / 2**30:,.1f} GiB; use fewer heads, layers "
+      "or "
+      "labels (config.rlp.num_labels), or split the labels over more devices (config.mesh.model)."
+    )
 
 
 def loss_names(exp: Experiment) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
@@ -88,9 +89,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     rundir.lock(workdir, enabled=is_writer),
     console.log_file(rundir.log_path(workdir, "train"), enabled=is_writer),
   ):
-    checkpointing.write_config(config, workdir)
-    with checkpointing.Checkpoints(workdir, config) as ckpt:  # closing waits for the saves in flight
-      return _run(config, workdir, exp, state, ckpt)
+    try:
+      checkpointing.write_config(config, workdir)
+      with checkpointing.Checkpoints(workdir, config) as ckpt:  # closing waits for the saves in flight
+        return _run(config, workdir, exp, state, ckpt)
+    except OSError as e:
+      if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        raise
+      # Orbax writes each step under a temporary name and renames it only when complete, so the steps
+      # already saved are whole; the one cut short keeps its temporary name and is never resumed from.
+      saved = sorted(
+        int(p) for p in os.listdir(os.path.join(workdir, checkpointing.RESUME_DIR)) if p.isdigit()
+      )
+      raise UserError(
+        f"--workdir={workdir}: the disk is full ({e.strerror}). "
+        + (f"The checkpoint of step {saved[-1]} is intact: " if saved else "")
+        + "free space and run the same command again to resume."
+      ) from None
 
 
 def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> dict[str, Any]:
@@ -190,6 +205,9 @@ def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> d
     controls = offline_heads.init_controls(
       exp, init.params["model"], init.batch_stats, scale_free=config.offline.at_init_scale_free
     )
+  if config.offline.ridge_probe and exp.rlp_layers:
+    # The converged probe on the trained network, beside its value at init (docs/design.md §4).
+    controls["probe_trained"] = offline_heads.frozen_probe(exp, state.params["model"], state.batch_stats)
   head_rows = summary.rows(last_eval, controls, exp.num_labels, exp.rlp_layers)
   if jax.process_index() == 0:
     summary.write(workdir, last_eval, head_rows, collapsed)
@@ -197,6 +215,8 @@ def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> d
     "metrics": last_eval,
     "offline_at_init": controls.get("offline_at_init", {}),
     "offline_at_init_scale_free": controls.get("offline_at_init_scale_free", {}),
+    "probe_at_init": controls.get("probe_at_init", {}),
+    "probe_trained": controls.get("probe_trained", {}),
     "rlp_heads": head_rows,
     "collapse": collapsed,
     "table": summary.format_table(last_eval, head_rows),

@@ -5,8 +5,12 @@ at a checkpoint (at initialization, or after any epoch), train an RLP head from 
 initialization, the same random labels and the same budget for every checkpoint, and report its
 random-label accuracy (docs/design.md §4). The network's parameters are only read.
 
-The loop runs ``init_controls`` on checkpoint 0 (the demo's "offline @ init" columns, plain and scale-free);
-``python -m rlp_jax.offline`` (analysis/offline.py) runs it over every saved checkpoint.
+The loop runs ``init_controls`` on checkpoint 0 (the demo's "offline @ init" columns: plain, scale-free, and
+the converged probe, heads/ridge_probe.py, which it also fits to the trained network); ``python -m
+rlp_jax.offline`` (analysis/offline.py) runs them over every saved checkpoint. ``offline.standardize``
+z-scores each feature over the fitted set before the heads (an affine map: the plain head's hypothesis
+class, without the features' scale), so that accuracy against ``offline.num_epochs`` shows the budget a
+head needs, beside the probe's closed-form limit.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
 from rlp_jax.heads import heads as heads_lib
-from rlp_jax.heads import routing
+from rlp_jax.heads import ridge_probe, routing
+from rlp_jax.heads.label_axis import HeadStats
 from rlp_jax.training import evaluators, optimizers
 
 
@@ -55,6 +60,24 @@ def extract_features(exp, model_params, batch_stats, layers, *, limit: int = -1,
   return {k: out[f"feats/{k}"][order] for k in layers}, out["rlp_labels"][order]
 
 
+def standardized(features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Each feature z-scored over the examples given (constant features become 0): what the heads read with
+  ``offline.standardize``."""
+  out = {}
+  for name, f in features.items():
+    f = np.asarray(f, np.float64)
+    std = f.std(0)
+    out[name] = ((f - f.mean(0)) / np.where(std > 1e-6 * (np.abs(f.mean(0)) + 1.0), std, 1.0)).astype(
+      np.float32
+    )
+  return out
+
+
+def probe_accuracy(exp, features: Mapping[str, np.ndarray], rlp_labels: np.ndarray) -> dict[str, np.ndarray]:
+  """Random-label accuracy per layer, (H,), of the converged probe (heads/ridge_probe.py) on features."""
+  return {k: ridge_probe.accuracy(f, rlp_labels, exp.num_labels) for k, f in features.items()}
+
+
 def fit_heads(
   exp,
   features: Mapping[str, np.ndarray],
@@ -78,17 +101,20 @@ def fit_heads(
 
   @jax.jit
   def correct(p, feats, y):
-    return {k: st["correct"].mean(0) for k, st in _head_stats(graphdef, p, feats, y, chunk).items()}
+    return {k: st.correct.mean(0) for k, st in _stats_by_layer(graphdef, p, feats, y, chunk).items()}
 
   out = correct(params, {k: jnp.asarray(v) for k, v in features.items()}, jnp.asarray(rlp_labels))
   return {k: np.asarray(v) for k, v in out.items()}
 
 
-def _head_stats(graphdef, params, feats, y, chunk: int) -> dict[str, dict]:
-  """Per layer, the online heads' loss statistics (head_loss.py): exact, and chunked over labels like
-  them, so the (M, H, n) logits never exist (n = m on ImageNet)."""
+def _stats_by_layer(graphdef, params, feats, y, label_chunk: int) -> dict[str, HeadStats]:
+  """Per layer, the heads' statistics as the online heads compute them (head_loss.py): exact, and
+  chunked over labels like them, so the (M, H, n) logits never exist (n = m on ImageNet)."""
   heads = nnx.merge(graphdef, params).layers
-  return {k: routing.head_stats(heads[k], heads[k].standardize(f), y, chunk=chunk) for k, f in feats.items()}
+  return {
+    k: routing.parallel_head_stats(heads[k], heads[k].standardize(f), y, label_chunk=label_chunk)
+    for k, f in feats.items()
+  }
 
 
 def train_heads(
@@ -122,7 +148,8 @@ def train_heads(
   chunk = exp.config.rlp.label_chunk
 
   def loss_fn(p, feats, y):
-    return jnp.mean(jnp.stack([st["ce"].mean() for st in _head_stats(graphdef, p, feats, y, chunk).values()]))
+    stats = _stats_by_layer(graphdef, p, feats, y, chunk).values()
+    return jnp.mean(jnp.stack([st.ce.mean() for st in stats]))
 
   @jax.jit
   def epoch_fn(p, opt_state, feats, y, order):
@@ -147,25 +174,38 @@ def train_heads(
 
 
 def offline_accuracy(exp, model_params, batch_stats, layers=None) -> dict[str, np.ndarray]:
-  """Random-label accuracy (per layer, per head) of offline heads on a frozen network."""
+  """Random-label accuracy (per layer, per head) of offline heads on a frozen network (on standardized
+  features with ``offline.standardize``)."""
   layers = list(layers or exp.rlp_layers)
   cfg = exp.config.offline
   feats, y = extract_features(exp, model_params, batch_stats, layers, limit=cfg.train_examples)
+  feats = standardized(feats) if cfg.standardize else feats
   return fit_heads(exp, feats, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size)
 
 
 def init_controls(exp, model_params, batch_stats, *, scale_free: bool) -> dict[str, dict[str, np.ndarray]]:
   """The end-of-run table's controls on the network at initialization, from one feature extraction:
-  ``offline_at_init`` (heads of the online heads' variant) and, with ``scale_free``,
-  ``offline_at_init_scale_free`` (a LayerNorm before every dense layer). The pooled features grow ~15x in
-  norm during training on digits; a head that ignores scale tells whether the online heads' lead over the
-  control is the features' content or only their size (docs/design.md §4)."""
+  ``offline_at_init`` (heads of the online heads' variant), with ``scale_free`` ``offline_at_init_scale_free``
+  (a LayerNorm before every dense layer), with ``offline.ridge_probe`` ``probe_at_init`` (the converged
+  probe). The pooled features grow ~15x in norm during training on digits, and a head's reach in a fixed
+  budget grows with them; the probe is blind to both scale and budget (docs/design.md §4)."""
   cfg = exp.config.offline
   feats, y = extract_features(exp, model_params, batch_stats, list(exp.rlp_layers), limit=cfg.train_examples)
+  fitted = standardized(feats) if cfg.standardize else feats
   fit = lambda sf: fit_heads(  # noqa: E731
-    exp, feats, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size, scale_free=sf
+    exp, fitted, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size, scale_free=sf
   )
   out = {"offline_at_init": fit(False)}
   if scale_free:
     out["offline_at_init_scale_free"] = fit(True)
+  if cfg.ridge_probe:
+    out["probe_at_init"] = probe_accuracy(exp, feats, y)
   return out
+
+
+def frozen_probe(exp, model_params, batch_stats, layers=None) -> dict[str, np.ndarray]:
+  """The converged probe's random-label accuracy (per layer, per head) on a frozen network: the loop's
+  ``probe_trained`` column beside ``probe_at_init``, and the offline command's ``probe/`` curve."""
+  layers = list(layers or exp.rlp_layers)
+  feats, y = extract_features(exp, model_params, batch_stats, layers, limit=exp.config.offline.train_examples)
+  return probe_accuracy(exp, feats, y)

@@ -17,7 +17,8 @@ from flax import nnx
 
 from rlp_jax import models
 from rlp_jax.heads import routing
-from rlp_jax.training.experiment import _DROPOUT_STREAM, Experiment, TrainState
+from rlp_jax.infra import streams
+from rlp_jax.training.experiment import Experiment, TrainState
 
 
 def _losses(exp: Experiment, params, batch_stats, batch, *, train: bool, dropout_key=None):
@@ -40,12 +41,13 @@ def _losses(exp: Experiment, params, batch_stats, batch, *, train: bool, dropout
     mesh=exp.mesh,
     label_chunk=cfg.rlp.label_chunk,
     loss_kernel=cfg.rlp.loss_kernel,
+    reg_normalization=cfg.rlp.reg_normalization,
   )
   return total, (parts, logits, new_stats)
 
 
 def make_train_step(exp: Experiment):
-  dropout_base = jax.random.fold_in(jax.random.key(exp.config.seed), _DROPOUT_STREAM)
+  dropout_base = streams.key(exp.config.seed, streams.DROPOUT)
 
   def train_step(state: TrainState, batch) -> TrainState:
     # The dropout key is a function of (seed, step) only: resumption replays the same masks.

@@ -30,8 +30,13 @@ def rows(
   return out
 
 
-# The control columns: key in offline_heads.init_controls, column title.
-CONTROLS = {"offline_at_init": "offline @ init", "offline_at_init_scale_free": "offline @ init, scale-free"}
+# The control columns: key in offline_heads.init_controls (and the loop's probe_trained), column title.
+CONTROLS = {
+  "offline_at_init": "offline @ init",
+  "offline_at_init_scale_free": "offline @ init, scale-free",
+  "probe_at_init": "probe @ init",
+  "probe_trained": "probe trained",
+}
 
 
 def format_table(metrics: Mapping[str, float], head_rows: list[dict]) -> str:
@@ -90,6 +95,13 @@ def explain(workdir: str, result: Mapping, label_mode: str = "fixed") -> str:
         "offline @ init, scale-free: the same with a LayerNorm before the dense layer, blind to the "
         "features' norm (which grows during training): what the initial features allow whatever their scale."
       )
+    probed = [r for r in heads if r.get("probe_trained_accuracy") is not None]
+    if probed:
+      lines.append(
+        "probe @ init / probe trained: the converged probe, a closed-form ridge fit of the random labels on "
+        "standardized features, blind to their scale and to any step budget, on the initial and the final "
+        "network."
+      )
     controlled = [r for r in heads if r["offline_at_init_accuracy"] is not None]
     if label_mode == "shuffled":
       # The online metric is scored on a held-out draw (docs/design.md §4), the control on epoch 0's labels.
@@ -106,28 +118,55 @@ def explain(workdir: str, result: Mapping, label_mode: str = "fixed") -> str:
         best["online_accuracy"],
         best["offline_at_init_accuracy"],
       )
-      scale_free = best.get("offline_at_init_scale_free_accuracy")
-      # A scale-free head that fits the initial features as well: the lead may be the features' norm.
-      lead = online > init + 2 * best["chance"]
-      by_scale = lead and scale_free is not None and online <= scale_free + 2 * best["chance"]
-      if lead:
-        ratio = online / max(init, 1e-9)
-        verdict = f"{name} predicts {online / best['chance']:.0f}x chance and {ratio:.1f}x the control"
-        if not by_scale:
-          verdict += ": the trained features carry example-specific information the initial ones do not"
-      else:
-        verdict = f"no head is clearly above its control (best: {name} {online:.4f} vs {init:.4f})"
-      if by_scale:
-        verdict += (
-          f"; but a scale-free head fits the initial features to {scale_free:.4f} "
-          f"({scale_free / max(online, 1e-9):.1f}x {name}): a lead over the plain control can be the "
-          "features' growth in norm during training, not content the initial features lack "
-          "(docs/design.md §4)"
-        )
-      lines.append("this run: " + verdict + ".")
+      lines.append("this run: " + _verdict(best, name, online, init) + ".")
   log = "" if "://" in workdir else f" | full log: {rundir.log_path(workdir, 'train')}"
   lines.append(
     f"next: python -m rlp_jax.report --workdir={workdir} (figures) | python -m rlp_jax.offline "
     f"--workdir={workdir} (Fig. 2B) | tensorboard --logdir={workdir}{log}"
   )
   return "\n".join(lines)
+
+
+def _verdict(row: Mapping, name: str, online: float, init: float) -> str:
+  """The online head against its plain control, then what the scale-free controls say of that lead: the
+  converged probe (trained vs initial network) where it ran, else the LayerNorm head at init."""
+  chance = row["chance"]
+  lead = online > init + 2 * chance
+  verdict = (
+    f"{name} predicts {online / chance:.0f}x chance and {online / max(init, 1e-9):.1f}x the control"
+    if lead
+    else f"no head is clearly above its control (best: {name} {online:.4f} vs {init:.4f})"
+  )
+  probe_init, probe_trained = row.get("probe_at_init_accuracy"), row.get("probe_trained_accuracy")
+  scale_free = row.get("offline_at_init_scale_free_accuracy")
+  if probe_init is not None and probe_trained is not None:
+    if min(probe_init, probe_trained) > 1 - 2 * chance:  # D + 1 >= M: the features shatter the set
+      return verdict + (
+        "; the converged probe fits every label from the initial and the trained features alike (they "
+        "span the examples), so it cannot tell content from scale here"
+      )
+    if not lead:
+      return verdict + (
+        f"; the converged probe fits {probe_trained:.4f} of the labels from the trained features and "
+        f"{probe_init:.4f} from the initial ones"
+      )
+    if probe_trained > probe_init + 2 * chance:
+      return verdict + (
+        f"; the converged probe agrees: it fits {probe_trained:.4f} of the labels from the trained features, "
+        f"{probe_init:.4f} from the initial ones, whatever their scale and the head's budget"
+      )
+    return verdict + (
+      f"; but the converged probe fits {probe_trained:.4f} from the trained features and {probe_init:.4f} "
+      "from "
+      "the initial ones: the lead over the plain control is the features' scale and the head's step "
+      "budget, not example-specific content training added (docs/design.md §4)"
+    )
+  if lead and scale_free is not None and online <= scale_free + 2 * chance:
+    return verdict + (
+      f"; but a scale-free head fits the initial features to {scale_free:.4f} "
+      f"({scale_free / max(online, 1e-9):.1f}x {name}): a lead over the plain control can be the "
+      "features' growth in norm during training, not content the initial features lack (docs/design.md §4)"
+    )
+  if lead:
+    return verdict + ": the trained features carry example-specific information the initial ones do not"
+  return verdict

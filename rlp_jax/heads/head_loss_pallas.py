@@ -1,10 +1,10 @@
-"""A fused Pallas kernel for head_loss's label blocks: the same statistics and gradient, logits never in HBM.
+"""head_loss's fused Pallas backend: head_loss_xla's statistics and gradient, logits never in HBM.
 
-head_loss.head_stats with ``impl='pallas'`` (``config.rlp.loss_kernel='pallas'``) swaps its per-device
-forward and backward for the three kernels below; the custom VJP, the per-row scales c and the routing of
-the two gradient sets stay head_loss's (docs/design.md §3, §5). What the kernels fuse is the chunk body
-of the XLA path: one (block_b, block_n) logits tile is computed (a loop over BLOCK_K-wide slices of D),
-reduced and dropped inside the kernel,
+head_loss.head_stats with ``loss_kernel='pallas'`` (``config.rlp.loss_kernel``) swaps head_loss_xla's
+per-device forward and backward for the three kernels below; the custom VJP, the per-row scales c and
+the routing of the two gradient sets stay head_loss's (docs/design.md §3, §5). What the kernels fuse is
+the chunk body of head_loss_xla: one (block_b, block_n) logits tile is computed (a loop over BLOCK_K-wide
+slices of D), reduced and dropped inside the kernel,
 
   forward   grid (heads, batch blocks), a loop over label blocks: s = x W + b → running max and sum of
             exp of the *other* labels, the target logit, the max and the lowest argmax;
@@ -17,11 +17,11 @@ rows, the other the columns, and neither needs atomics) — once per D block, th
 that fit a GPU's registers (D = 768: 3 blocks of 256). Every tile side is a power of two (Triton's
 block shapes must be; its dots need >= 16 a side): B, n and D are zero-padded to whole tiles. Padded
 rows have c = 0 and lse_{≠y} = +inf (V = 0 there whatever the bias: no 0·inf), padded labels are masked
-like head_loss's padding (``num_valid``), padded features are zeros (no change to any logit).
+like any padding (``num_valid``), padded features are zeros (no change to any logit).
 
 The kernels lower through Triton, chosen explicitly (``compiler_params``): jax 0.10.2's default Pallas GPU
 backend is Mosaic GPU, which would stage whole blocks in shared memory. ``interpret`` defaults to True on
-CPU (Pallas's interpreter: exact, slow — tests and correctness rows only); tests/test_pallas_head_loss.py
+CPU (Pallas's interpreter: exact, slow — tests and correctness rows only); tests/test_head_loss_pallas.py
 also lowers the kernels for CUDA on CPU (Triton's MLIR, compute capability 9.0), which checks the block
 shapes, not the shared memory or register budget: that, the time and the tile sizes below are for a GPU
 session to measure (docs/design.md §5). Only one label shard: with a ``model`` mesh axis > 1, use the XLA
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
-from rlp_jax.heads.head_loss import _dxs  # the one place dx = c ⊙ V Wᵀ is formed
+from rlp_jax.heads.label_axis import HeadStats, dx_from_vw, finite_shift
 
 # Tile sizes, powers of two. Untuned (no GPU has run these kernels yet); bf16 operand tiles of a few
 # tens of KB and fp32 accumulators of 32 KB per program, well inside an H100's 227 KB of shared memory.
@@ -48,19 +48,16 @@ BLOCK_D = 256  # the slice of D a backward program owns (its accumulators: (BLOC
 MIN_TILE = 16  # Triton's dots need >= 16 a side
 # None: Pallas's interpreter when the default backend is a CPU (tests set False to lower for CUDA).
 INTERPRET = None
-
-
-def _params(num_warps):
-  return pl_triton.CompilerParams(num_warps=num_warps, num_stages=2)
+# Set to True once a GPU session has timed the tiles above (head_loss warns once while it is False).
+TUNED = False
+# Warps per program: the forward's accumulators are (BLOCK_B,) rows; the backward programs own
+# (BLOCK_B | BLOCK_N) x BLOCK_D accumulators, twice the registers' work.
+FORWARD_WARPS = 4
+BACKWARD_WARPS = 8
 
 
 def _pow2(v):
   return 1 << max(0, int(v) - 1).bit_length()
-
-
-def _safe(m):
-  """A finite shift for exp(): an all-masked row's max (-inf) shifts by 0 instead."""
-  return jnp.where(jnp.isfinite(m), m, 0.0)
 
 
 def _logits(x_ref, rows, w_ref, w_cols, b_ref, y, start, *, bb, bn, bk, kb, num_valid, dt):
@@ -89,12 +86,12 @@ def _forward_kernel(x_ref, w_ref, b_ref, y_ref, lse_ref, t_ref, arg_ref, *, bloc
     s, is_target, cols = _logits(x_ref, slice(None), w_ref, pl.ds(start, bn), b_ref, y, start, **kw)
     others = jnp.where(is_target, -jnp.inf, s)
     m_new = jnp.maximum(m_o, others.max(1))
-    se_o = jnp.where(jnp.isfinite(m_o), se_o * jnp.exp(m_o - _safe(m_new)), 0.0) + jnp.exp(
-      others - _safe(m_new)[:, None]
+    se_o = jnp.where(jnp.isfinite(m_o), se_o * jnp.exp(m_o - finite_shift(m_new)), 0.0) + jnp.exp(
+      others - finite_shift(m_new)[:, None]
     ).sum(1)
     t = t + jnp.where(is_target, s, 0.0).sum(1)
     b_best = s.max(1)
-    # The lowest column at the block's max (argmax's tie rule); earlier blocks win ties (head_loss._merge).
+    # The lowest column at the block's max (argmax's tie rule); earlier blocks win ties, as in head_loss_xla.
     b_arg = jnp.where(s == b_best[:, None], cols, jnp.iinfo(jnp.int32).max).min(1)
     return m_new, se_o, t, jnp.maximum(best, b_best), jnp.where(b_best > best, b_arg, arg)
 
@@ -103,13 +100,13 @@ def _forward_kernel(x_ref, w_ref, b_ref, y_ref, lse_ref, t_ref, arg_ref, *, bloc
   m_o, se_o, t, _, arg = jax.lax.fori_loop(
     0, blocks, body, (neg, zero, zero, neg, jnp.zeros((rows,), jnp.int32))
   )
-  lse_ref[...] = _safe(m_o) + jnp.log(se_o)
+  lse_ref[...] = finite_shift(m_o) + jnp.log(se_o)
   t_ref[...] = t
   arg_ref[...] = arg
 
 
 def _v(s, is_target, lse_o):
-  """V = q - e_y of a tile (head_loss._backward): exp(s - lse_{≠y}) off the target, -1 on it."""
+  """V = q - e_y of a tile (head_loss_xla._backward): exp(s - lse_{≠y}) off the target, -1 on it."""
   return jnp.where(is_target, -1.0, jnp.exp(s - lse_o[:, None]))
 
 
@@ -138,9 +135,8 @@ def _dw_kernel(x_ref, w_ref, b_ref, y_ref, lse_ref, c_ref, dk_ref, db_ref, *, bl
     v = _v(s, is_target, lse_ref[rows])
     x = x_ref[rows, dcols]
     dks, dbs = carry
-    cs = [
-      c_ref[k, rows][:, None] for k in range(scales)
-    ]  # Triton cannot slice a loaded tensor: one load each
+    # Triton cannot slice a loaded tensor: one load per scale.
+    cs = [c_ref[k, rows][:, None] for k in range(scales)]
     dks = tuple(
       dk
       + jax.lax.dot_general(
@@ -159,13 +155,12 @@ def _dw_kernel(x_ref, w_ref, b_ref, y_ref, lse_ref, c_ref, dk_ref, db_ref, *, bl
 
 
 def _pad(a, axis, size, value=0):
-  return (
-    a
-    if a.shape[axis] == size
-    else jnp.pad(
-      a, [(0, size - a.shape[axis]) if i == axis else (0, 0) for i in range(a.ndim)], constant_values=value
-    )
-  )
+  """``a`` padded with ``value`` to ``size`` along ``axis``."""
+  if a.shape[axis] == size:
+    return a
+  widths = [(0, 0)] * a.ndim
+  widths[axis] = (0, size - a.shape[axis])
+  return jnp.pad(a, widths, constant_values=value)
 
 
 class _Layout:
@@ -194,10 +189,9 @@ class _Layout:
     return pl.BlockSpec((None, rows, self.dp), lambda h, i, *_: (hx(h), 0 if rows == self.bp else i, 0))
 
 
-def _call(kernel, out_shape, grid, in_specs, out_specs, interpret, num_warps, *operands):
-  interpret = (
-    (jax.default_backend() == "cpu" if INTERPRET is None else INTERPRET) if interpret is None else interpret
-  )
+def _call(kernel, *operands, out_shape, grid, in_specs, out_specs, interpret, num_warps):
+  if interpret is None:
+    interpret = jax.default_backend() == "cpu" if INTERPRET is None else INTERPRET
   return pl.pallas_call(
     kernel,
     out_shape=out_shape,
@@ -205,42 +199,43 @@ def _call(kernel, out_shape, grid, in_specs, out_specs, interpret, num_warps, *o
     in_specs=in_specs,
     out_specs=out_specs,
     interpret=interpret,
-    compiler_params=_params(num_warps),
+    compiler_params=pl_triton.CompilerParams(num_warps=num_warps, num_stages=2),
   )(*operands)
 
 
 def forward(x, kernel, bias, labels, *, spec, block_b=None, block_n=None, interpret=None):
-  """head_loss._forward's ((ce, log1m, correct), (lse_{≠y},)) from the fused forward kernel."""
+  """head_loss_xla.forward's (HeadStats, (lse_{≠y},)) from the fused forward kernel."""
   lay = _Layout(x, kernel, bias, labels, spec, block_b, block_n)
   row = pl.BlockSpec((None, lay.bb), lambda h, i: (h, i))
   f32 = jax.ShapeDtypeStruct((lay.h, lay.bp), jnp.float32)
   lse_o, t, arg = _call(
     functools.partial(_forward_kernel, blocks=lay.np // lay.bn, **lay.kw),
-    (f32, f32, jax.ShapeDtypeStruct((lay.h, lay.bp), jnp.int32)),
-    (lay.h, lay.bp // lay.bb),
-    [
+    lay.x,
+    lay.w,
+    lay.bias,
+    lay.y,
+    out_shape=(f32, f32, jax.ShapeDtypeStruct((lay.h, lay.bp), jnp.int32)),
+    grid=(lay.h, lay.bp // lay.bb),
+    in_specs=[
       lay.x_spec(lay.bb),
       pl.BlockSpec((None, lay.dp, lay.np), lambda h, i: (h, 0, 0)),
       pl.BlockSpec((None, 1, lay.np), lambda h, i: (h, 0, 0)),
       row,
     ],
-    (row, row, row),
-    interpret,
-    4,
-    lay.x,
-    lay.w,
-    lay.bias,
-    lay.y,
+    out_specs=(row, row, row),
+    interpret=interpret,
+    num_warps=FORWARD_WARPS,
   )
   lse_o, t, arg = (a[:, : lay.b].T for a in (lse_o, t, arg))
-  margin = t - lse_o  # as head_loss._forward: exact and stable at any margin
-  return (jax.nn.softplus(-margin), -jax.nn.softplus(margin), arg == labels), (lse_o,)
+  margin = t - lse_o  # as head_loss_xla.forward: exact and stable at any margin
+  stats = HeadStats(ce=jax.nn.softplus(-margin), log1m=-jax.nn.softplus(margin), correct=arg == labels)
+  return stats, (lse_o,)
 
 
 def backward_local(
   x, kernel, bias, labels, extras, scales, *, spec, block_b=None, block_n=None, interpret=None
 ):
-  """head_loss._backward_local's (dxs, dkernels, dbiases), one of each per scale, from the two kernels."""
+  """head_loss_xla.backward_local's (dxs, dkernels, dbiases), one of each per scale, from the two kernels."""
   lay = _Layout(x, kernel, bias, labels, spec, block_b, block_n)
   # Padded rows: lse_{≠y} = +inf makes their V exactly 0 (0 would give exp(bias), inf for a large bias,
   # and then c · V = 0 · inf = NaN in dW and db).
@@ -249,35 +244,41 @@ def backward_local(
   row = pl.BlockSpec((None, lay.bb), lambda h, i, dj: (h, i))
   vw = _call(
     functools.partial(_dx_kernel, blocks=lay.np // lay.bn, bd=lay.bd, **lay.kw),
-    jax.ShapeDtypeStruct((lay.h, lay.bp, lay.dp), jnp.float32),
-    (lay.h, lay.bp // lay.bb, nd),
-    [
+    lay.x,
+    lay.w,
+    lay.bias,
+    lay.y,
+    lse_o,
+    out_shape=jax.ShapeDtypeStruct((lay.h, lay.bp, lay.dp), jnp.float32),
+    grid=(lay.h, lay.bp // lay.bb, nd),
+    in_specs=[
       lay.x_spec(lay.bb),
       pl.BlockSpec((None, lay.dp, lay.np), lambda h, i, dj: (h, 0, 0)),
       pl.BlockSpec((None, 1, lay.np), lambda h, i, dj: (h, 0, 0)),
       row,
       row,
     ],
-    pl.BlockSpec((None, lay.bb, lay.bd), lambda h, i, dj: (h, i, dj)),
-    interpret,
-    8,
-    lay.x,
-    lay.w,
-    lay.bias,
-    lay.y,
-    lse_o,
+    out_specs=pl.BlockSpec((None, lay.bb, lay.bd), lambda h, i, dj: (h, i, dj)),
+    interpret=interpret,
+    num_warps=BACKWARD_WARPS,
   )
   cs = _pad(jnp.stack([c.T for c in scales], 1), 2, lay.bp)  # (H, scales, Bp); padded rows have c = 0
   all_rows = pl.BlockSpec((None, lay.bp), lambda h, j, dj: (h, 0))
   # db gets a D-block axis so that no two programs write one place; block 0's copy is kept.
   dk, db = _call(
     functools.partial(_dw_kernel, blocks=lay.bp // lay.bb, bd=lay.bd, scales=k, **lay.kw),
-    (
+    lay.x,
+    lay.w,
+    lay.bias,
+    lay.y,
+    lse_o,
+    cs,
+    out_shape=(
       jax.ShapeDtypeStruct((k, lay.h, lay.dp, lay.np), jnp.float32),
       jax.ShapeDtypeStruct((k, lay.h, nd, 1, lay.np), jnp.float32),
     ),
-    (lay.h, lay.np // lay.bn, nd),
-    [
+    grid=(lay.h, lay.np // lay.bn, nd),
+    in_specs=[
       lay.x_spec(lay.bp),
       pl.BlockSpec((None, lay.dp, lay.bn), lambda h, j, dj: (h, 0, j)),
       pl.BlockSpec((None, 1, lay.bn), lambda h, j, dj: (h, 0, j)),
@@ -285,20 +286,14 @@ def backward_local(
       all_rows,
       pl.BlockSpec((None, k, lay.bp), lambda h, j, dj: (h, 0, 0)),
     ],
-    (
+    out_specs=(
       pl.BlockSpec((k, None, lay.bd, lay.bn), lambda h, j, dj: (0, h, dj, j)),
       pl.BlockSpec((k, None, None, 1, lay.bn), lambda h, j, dj: (0, h, dj, 0, j)),
     ),
-    interpret,
-    8,
-    lay.x,
-    lay.w,
-    lay.bias,
-    lay.y,
-    lse_o,
-    cs,
+    interpret=interpret,
+    num_warps=BACKWARD_WARPS,
   )
   vw = jnp.moveaxis(vw[:, : lay.b, : lay.d], 0, 1)  # (B, H, D)
   dks = tuple(dk[j, :, : lay.d, : lay.n] for j in range(k))
   dbs = tuple(db[j, :, 0, 0, : lay.n] for j in range(k))
-  return _dxs(vw, scales, spec), dks, dbs
+  return dx_from_vw(vw, scales, spec), dks, dbs

@@ -3,12 +3,14 @@ they lower for CUDA through Triton at ViT-B's width."""
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlp_jax.heads import head_loss, pallas_head_loss
+from rlp_jax.heads import head_loss, head_loss_pallas, label_axis
 
 NV = 52  # valid labels of the n = 60 below: 8 padding labels inside the kernel's n, then 4 padded to tiles
 
@@ -19,7 +21,7 @@ def _problem(per_head, b=6, h=2, d=12, n=60, seed=0, bias_shift=0.0):
   x = x.at[0].multiply(30.0)  # a saturated row: p_y ≈ 1 or ≈ 0
   w, bias = 0.5 * jax.random.normal(keys[1], (h, d, n)), jax.random.normal(keys[2], (h, n)) + bias_shift
   y = jax.random.randint(keys[3], (b, h), 0, NV)
-  s = head_loss.mask_padding(head_loss.dense(x, w, bias), NV)
+  s = label_axis.mask_padding(label_axis.dense(x, w, bias), NV)
   y = y.at[:3].set(jnp.argmax(s[:3], -1))  # some rows correct, so accuracy is neither 0 nor 1
   return (x, w, bias), y, jax.random.normal(keys[4], (b, h)), jax.random.normal(keys[5], (b, h))
 
@@ -30,7 +32,7 @@ def _value_and_grads(impl, y, split):
 
   def loss(inputs, inputs2, g_ce, g_l1m):
     ce, log1m, correct = head_loss.head_stats(
-      *inputs, y, log1m_inputs=inputs2 if split else None, num_valid=NV, impl=impl
+      *inputs, y, log1m_inputs=inputs2 if split else None, num_valid=NV, loss_kernel=impl
     )
     return (g_ce * ce).sum() + (g_l1m * log1m).sum(), (ce, log1m, correct)
 
@@ -47,10 +49,10 @@ def test_pallas_equals_the_xla_path(monkeypatch, per_head, split, bias_shift):
   # Tiles that divide neither B = 6, n = 60 nor D = 12 (padded rows, labels and features), two D blocks of
   # two K slices each, and 8 padding labels inside n (num_valid = 52).
   for name, value in dict(BLOCK_B=4, BLOCK_N=16, BLOCK_K=4, BLOCK_D=8, MIN_TILE=1).items():
-    monkeypatch.setattr(pallas_head_loss, name, value)
+    monkeypatch.setattr(head_loss_pallas, name, value)
   inputs, y, g_ce, g_l1m = _problem(per_head, bias_shift=bias_shift)
-  lay = pallas_head_loss._Layout(
-    *inputs, y, head_loss._Spec(NV, jnp.float32, 0, per_head, None, True), None, None
+  lay = head_loss_pallas._Layout(
+    *inputs, y, label_axis.Spec(NV, jnp.float32, 0, per_head, None, True), None, None
   )
   assert (lay.bp, lay.np, lay.dp, lay.dp // lay.bd, lay.bd // lay.bk) == (8, 64, 16, 2, 2)
   (_, got), got_g = _value_and_grads("pallas", y, split)(inputs, inputs, g_ce, g_l1m)
@@ -82,7 +84,7 @@ def test_pallas_refuses_a_sharded_label_axis():
   inputs, y, *_ = _problem(False)
   fake = type("Mesh", (), {"shape": {"data": 1, "model": 2}})()  # and by head_stats, for direct callers
   with pytest.raises(head_loss.UserError, match="loss_kernel='pallas'"):
-    head_loss.head_stats(*inputs, y, num_valid=NV, impl="pallas", mesh=fake)
+    head_loss.head_stats(*inputs, y, num_valid=NV, loss_kernel="pallas", mesh=fake)
 
 
 @pytest.mark.parametrize("per_head", [False, True])
@@ -90,7 +92,7 @@ def test_pallas_lowers_for_cuda_at_vit_b_width(monkeypatch, per_head):
   """Value and both gradients at D = 768 (not a power of two) and n = 1000 lower for CUDA through Triton, on
   this CPU (Triton's MLIR; no GPU needed): every block shape is a power of two and Mosaic GPU is not used.
   Shared memory, registers and time are not checked here — only a GPU run measures those."""
-  monkeypatch.setattr(pallas_head_loss, "INTERPRET", False)
+  monkeypatch.setattr(head_loss_pallas, "INTERPRET", False)
   b, h, d, n = 48, 2, 768, 1000
   f32 = jnp.float32
   x = jax.ShapeDtypeStruct((b, h, d) if per_head else (b, d), f32)
@@ -98,7 +100,7 @@ def test_pallas_lowers_for_cuda_at_vit_b_width(monkeypatch, per_head):
 
   def loss(x, w, bias, y):
     ce, log1m, _ = head_loss.head_stats(
-      x, w, bias, y, log1m_inputs=(x, w, bias), num_valid=990, impl="pallas"
+      x, w, bias, y, log1m_inputs=(x, w, bias), num_valid=990, loss_kernel="pallas"
     )
     return ce.sum() + log1m.sum()
 
@@ -119,3 +121,17 @@ def test_config_refuses_an_unknown_loss_kernel():
   config.rlp.loss_kernel = "triton"
   with pytest.raises(head_loss.UserError, match=r"^config\.rlp\.loss_kernel: must be 'xla' or 'pallas'"):
     configuration.validate(config)
+
+
+def test_the_untuned_kernel_warns_once_until_a_gpu_has_timed_it(monkeypatch):
+  inputs, y, *_ = _problem(False)
+  head_loss._warn_untuned_once.cache_clear()
+  with pytest.warns(UserWarning, match="not been timed on a GPU") as seen:
+    for _ in range(3):
+      head_loss.head_stats(*inputs, y, num_valid=NV, loss_kernel="pallas")
+  assert len([w for w in seen if "timed" in str(w.message)]) == 1
+  head_loss._warn_untuned_once.cache_clear()
+  monkeypatch.setattr(head_loss_pallas, "TUNED", True)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    head_loss.head_stats(*inputs, y, num_valid=NV, loss_kernel="pallas")
