@@ -18,8 +18,11 @@ from rlp_jax.infra import config_args, configuration, console, errors, multihost
 
 
 def define_flags(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
-  """``--config`` is the run's saved config, with ``--config.KEY=VALUE`` applied to it, so it is defined
-  from the ``--workdir`` on the command line (the defaults when there is none yet: ``--help`` works)."""
+  """Defines ``--config`` as the run's saved config, with ``--config.KEY=VALUE`` applied to it.
+
+  So it is defined from the ``--workdir`` on the command line (the defaults when there is none yet:
+  ``--help`` works).
+  """
   flags.DEFINE_string("workdir", None, "Directory of a run trained by rlp_jax.main.", flag_values=fv)
   flags.DEFINE_string(
     "output", offline.OFFLINE_FILE, "File name (in the workdir) of the offline curve.", flag_values=fv

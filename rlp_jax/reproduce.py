@@ -1,5 +1,6 @@
-r"""A small reproduction of the paper's findings: trains a reproduction config's sweep, then its analyses,
-figures and tables (analysis/reproduction.py).
+r"""A small reproduction of the paper's findings: trains a sweep, then its analyses, figures and tables.
+
+The sweep is a reproduction config's; the analyses, figures and tables are analysis/reproduction.py's.
 
   python -m rlp_jax.reproduce --config=configs/paper_digits.py --workdir=ROOT [--out=DIR] [--quick]
 

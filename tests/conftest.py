@@ -25,6 +25,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # CPU code is optimized, and their programs are tiny, so they compile without the backend's optimizations.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import configs.digits  # noqa: E402
@@ -91,3 +92,30 @@ def analysis_run(tmp_path_factory, data_dir):
   workdir = str(tmp_path_factory.getbasetemp() / "analysis_tiny_run")
   loop.train_and_evaluate(config, workdir)
   return config, workdir
+
+
+@pytest.fixture
+def synthetic_scores():
+  """A memorization.npz-like dict of 60 examples, 3 classes, one layer; example 5 is unscored."""
+  return _synthetic()
+
+
+def _synthetic(m=60, num_classes=3, seed=0):
+  rng = np.random.default_rng(seed)
+  label = np.arange(m) % num_classes
+  p_own = rng.uniform(size=(1, m, 1)).astype(np.float32)
+  scored = np.ones(m, bool)
+  scored[5] = False
+  p_own[0, 5] = np.nan
+  return {
+    "index": np.arange(m),
+    "scored": scored,
+    "label": label,
+    "is_noisy": np.zeros(m, bool),
+    "layers": np.array(["pre_logits"]),
+    "steps": np.array([10]),
+    "num_labels": np.array(10),
+    "p_own/pre_logits": p_own,
+    "margin/pre_logits": p_own - 0.5,
+    "correct/pre_logits": p_own > 0.5,
+  }

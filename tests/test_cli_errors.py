@@ -219,3 +219,10 @@ def test_every_command_has_help(results, j):
   r = results[0][len(CASES) + j]
   assert "Traceback" not in r["stderr"], r["stderr"][-2000:]
   assert "--workdir" in r["stdout"] or "--config" in r["stdout"], r["stdout"][-2000:]
+
+
+def test_design_states_the_size_of_this_table():
+  design = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
+  words = {8: "eight", 9: "nine", 10: "ten", 11: "eleven", 12: "twelve"}
+  stated = f"{len(CASES)} bad command lines over all {words.get(len(COMMANDS), len(COMMANDS))} commands"
+  assert stated in design, f"docs/design.md §6 should say: {stated}"

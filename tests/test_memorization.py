@@ -1,6 +1,8 @@
-"""Per-example memorization scores: alignment to the dataset index, the statistics against hand-computed
-values, the capacity estimate, external scores, the image grid, and a real tiny run (fixed and shuffled
-random labels)."""
+"""analysis/scores.py and analysis/memorization.py: per-example scores on a real tiny run.
+
+Scores by hand, alignment to the dataset index, and the fixed and shuffled random labels of a trained run.
+(Their statistics: test_score_stats.py; external files: test_external_scores.py; grids: test_image_grid.py.)
+"""
 
 from __future__ import annotations
 
@@ -11,45 +13,13 @@ import os
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from scipy import stats
-from sklearn import metrics
 
-from rlp_jax.analysis import external_scores, image_grid, memorization, score_stats, scores
+from rlp_jax.analysis import image_grid, memorization, scores
 from rlp_jax.data import input_pipeline, labels
 
 # ---------------------------------------------------------------------------------------------------
-# Statistics against hand-computed values
+# Scores by hand
 # ---------------------------------------------------------------------------------------------------
-
-
-def test_spearman_matches_hand_computed_values():
-  # Ranks of b (ties averaged): 5->1, 6->2, 7->3.5, 8->5, 7->3.5. Centered: a (-2,-1,0,1,2),
-  # b (-2,-1,.5,2,.5); sum of products 8, sums of squares 10 and 9.5: rho = 8 / sqrt(95).
-  assert score_stats.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / np.sqrt(95))
-  # Without ties, 1 - 6 sum(d^2) / (n (n^2 - 1)): rank differences (-1, 1, -1, 1, 0), so 1 - 24/120 = 0.8.
-  assert score_stats.spearman([1, 2, 3, 4, 5], [20, 10, 40, 30, 50]) == pytest.approx(0.8)
-  assert score_stats.spearman([1, 2, 3], [10, 20, 1000]) == pytest.approx(1.0)  # monotone, not linear
-  assert score_stats.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-  # Non-finite pairs (unscored examples) are dropped, on either side: the same as without them. Kept,
-  # the NaN at (nan, 0) would break the perfect anti-correlation of the rest.
-  assert score_stats.spearman([1, np.nan, 2, 3, 4], [3, 0, 2, 1, np.inf]) == pytest.approx(-1.0)
-  assert np.isnan(score_stats.spearman([1, np.nan], [2, 3]))  # one pair left
-  assert np.isnan(score_stats.spearman([1, 2, 3], [5, 5, 5]))  # a constant side has no ranks to correlate
-  with pytest.raises(ValueError, match="shapes"):
-    score_stats.spearman([1, 2], [1, 2, 3])
-
-
-def test_roc_auc_matches_hand_computed_values():
-  # Positives 0.9, 0.4; negatives 0.5, 0.1, 0.4. Pairs won: 0.9 beats all three (3); 0.4 beats 0.1 (1),
-  # ties 0.4 (1/2), loses to 0.5: (3 + 1.5) / 6 = 0.75.
-  assert score_stats.roc_auc([0.9, 0.4, 0.5, 0.1, 0.4], [1, 1, 0, 0, 0]) == pytest.approx(0.75)
-  assert score_stats.roc_auc([3, 2, 1], [1, 0, 0]) == 1.0
-  assert score_stats.roc_auc([3, 2, 1], [0, 0, 1]) == 0.0
-  assert score_stats.roc_auc([1, 1, 1, 1], [1, 0, 1, 0]) == 0.5
-  assert np.isnan(score_stats.roc_auc([1, 2], [1, 1]))
-  # The unscored (NaN) positive is dropped, not ranked: the one left beats both negatives.
-  assert score_stats.roc_auc([0.9, np.nan, 0.2, 0.5], [1, 1, 0, 0]) == 1.0
-  assert np.isnan(score_stats.roc_auc([0.9, np.nan, 0.2], [0, 1, 0]))  # its only positive was unscored
 
 
 def test_scores_from_logits_by_hand():
@@ -71,44 +41,6 @@ def test_class_scores_by_hand():
   np.testing.assert_allclose(out["class_margin"], [1.0, -2.0])
   # Finite where the probability underflows to 0 (a loss read off p would be inf).
   assert scores.class_scores(np.array([[0.0, 1e4]]), np.array([0]))["class_loss"][0] == pytest.approx(1e4)
-
-
-def test_roc_auc_interval_is_the_percentile_of_the_resampled_aucs():
-  # The vectorized bootstrap against scikit-learn's AUC on the same resamples (drawn into the scores'
-  # sorted order, as roc_auc_ci draws them), ties included.
-  rng = np.random.default_rng(3)
-  s = np.round(rng.normal(size=300), 1)
-  noisy = rng.random(300) < 0.25
-  s[noisy] += 0.4
-  out = score_stats.roc_auc_ci(s, noisy, num_boot=200, level=0.9, seed=7)
-  order = np.argsort(s, kind="stable")
-  draws = np.random.default_rng(7).integers(0, 300, (200, 300))
-  boots = [metrics.roc_auc_score(noisy[order][d], s[order][d]) for d in draws]
-  assert out["auc"] == pytest.approx(metrics.roc_auc_score(noisy, s))
-  np.testing.assert_allclose([out["ci_low"], out["ci_high"]], np.quantile(boots, [0.05, 0.95]), rtol=1e-12)
-  assert out["ci_low"] < out["auc"] < out["ci_high"]
-  perfect = score_stats.roc_auc_ci([3.0, 2.0, 1.0, 0.0], [1, 1, 0, 0], num_boot=50)
-  assert (perfect["auc"], perfect["ci_low"], perfect["ci_high"]) == (1.0, 1.0, 1.0)
-
-
-def test_capacity_estimate_and_bootstrap_interval():
-  rng = np.random.default_rng(0)
-  m, k, n = 2000, 4, 10
-  # Every head gets exactly 55% right: chance-corrected (0.55 - 0.1) / 0.9 = 0.5.
-  correct = np.zeros((m, k), bool)
-  for j in range(k):
-    correct[rng.permutation(m)[: int(0.55 * m)], j] = True
-  cap = score_stats.capacity(correct, n, num_boot=400)
-  assert cap["estimate"] == pytest.approx(0.5) and cap["accuracy"] == pytest.approx(0.55)
-  assert cap["ci_low"] < 0.5 < cap["ci_high"] and cap["ci_high"] - cap["ci_low"] < 0.08
-  assert cap["chance"] == 0.1 and cap["num_heads"] == k
-  # Guessing at chance: the estimate is ~0 and its interval covers 0.
-  guess = rng.integers(0, n, (m, k)) == rng.integers(0, n, (m, k))
-  cap = score_stats.capacity(guess, n, num_boot=400)
-  assert abs(cap["estimate"]) < 0.03 and cap["ci_low"] < 0 < cap["ci_high"]
-  # More label draws narrow the interval.
-  wide = score_stats.capacity(correct[:200, :1], n, num_boot=400)
-  assert wide["ci_high"] - wide["ci_low"] > cap["ci_high"] - cap["ci_low"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -180,83 +112,6 @@ def test_a_planted_memorizable_example_ranks_first_at_its_own_index(tiny_config,
 # ---------------------------------------------------------------------------------------------------
 # External scores and the image grid
 # ---------------------------------------------------------------------------------------------------
-
-
-def _synthetic(m=60, num_classes=3, seed=0):
-  rng = np.random.default_rng(seed)
-  label = np.arange(m) % num_classes
-  p_own = rng.uniform(size=(1, m, 1)).astype(np.float32)
-  scored = np.ones(m, bool)
-  scored[5] = False
-  p_own[0, 5] = np.nan
-  return {
-    "index": np.arange(m),
-    "scored": scored,
-    "label": label,
-    "is_noisy": np.zeros(m, bool),
-    "layers": np.array(["pre_logits"]),
-    "steps": np.array([10]),
-    "num_labels": np.array(10),
-    "p_own/pre_logits": p_own,
-    "margin/pre_logits": p_own - 0.5,
-    "correct/pre_logits": p_own > 0.5,
-  }
-
-
-def test_external_scores_are_aligned_by_index_and_order_is_checked_by_labels(tmp_path):
-  data = _synthetic()
-  ours = scores.score(data)
-  m = len(ours)
-  rng = np.random.default_rng(1)
-  theirs = 2 * np.nan_to_num(ours) + rng.normal(scale=0.3, size=m)  # related, not identical
-  perm = rng.permutation(m)  # the file lists examples in another order, with an index column
-  path = str(tmp_path / "external.npz")
-  np.savez(path, index=perm, tr_mem=theirs[perm], tr_labels=data["label"][perm])
-  index, score, ext_labels = external_scores.load_external(path, "tr_mem", "tr_labels")
-  out = external_scores.correlate_external(data, ours, index, score, ext_labels)
-  ok = np.arange(m) != 5
-  assert out["spearman"] == pytest.approx(stats.spearmanr(ours[ok], theirs[ok]).statistic)
-  assert out["label_agreement"] == 1.0 and out["num_examples"] == m - 1
-
-  # The same scores in index order without an index array (Feldman-Zhang style) give the same result ...
-  np.savez(path, tr_mem=theirs, tr_labels=data["label"])
-  index, score, ext_labels = external_scores.load_external(path, "tr_mem", "tr_labels")
-  assert (
-    external_scores.correlate_external(data, ours, index, score, ext_labels)["spearman"] == out["spearman"]
-  )
-  # ... and a CSV keyed by index too.
-  csv_path = tmp_path / "external.csv"
-  csv_path.write_text("index,score,label\n" + "".join(f"{i},{theirs[i]},{data['label'][i]}\n" for i in perm))
-  index, score, ext_labels = external_scores.load_external(str(csv_path))
-  assert external_scores.correlate_external(data, ours, index, score, ext_labels)[
-    "spearman"
-  ] == pytest.approx(out["spearman"])
-  # A file in another order (its labels disagree) is refused before correlating.
-  np.savez(path, tr_mem=theirs[perm], tr_labels=data["label"][perm])
-  with pytest.raises(ValueError, match="order"):
-    external_scores.correlate_external(
-      data, ours, *external_scores.load_external(path, "tr_mem", "tr_labels")
-    )
-
-
-def test_select_per_class_and_image_grid(tmp_path):
-  data = _synthetic()
-  values = scores.score(data)
-  sel = image_grid.select_per_class(values, data["label"], k=3)
-  assert sorted(sel) == [0, 1, 2]
-  for c, (most, least) in sel.items():
-    members = [i for i in range(60) if data["label"][i] == c and i != 5]
-    ranked = sorted(members, key=lambda i: -values[i])
-    assert list(most) == ranked[:3] and list(least) == ranked[::-1][:3]
-    assert 5 not in most and 5 not in least  # unscored examples are never shown
-  images = np.random.default_rng(0).uniform(size=(60, 8, 8, 1))
-  path = str(tmp_path / "grid.png")
-  mosaic = image_grid.save_image_grid(path, images, sel, values, title="test")
-  assert os.path.getsize(path) > 1000 and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-  assert mosaic.shape == (3 * 9, 2 * 3 * 9 + 4, 3)
-  # The first tile of row 0 is the most memorized example of class 0 (min-max scaled).
-  tile = images[sel[0][0][0], ..., 0]
-  np.testing.assert_allclose(mosaic[:8, :8, 0], (tile - tile.min()) / (tile.max() - tile.min()), rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Per-example scores from elsewhere (e.g. Feldman & Zhang's memorization estimates), keyed by the dataset
-index, and their rank correlation with ours (docs/design.md §4).
+"""Per-example scores from elsewhere, keyed by the dataset index, and their rank correlation with ours.
+
+The scores are e.g. Feldman & Zhang's memorization estimates (docs/design.md §4).
 
 The index is the only key (docs/design.md §2): an external file in another example order would correlate
 two unrelated lists, so when it carries class labels they are checked against ours first.

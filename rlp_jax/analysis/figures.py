@@ -65,8 +65,11 @@ def chance_line(ax, value, label="chance 1/n"):
 
 
 def show_chance(ax, chance: float | None, log_below: float = LOG_BELOW):
-  """After plotting: a log y axis when ``chance`` is too small to see on a linear one, with the lower
-  limit below both chance and the lowest value drawn (a line at the axis' edge is easily missed)."""
+  """After plotting: a log y axis when ``chance`` is too small to see on a linear one.
+
+  The lower limit goes below both chance and the lowest value drawn (a line at the axis' edge is easily
+  missed).
+  """
   if chance is None or chance >= log_below:
     return
   # Data lines only: a vertical marker (the λ axis break) spans the axes, not the data.
@@ -110,7 +113,9 @@ def palette(n: int, cmap: str = "viridis"):
 def layer_sort_key(name: str):
   """Model order: block_1, block_2, ..., block_10, ..., then pre_logits (and anything else by name)."""
   m = re.fullmatch(r"block_(\d+)", name)
-  return (0, int(m.group(1)), "") if m else (2 if name == "pre_logits" else 1, 0, name)
+  if m:
+    return (0, int(m.group(1)), "")
+  return (2 if name == "pre_logits" else 1, 0, name)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -121,7 +126,9 @@ def layer_sort_key(name: str):
 def main_layer(run: RunLogs) -> str | None:
   """The layer of Fig. 2A: ``pre_logits`` if measured, else the deepest measured layer."""
   layers = run.layers()
-  return "pre_logits" if "pre_logits" in layers else (layers[-1] if layers else None)
+  if "pre_logits" in layers:
+    return "pre_logits"
+  return layers[-1] if layers else None
 
 
 def plot_accuracy(ax, run: RunLogs) -> dict:

@@ -28,8 +28,11 @@ from rlp_jax.analysis.run_logs import LAMBDA, RunLogs, differing_keys, run_label
 
 
 def lambda_positions(lams: Sequence[float], all_lams: Sequence[float] | None = None):
-  """x positions on a log10 axis for λ values; λ = 0 goes one decade left of the smallest λ > 0 among
-  ``all_lams`` (default: ``lams``). Returns (positions, the position of λ = 0 or None)."""
+  """x positions on a log10 axis for λ values, with λ = 0 one decade left of the smallest λ > 0.
+
+  The smallest λ > 0 is taken among ``all_lams`` (default: ``lams``). Returns (positions, the position of
+  λ = 0 or None).
+  """
   lams = np.asarray(lams, float)
   ref = np.asarray(lams if all_lams is None else all_lams, float)
   pos = ref[ref > 0]
@@ -142,9 +145,22 @@ def plot_lambda_curves(axes, runs: Sequence[RunLogs], layer: str | None = None) 
   return data
 
 
+def _chance(ordered: Sequence[RunLogs], prefix: str) -> float | None:
+  """Chance for a per-layer panel: 1/n of the random labels (``rlp``), 1/classes (``probe``)."""
+  if not ordered:
+    return None
+  if prefix == "probe":
+    return ordered[0].class_chance
+  rlp_layers = ordered[0].layers()
+  return ordered[0].chance(rlp_layers[0]) if prefix == "rlp" and rlp_layers else None
+
+
 def plot_per_layer(axes, runs: Sequence[RunLogs]) -> dict:
-  """Figs. 8/9: final random-label accuracy (left) and probe train / test accuracy (middle, right) per layer,
-  one line per run. A layer without a head (or probe) is a gap: no line is drawn across it."""
+  """Figs. 8/9: final random-label accuracy and probe train / test accuracy per layer, one line per run.
+
+  Random-label accuracy is on the left, probe train and test accuracy in the middle and on the right. A layer
+  without a head (or probe) is a gap: no line is drawn across it.
+  """
   keys = differing_keys(runs)
   ordered = sorted(runs, key=lambda r: (float(r.config.get(LAMBDA, 0.0)), r.name))
   colors = palette(len(ordered))
@@ -171,12 +187,7 @@ def plot_per_layer(axes, runs: Sequence[RunLogs]) -> dict:
       data[f"{prefix}/{suffix} {label}"] = (present, y_all[np.isfinite(y_all)])
     ax.set_xticks(range(len(layer_order)))
     ax.set_xticklabels(layer_order, rotation=30, ha="right")
-    rlp_layers = ordered[0].layers() if ordered else []
-    chance = (
-      ordered[0].chance(rlp_layers[0])
-      if prefix == "rlp" and rlp_layers
-      else (ordered[0].class_chance if prefix == "probe" and ordered else None)
-    )
+    chance = _chance(ordered, prefix)
     chance_line(ax, chance, "chance 1/n" if prefix == "rlp" else "chance 1/classes")
     finish(ax, "layer (input → output)", ylabel, title)
     show_chance(ax, chance)

@@ -50,8 +50,10 @@ GROUND_TRUTH_FILE = "ground_truth.npz"
 
 
 def load_examples(config, info, split: str) -> dict[str, np.ndarray]:
-  """Every example of ``split`` ('train_eval': the trained-on ones, with their training labels; 'test'),
-  unaugmented, as host arrays in index order."""
+  """Every example of ``split``, unaugmented, as host arrays in index order.
+
+  ``split`` is 'train_eval' (the trained-on ones, with their training labels) or 'test'.
+  """
   rows = []
   for batch in input_pipeline.eval_batches(config, info, split):
     keep = batch["mask"]
@@ -69,10 +71,12 @@ def subset_masks(seed: int, num_models: int, num_examples: int, rate: float) -> 
 
 
 def estimates(correct: np.ndarray, in_mask: np.ndarray, *, num_boot: int = 1000, seed: int = 0) -> dict:
-  """Per example (M,): ``mem = p_in - p_out``, ``p_in``, ``p_out``, ``num_in``, ``num_out`` from (K, M)
-  correctness and membership, and ``mem_low``/``mem_high``: a 95% percentile-bootstrap interval that
-  resamples the K models (vectorized: a resample is a count per model). NaN where an example was never
-  (or always) held out."""
+  """Per-example estimates ``mem = p_in - p_out`` from (K, M) correctness and membership.
+
+  Returns, per example (M,): ``mem``, ``p_in``, ``p_out``, ``num_in``, ``num_out``, and
+  ``mem_low``/``mem_high``: a 95% percentile-bootstrap interval that resamples the K models (vectorized: a
+  resample is a count per model). NaN where an example was never (or always) held out.
+  """
   c, inn = np.asarray(correct, np.float64), np.asarray(in_mask, np.float64)
   out = 1.0 - inn
 
@@ -125,8 +129,11 @@ class Ensemble:
     self.predict = jax.jit(self._predict)
 
   def _steps(self, states, images, targets, order, keys):
-    """One step of every copy: ``states`` a list of (params, stats, opt_state), ``order`` (K, B) indices
-    into ``images``, ``keys`` (K,) dropout keys."""
+    """One training step of every model copy.
+
+    ``states`` is a list of (params, stats, opt_state), ``order`` (K, B) indices into ``images``, ``keys``
+    (K,) dropout keys.
+    """
     out = []
     for (params, stats, opt_state), idx, key in zip(states, order, keys, strict=True):
       (_, stats), grads = jax.value_and_grad(self._loss, has_aux=True)(
@@ -145,9 +152,11 @@ class Ensemble:
     return jnp.argmax(logits, -1)
 
   def train(self, seed: int, first: int, masks: np.ndarray, images, targets) -> list:
-    """Trains models ``first .. first + len(masks) - 1`` on their subsets; returns their (params, stats,
-    opt_state). Model k's init and dropout keys fold k into the seed; its order is seeded by
-    (seed, k, epoch)."""
+    """Trains models ``first .. first + len(masks) - 1`` on their subsets and returns their states.
+
+    The states are (params, stats, opt_state). Model k's init and dropout keys fold k into the seed; its order
+    is seeded by (seed, k, epoch).
+    """
     keys = [jax.random.fold_in(jax.random.key(seed), first + j) for j in range(len(masks))]
     states = [self.init(key) for key in keys]
     members = [np.flatnonzero(m) for m in masks]
@@ -186,8 +195,10 @@ def compute(
   num_boot: int = 1000,
   log=print,
 ) -> dict[str, np.ndarray]:
-  """Trains ``num_models`` models on ``rate`` subsets, writes ``output`` (.npz; None: not written) and returns
-  its arrays."""
+  """Trains ``num_models`` models on ``rate`` subsets, writes ``output`` and returns its arrays.
+
+  ``output`` is a .npz file (None: not written).
+  """
   info = input_pipeline.get_info(config)
   train = load_examples(config, info, "train_eval")
   test = load_examples(config, info, "test")
@@ -272,8 +283,11 @@ def check_aligned(ground: Mapping[str, np.ndarray], scores: Mapping[str, np.ndar
 
 
 def describe(data: Mapping[str, np.ndarray]) -> str:
-  """A few lines: the models' test accuracy, mem's spread and interval width, and with label noise the
-  mean mem of noisy vs clean examples and the AUC of mem for the noisy ones (the planted memorized set)."""
+  """A few lines: the models' test accuracy, mem's spread and interval width, and the noisy examples' mem.
+
+  The last only with label noise: the mean mem of noisy vs clean examples and the AUC of mem for the noisy
+  ones (the planted memorized set).
+  """
   scored = data["scored"]
   mem = data["mem"][scored]
   width = (data["mem_high"] - data["mem_low"])[scored]
@@ -302,10 +316,13 @@ def correlate(
   num_boot: int = 1000,
   top_share: float = 0.1,
 ) -> dict:
-  """Every score variant (``memorization.score_variants``) at the last scored step against ``mem``:
-  Spearman with a bootstrap interval over examples, and the overlap of the top ``top_share`` of examples
-  (chance: ``top_share``). ``by_models``: the same for the first K' models' estimate, K' doubling up to
-  K, so that one sees where the interval stops narrowing."""
+  """Every score variant at the last scored step against ``mem``: Spearman and top-share overlap.
+
+  The variants are those of ``memorization.score_variants``. Spearman comes with a bootstrap interval over
+  examples; the overlap is of the top ``top_share`` of examples (chance: ``top_share``). ``by_models``: the
+  same for the first K' models' estimate, K' doubling up to K, so that one sees where the interval stops
+  narrowing.
+  """
   from rlp_jax.analysis import scores  # the per-example score file's reader
 
   check_aligned(ground, scores_data)
@@ -322,7 +339,7 @@ def correlate(
         {
           "score": kind,
           "layer": layer,
-          "heads": "" if layer is None else ("mean" if head is None else f"head {head}"),
+          "heads": score_stats.heads_label(layer, head, mean="mean"),
           **score_stats.spearman_ci(values, mem_values, num_boot=num_boot),
           "top_overlap": score_stats.top_k_overlap(values, mem_values, k_top),
         }

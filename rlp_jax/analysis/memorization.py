@@ -1,6 +1,7 @@
-r"""The memorization summary of a run (docs/design.md §4): from the per-example scores (analysis/scores.py),
-the capacity per layer, the noisy-vs-clean AUC, the image grid and an external correlation, written to
-``DIR/memorization.json`` (which the report shows).
+r"""The memorization summary of a run (docs/design.md §4), written to ``DIR/memorization.json``.
+
+From the per-example scores (analysis/scores.py): the capacity per layer, the noisy-vs-clean AUC, the image
+grid and an external correlation. The report shows ``DIR/memorization.json``.
 
   capacity   the mean chance-corrected random-label accuracy over K independent label draws
              (``config.rlp.num_heads=K``) with a bootstrap confidence interval: an empirical
@@ -43,9 +44,11 @@ def analyze(
   ground: Mapping[str, np.ndarray] | None = None,
   num_boot: int = 1000,
 ) -> dict:
-  """Capacity per layer, noisy-vs-clean AUC, the image grid and the external correlation -> a dict
-  (also written to ``DIR/memorization.json``). ``data`` is what ``scores.compute`` wrote; everything is
-  of its last checkpoint. ``external`` is ``external_scores.load_external``'s ``(index, score, labels)``."""
+  """Capacity per layer, noisy-vs-clean AUC, the image grid and the external correlation -> a dict.
+
+  The dict is also written to ``DIR/memorization.json``. ``data`` is what ``scores.compute`` wrote; everything
+  is of its last checkpoint. ``external`` is ``external_scores.load_external``'s ``(index, score, labels)``.
+  """
   layers = [str(x) for x in data["layers"]]
   layer = layer or layers[-1]
   values = scores.score(data, kind, layer)
@@ -75,9 +78,11 @@ def analyze(
 
 
 def score_variants(data: Mapping[str, np.ndarray]) -> list[tuple[str, str | None, int | None]]:
-  """``(kind, layer, head)`` of every score the noisy-vs-clean table compares: per layer the RLP heads'
-  p_own and margin averaged over heads, p_own of head 0 alone when there are several, the offline heads'
-  p_own where computed; then the class loss (no layer)."""
+  """``(kind, layer, head)`` of every score the noisy-vs-clean table compares.
+
+  Per layer: the RLP heads' p_own and margin averaged over heads, p_own of head 0 alone when there are
+  several, the offline heads' p_own where computed; then the class loss (no layer).
+  """
   out = []
   for layer in (str(x) for x in data["layers"]):
     out += [("p_own", layer, None), ("margin", layer, None)]
@@ -108,7 +113,7 @@ def noisy_vs_clean(data: Mapping[str, np.ndarray], *, num_boot: int = 1000) -> l
         {
           "score": kind,
           "layer": layer,
-          "heads": "" if layer is None else (f"head {head}" if head is not None else f"mean of {heads}"),
+          "heads": score_stats.heads_label(layer, head, mean=f"mean of {heads}"),
           "step": int(step),
           "epoch": float(data["epochs"][pos]),
           **score_stats.roc_auc_ci(values, noisy, num_boot=num_boot),
@@ -118,9 +123,12 @@ def noisy_vs_clean(data: Mapping[str, np.ndarray], *, num_boot: int = 1000) -> l
 
 
 def fit_of_training_labels(data: Mapping[str, np.ndarray]) -> dict:
-  """How far the scored checkpoint has fitted the labels it trained on (class accuracy on them, from the
-  class margin: > 0 iff predicted), overall and on the noisy and clean examples: the regime a per-example
-  reading belongs to (before the noise is fitted, the class loss flags noisy labels; after, it cannot)."""
+  """How far the scored checkpoint has fitted the labels it trained on, overall and on noisy and clean ones.
+
+  The fit is the class accuracy on those labels, from the class margin (> 0 iff predicted), overall and on the
+  noisy and clean examples: the regime a per-example reading belongs to (before the noise is fitted, the
+  class loss flags noisy labels; after, it cannot).
+  """
   if "class_margin" not in data:
     return {}
   scored = data["scored"]

@@ -28,8 +28,11 @@ OFFLINE_FILE = "offline.jsonl"
 def offline_record(
   exp, step: int, accuracy: Mapping[str, np.ndarray], online: Mapping | None, *, steps_per_epoch: int
 ) -> dict:
-  """One line of offline.jsonl: ``offline/<layer>/{accuracy,chance,chance_corrected,head_k/accuracy}``
-  beside the online head's ``online/<layer>/{accuracy,chance_corrected}`` at the same step, if logged."""
+  """One line of offline.jsonl: the offline heads' metrics beside the online head's at the same step.
+
+  The offline heads' are ``offline/<layer>/{accuracy,chance,chance_corrected,head_k/accuracy}``, the online
+  head's ``online/<layer>/{accuracy,chance_corrected}`` (if logged).
+  """
   rec: dict = {"step": int(step), "epoch": step / steps_per_epoch}
   rec.update(metrics.accuracy_metrics(accuracy, exp.num_labels, prefix="offline"))
   for layer in accuracy:

@@ -1,5 +1,6 @@
-"""The tables and figures of a small reproduction of the paper (configs/paper_<dataset>.py, docs/results.md):
-the sweep's runs sorted by experiment, aggregated over seeds with intervals, drawn and tabulated.
+"""The tables and figures of a small reproduction of the paper (configs/paper_<dataset>.py, docs/results.md).
+
+The sweep's runs sorted by experiment, aggregated over seeds with intervals, drawn and tabulated.
 
 ``write(root, out)`` reads only logs (metrics.jsonl, offline.jsonl, memorization.json; analysis/run_logs.py)
 and writes ``out/*.png`` and ``out/tables.md``. Per-run figures are the report's own (analysis/figures.py);
@@ -30,9 +31,12 @@ def _get(run: RunLogs, key: str, default=None):
 
 
 def classify(root: str, base_width: int) -> dict[str, list[RunLogs]]:
-  """The sweep's runs by experiment: ``lambda`` (Figs. 4/5), ``noise`` (Fig. 7C), ``shuffled`` (A.2),
-  ``width`` (A.9, λ = 0 and seed 0, the base width included) and ``fig2`` (the λ = 0, seed 0 run of the
-  base width: the reproduction config's ``model.width``)."""
+  """The sweep's runs by experiment: ``lambda``, ``noise``, ``shuffled``, ``width`` and ``fig2``.
+
+  ``lambda`` (Figs. 4/5), ``noise`` (Fig. 7C), ``shuffled`` (A.2), ``width`` (A.9, λ = 0 and seed 0, the
+  base width included) and ``fig2`` (the λ = 0, seed 0 run of the base width: the reproduction config's
+  ``model.width``).
+  """
   out: dict[str, list[RunLogs]] = collections.defaultdict(list)
   for run in find_runs([root]):
     plain = _get(run, "rlp.label_mode") == "fixed" and not _get(run, "label_noise")
@@ -79,8 +83,10 @@ def _by_lambda(runs: Sequence[RunLogs]) -> dict[float, list[RunLogs]]:
 
 
 def plot_lambda_seeds(axes, runs: Sequence[RunLogs]) -> dict:
-  """Figs. 4/5 with seeds: final random-label, train and test accuracy vs λ, each seed a dot, the mean
-  with its 95% t-interval as an error bar."""
+  """Figs. 4/5 with seeds: final random-label, train and test accuracy vs λ.
+
+  Each seed is a dot, the mean with its 95% t-interval an error bar.
+  """
   groups = _by_lambda(runs)
   lams = np.array(sorted(groups))
   x, _ = figures_across_runs.lambda_positions(lams)
@@ -105,8 +111,11 @@ def plot_lambda_seeds(axes, runs: Sequence[RunLogs]) -> dict:
 
 
 def plot_controls(axes, runs: dict[str, list[RunLogs]], base_width: int, num_train: int):
-  """Fig. 7C (test accuracy per seed, λ = 0 vs the largest λ, label noise), A.9 (random-label accuracy vs
-  width) and A.2 (shuffled vs fixed labels over training; ``num_train`` bounds the examples scored)."""
+  """The controls: Fig. 7C (label noise), A.9 (width) and A.2 (shuffled labels).
+
+  Fig. 7C: test accuracy per seed, λ = 0 vs the largest λ, label noise; A.9: random-label accuracy vs width;
+  A.2: shuffled vs fixed labels over training (``num_train`` bounds the examples scored).
+  """
   noise, width, shuffled = runs.get("noise", []), runs.get("width", []), runs.get("shuffled", [])
   data = {}
   ax = axes[0]
@@ -211,8 +220,10 @@ def noise_table(runs: Sequence[RunLogs]) -> list[str]:
 
 
 def auc_table(runs: Sequence[RunLogs]) -> list[str]:
-  """Noisy-vs-clean AUC per score at the last checkpoint (mean over the runs of each λ, and the range of
-  the runs' bootstrap intervals), and the best (score, checkpoint) of each run."""
+  """Noisy-vs-clean AUC per score at the last checkpoint, and the best (score, checkpoint) of each run.
+
+  The AUC per score is the mean over the runs of each λ, with the range of the runs' bootstrap intervals.
+  """
   rows, best = [], []
   for lam, group in _by_lambda(runs).items():
     mems = [r.memorization for r in group if r.memorization and "noisy_vs_clean" in r.memorization]

@@ -63,8 +63,11 @@ class FigureSpec:
 
 
 def default_out(paths: Sequence[str]) -> str:
-  """Where the report goes without ``--out``: see the module docstring. Never a filesystem root's
-  ``report`` (``/report``): runs in different trees have no directory the user would look in."""
+  """Where the report goes without ``--out``: see the module docstring.
+
+  Never a filesystem root's ``report`` (``/report``): runs in different trees have no directory the user
+  would look in.
+  """
   dirs = [os.path.abspath(p) for p in paths]
   parents = {os.path.dirname(d) for d in dirs}
   if len(dirs) == 1:

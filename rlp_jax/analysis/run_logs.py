@@ -1,5 +1,6 @@
-"""The logs of finished (or running) runs, as the report reads them (docs/design.md §6): one ``RunLogs`` per
-run directory, found from run directories or sweep roots, and what a set of runs varied.
+"""The logs of finished (or running) runs, as the report reads them (docs/design.md §6).
+
+One ``RunLogs`` per run directory, found from run directories or sweep roots, and what a set of runs varied.
 
 Reads ``metrics.jsonl``, ``config.json`` and, where present, ``offline.jsonl`` (``python -m rlp_jax.offline``)
 and ``memorization.json`` (``python -m rlp_jax.memorization``).
@@ -150,8 +151,10 @@ def run_label(run: RunLogs, keys: Sequence[str]) -> str:
 
 
 def setting(runs: Sequence[RunLogs]) -> str:
-  """What the runs share, for a figure's title: dataset, model, λ and n where they agree ('digits, cnn,
-  λ=0, n=200'); the run's directory name only when there is no config.json to tell."""
+  """What the runs share, for a figure's title: dataset, model, λ and n where they agree.
+
+  E.g. 'digits, cnn, λ=0, n=200'; the run's directory name only when there is no config.json to tell.
+  """
   if not any(r.config for r in runs):
     return ", ".join(r.name for r in runs)
   parts = []

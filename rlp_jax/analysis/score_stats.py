@@ -1,6 +1,7 @@
-"""Statistics of per-example scores (docs/design.md §4): rank correlation (with a bootstrap interval) and
-top-k overlap, noisy-vs-clean ROC AUC (with a bootstrap interval), and the capacity estimate with its
-bootstrap interval.
+"""Statistics of per-example scores (docs/design.md §4): rank correlation, top-k overlap, AUC and capacity.
+
+The rank correlation, the noisy-vs-clean ROC AUC and the capacity estimate each come with a bootstrap
+interval.
 
 Spearman and the AUC are the libraries' own (scipy, scikit-learn); what is ours is the handling of missing
 values: examples not scored (NaN) are dropped rather than ranked.
@@ -25,8 +26,10 @@ def finite_pairs(a, b) -> tuple[np.ndarray, np.ndarray]:
 
 
 def spearman(a, b) -> float:
-  """Spearman's rank correlation (average ranks for ties) over the pairs where both are finite; NaN with
-  fewer than two such pairs or a constant side."""
+  """Spearman's rank correlation (average ranks for ties) over the pairs where both are finite.
+
+  NaN with fewer than two such pairs or a constant side.
+  """
   a, b = finite_pairs(a, b)
   if len(a) < 2:
     return float("nan")
@@ -36,8 +39,10 @@ def spearman(a, b) -> float:
 
 
 def spearman_ci(a, b, *, num_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
-  """``spearman`` with a percentile-bootstrap interval (example pairs resampled with replacement). A
-  resample's ties (the repeated examples) are ranked by their average rank, as in ``spearman``."""
+  """``spearman`` with a percentile-bootstrap interval (example pairs resampled with replacement).
+
+  A resample's ties (the repeated examples) are ranked by their average rank, as in ``spearman``.
+  """
   a, b = finite_pairs(a, b)
   rho = spearman(a, b)
   out = {"spearman": rho, "ci_low": float("nan"), "ci_high": float("nan"), "level": level, "num": len(a)}
@@ -56,8 +61,10 @@ def spearman_ci(a, b, *, num_boot: int = 1000, level: float = 0.95, seed: int = 
 
 
 def top_k_overlap(a, b, k: int) -> float:
-  """Share of the ``k`` highest of ``a`` that are also among the ``k`` highest of ``b`` (finite pairs only;
-  chance is k / M)."""
+  """Share of the ``k`` highest of ``a`` that are also among the ``k`` highest of ``b``.
+
+  Finite pairs only; chance is k / M.
+  """
   a, b = finite_pairs(a, b)
   k = min(k, len(a))
   if k < 1:
@@ -68,9 +75,11 @@ def top_k_overlap(a, b, k: int) -> float:
 
 
 def roc_auc(score_values, positive) -> float:
-  """Area under the ROC curve of ``score`` for ``positive`` vs the rest: the probability that a random
-  positive scores above a random negative, ties counting one half. Unscored (NaN) examples are dropped;
-  NaN when either class is absent."""
+  """Area under the ROC curve of ``score`` for ``positive`` vs the rest.
+
+  The probability that a random positive scores above a random negative, ties counting one half. Unscored
+  (NaN) examples are dropped; NaN when either class is absent.
+  """
   s = np.asarray(score_values, np.float64)
   pos = np.asarray(positive, bool)
   ok = np.isfinite(s)
@@ -152,3 +161,13 @@ def capacity(correct, num_labels: int, *, num_boot: int = 1000, level: float = 0
     "num_examples": m,
     "per_head_accuracy": per_head.tolist(),
   }
+
+
+def heads_label(layer: str | None, head: int | None, *, mean: str) -> str:
+  """The ``heads`` column of a score table.
+
+  Empty for a score without heads, ``head i`` for one head, ``mean`` (as the caller words it) for their mean.
+  """
+  if layer is None:
+    return ""
+  return mean if head is None else f"head {head}"

@@ -149,8 +149,11 @@ def _choose_steps(saved: list[int], steps) -> list[int]:
 
 
 def offline_scores(exp, params, batch_stats, layers, scored: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
-  """``offline_<kind>/<layer>`` (m, H) of fresh heads fitted to the frozen network (``exp.config.offline``'s
-  budget), on the examples ``scored`` marks (the trained-on ones, which offline heads fit, in index order)."""
+  """``offline_<kind>/<layer>`` (m, H) of fresh heads fitted to the frozen network.
+
+  The heads get ``exp.config.offline``'s budget and score the examples ``scored`` marks (the trained-on
+  ones, which offline heads fit, in index order).
+  """
   from flax import nnx
 
   from rlp_jax.training import offline_heads
@@ -177,8 +180,10 @@ def offline_scores(exp, params, batch_stats, layers, scored: np.ndarray, epoch: 
 
 
 def probe_scores(exp, params, batch_stats, layers, scored: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
-  """``probe_margin/<layer>``, ``probe_correct/<layer>`` (m, H) of the converged probe fitted to the frozen
-  network's features of the examples ``scored`` marks (in index order)."""
+  """``probe_margin/<layer>``, ``probe_correct/<layer>`` (m, H) of the converged probe on a frozen network.
+
+  The probe is fitted to the frozen network's features of the examples ``scored`` marks (in index order).
+  """
   from rlp_jax.heads import ridge_probe
   from rlp_jax.training import offline_heads
 
@@ -292,9 +297,11 @@ def load(path: str) -> dict[str, np.ndarray]:
 def score(
   data: Mapping[str, np.ndarray], kind: str = "p_own", layer: str | None = None, step=-1, head=None
 ) -> np.ndarray:
-  """One number per example (length m, NaN where not scored): ``kind`` averaged over the heads (or head
-  ``head`` alone) at ``step`` (a saved step number, or -1 for the last one computed), on ``layer``
-  (default: the last layer; the class kinds have none)."""
+  """One number per example (length m, NaN where not scored): ``kind`` at ``step`` on ``layer``.
+
+  ``kind`` is averaged over the heads (or head ``head`` alone); ``step`` is a saved step number, or -1 for
+  the last one computed; ``layer`` defaults to the last layer (the class kinds have none).
+  """
   if kind not in ALL_KINDS:
     raise UserError(f"score kind must be one of {ALL_KINDS}, got {kind!r}")
   steps = list(np.asarray(data["steps"]))

@@ -161,7 +161,9 @@ def sweep_from_config_file(config_arg: str):
   """The ``get_sweep(arg)`` of a config file ``path[:arg]``, or None when it defines none."""
   path, _, arg = config_arg.partition(":")
   fn = getattr(config_args.load_module(path), "get_sweep", None)
-  return None if fn is None else fn(arg) if arg else fn()
+  if fn is None:
+    return None
+  return fn(arg) if arg else fn()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -284,7 +286,9 @@ def _cell(v) -> str:
   if v is None:
     return ""
   if isinstance(v, float):
-    return "nan" if math.isnan(v) else format(v, "g") if v.is_integer() else f"{v:.4f}"
+    if math.isnan(v):
+      return "nan"
+    return format(v, "g") if v.is_integer() else f"{v:.4f}"
   return str(v)
 
 

@@ -135,8 +135,10 @@ def keyed_permutation(key, index, size: int) -> np.ndarray:
 
 
 def exact_count(rate: float, num_examples: int) -> int:
-  """``⌊rate·m⌋`` with ``rate`` read as the decimal it is written as: 0.29 of 100 is 29, not 28 (the binary
-  float 0.29 is a hair below 0.29, and ``floor(0.29 * 100)`` would drop one example)."""
+  """``⌊rate·m⌋`` with ``rate`` read as the decimal it is written as: 0.29 of 100 is 29, not 28.
+
+  The binary float 0.29 is a hair below 0.29, and ``floor(0.29 * 100)`` would drop one example.
+  """
   return math.floor(fractions.Fraction(repr(float(rate))) * num_examples)
 
 
@@ -168,8 +170,9 @@ def fraction_mask(seed: int, num_examples: int, fraction: float) -> np.ndarray:
 
 
 def noise_mask(seed: int, index, rate: float, *, num_examples: int, fraction: float = 1.0) -> np.ndarray:
-  """Which examples get a wrong class label (Fig. 7C): exactly ``⌊rate·m'⌋`` of the ``m' = ⌊fraction·m⌋``
-  trained-on examples, ``m`` being the full split's size.
+  """Which examples get a wrong class label (Fig. 7C): exactly ``⌊rate·m'⌋`` of the trained-on examples.
+
+  The trained-on examples number ``m' = ⌊fraction·m⌋``, ``m`` being the full split's size.
 
   A trained-on example's selection rank ``r ∈ [0, m')`` is ranked again by a keyed bijection ``π_N`` on
   ``[0, m')`` (key ``hash32(seed, NOISE_RANK)``); it is noisy iff ``π_N(r) < ⌊rate·m'⌋``. So the count is
@@ -209,8 +212,10 @@ def noisy_labels(
 
 
 def subset_mask(seed: int, model: int, num_examples: int, rate: float) -> np.ndarray:
-  """Which of ``num_examples`` examples model ``model`` of a Feldman-Zhang ensemble trains on: exactly
-  ``⌊rate·M⌋`` of them, ranked by the keyed bijection with key ``hash32(seed, SUBSET, model)``."""
+  """Which of ``num_examples`` examples model ``model`` of a Feldman-Zhang ensemble trains on.
+
+  Exactly ``⌊rate·M⌋`` of them, ranked by the keyed bijection with key ``hash32(seed, SUBSET, model)``.
+  """
   keep = exact_count(rate, num_examples)
   if not 0 < keep < num_examples:
     raise UserError(f"a subset rate of {rate} keeps {keep} of {num_examples} examples; use a rate in (0, 1).")

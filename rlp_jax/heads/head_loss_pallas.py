@@ -61,8 +61,11 @@ def _pow2(v):
 
 
 def _logits(x_ref, rows, w_ref, w_cols, b_ref, y, start, *, bb, bn, bk, kb, num_valid, dt):
-  """(tile s = x W + b with padding labels at -inf, is_target, global columns) of rows ``rows`` of x_ref and
-  columns ``w_cols`` of w_ref/b_ref (global labels [start, start + bn)), a loop over D's BLOCK_K slices."""
+  """One tile s = x W + b of rows ``rows`` of x_ref and columns ``w_cols`` of w_ref/b_ref.
+
+  Returns (tile s with padding labels at -inf, is_target, global columns); the columns are the global labels
+  [start, start + bn). A loop over D's BLOCK_K slices.
+  """
 
   def k_step(k, s):
     d = pl.ds(pl.multiple_of(k * bk, bk), bk)
@@ -164,8 +167,11 @@ def _pad(a, axis, size, value=0):
 
 
 class _Layout:
-  """Head-major, padded operands: x (Hx, Bp, Dp) with Hx = H or 1 (shared), W (H, Dp, Np), b (H, 1, Np),
-  labels (H, Bp); bb, bn, bk, bd the tile sizes (powers of two)."""
+  """Head-major, padded operands and their tile sizes.
+
+  x (Hx, Bp, Dp) with Hx = H or 1 (shared), W (H, Dp, Np), b (H, 1, Np), labels (H, Bp); bb, bn, bk, bd the
+  tile sizes (powers of two).
+  """
 
   def __init__(self, x, kernel, bias, labels, spec, block_b, block_n):
     b, (h, d, n) = x.shape[0], kernel.shape

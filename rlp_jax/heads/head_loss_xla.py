@@ -1,5 +1,6 @@
-"""head_loss's XLA backend: the label axis in blocks (``chunk`` labels at a time), on one device or
-label-sharded over the mesh's ``model`` axis, merged with an online log-sum-exp (docs/design.md §3).
+"""head_loss's XLA backend: the label axis in blocks, merged with an online log-sum-exp (docs/design.md §3).
+
+The blocks are ``chunk`` labels at a time, on one device or label-sharded over the mesh's ``model`` axis.
 
 ``forward`` returns the statistics and what the backward pass needs; ``backward_local`` (one label
 shard) and ``sharded`` (a shard_map over the mesh) return, per per-row scale c of head_loss's custom VJP,
@@ -40,8 +41,10 @@ def _masked(s, labels, first, spec: Spec):
 
 
 def _block_stats(s, is_target, first):
-  """What the losses need of one block: the others' (max, sum of exp), the target logit (0 when the
-  target is elsewhere), and the block's max and argmax for the accuracy."""
+  """What the losses need of one block: the others' (max, sum of exp), the target logit, max and argmax.
+
+  The target logit is 0 when the target is elsewhere; the block's max and argmax are for the accuracy.
+  """
   others = jnp.where(is_target, -jnp.inf, s)
   m_o = others.max(-1)
   return dict(
@@ -116,9 +119,11 @@ def backward_local(x, kernel, bias, labels, extras, scales, *, spec: Spec):
 
 
 def _backward(x, kernel, bias, labels, extras, scales, *, spec: Spec):
-  """(V Wᵀ, dkernels, dbiases) on this device, for logit gradients ``c ⊙ V``, one per scale c in
-  ``scales``: dW = (c ⊙ x)ᵀ V, db = cᵀ V. V Wᵀ (B, H, D) is shared by all scales (see _dxs); with
-  a sharded label axis it is the sum over this device's labels only."""
+  """(V Wᵀ, dkernels, dbiases) on this device, for logit gradients ``c ⊙ V``, one per scale c in ``scales``.
+
+  dW = (c ⊙ x)ᵀ V, db = cᵀ V. V Wᵀ (B, H, D) is shared by all scales (see _dxs); with a sharded label axis
+  it is the sum over this device's labels only.
+  """
   lse_o = extras[0]
   n_local = kernel.shape[-1]
   base = _offset(spec, n_local)

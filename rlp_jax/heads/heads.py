@@ -107,8 +107,11 @@ class ParallelHeads(nnx.Module):
     return x
 
   def inputs(self, u: jax.Array) -> jax.Array:
-    """What the output layer reads, from standardized features u: u itself (B, D), or per head
-    (B, H, D') after the LayerNorm's scale and shift and / or the hidden layer."""
+    """What the output layer reads, from standardized features u.
+
+    Either u itself (B, D), or per head (B, H, D') after the LayerNorm's scale and shift and / or the hidden
+    layer.
+    """
     x = u
     if self.norm:
       x = x[:, None, :] * self.scale[None] + self.shift[None]  # (B, H, D)
@@ -122,8 +125,11 @@ class ParallelHeads(nnx.Module):
 
 
 def norm_layers(config, feature_dims: Mapping[str, int]) -> frozenset[str]:
-  """The layers whose heads (and probes) put a LayerNorm before the dense layer: ``config.rlp.norm_layers``,
-  any of the names the model sows (``feature_dims``' keys), whether or not a head reads them."""
+  """The layers whose heads (and probes) put a LayerNorm before the dense layer.
+
+  These are ``config.rlp.norm_layers``, any of the names the model sows (``feature_dims``' keys), whether or
+  not a head reads them.
+  """
   return frozenset(configuration.parse_layers(config.rlp.norm_layers, list(feature_dims), "rlp.norm_layers"))
 
 

@@ -8,8 +8,10 @@ import numpy as np
 
 
 def accuracy_metrics(per_head: Mapping[str, np.ndarray], num_labels: int, prefix: str = "rlp") -> dict:
-  """``<prefix>/<layer>/{accuracy,chance,chance_corrected}`` (mean over heads) and, with several heads,
-  ``<prefix>/<layer>/head_<k>/accuracy``."""
+  """``<prefix>/<layer>/{accuracy,chance,chance_corrected}`` (mean over heads) and per-head accuracies.
+
+  With several heads, also ``<prefix>/<layer>/head_<k>/accuracy``.
+  """
   out = {}
   for name, acc in per_head.items():
     acc = np.asarray(acc, np.float64)

@@ -81,8 +81,11 @@ def _own_label_stats(probe: Probe, x: jax.Array, labels: jax.Array) -> tuple[jax
 
 
 def own_label_stats(probe: Probe, x, labels, *, row_chunk: int = 4096) -> dict[str, np.ndarray]:
-  """Per example and head (M, H): ``correct`` (argmax == own label, ties to the lowest label) and ``margin``
-  (the own label's score minus the largest other), from ``row_chunk`` rows of (·, H, n) scores at a time."""
+  """Per example and head (M, H): ``correct`` and ``margin`` of the own label.
+
+  ``correct``: argmax == own label, ties to the lowest label; ``margin``: the own label's score minus the
+  largest other. Computed from ``row_chunk`` rows of (·, H, n) scores at a time.
+  """
   parts = [
     _own_label_stats(probe, jnp.asarray(x[s : s + row_chunk]), jnp.asarray(labels[s : s + row_chunk]))
     for s in range(0, len(labels), row_chunk)

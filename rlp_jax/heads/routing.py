@@ -89,16 +89,21 @@ def parallel_head_stats(
 
 
 def route_inputs(x: jax.Array, kernel: jax.Array, bias: jax.Array):
-  """One output layer's two input sets, equal in value: L_rnd's ``(sg(x), kernel, bias)`` (the head moves)
-  and L_reg's ``(x, sg(kernel), sg(bias))`` (the features move), as routed_losses routes a head."""
+  """One output layer's two input sets, equal in value, as routed_losses routes a head.
+
+  L_rnd's ``(sg(x), kernel, bias)`` (the head moves) and L_reg's ``(x, sg(kernel), sg(bias))`` (the
+  features move).
+  """
   return (sg(x), kernel, bias), (x, sg(kernel), sg(bias))
 
 
 def routed_head_loss(x, kernel, bias, labels, reg_lambda: float, **stats_kwargs) -> jax.Array:
-  """``mean(ce) - λ·mean(log1m)`` of one output layer ``x @ kernel + bias`` (head_loss.head_stats's
-  shapes), routed as L_rnd + λ·L_reg: ce through L_rnd's inputs, log1m through L_reg's (route_inputs); at
-  λ = 0 only L_rnd is built. ``stats_kwargs`` go to head_loss.head_stats (num_valid, dtype, label_chunk,
-  loss_kernel)."""
+  """``mean(ce) - λ·mean(log1m)`` of one output layer ``x @ kernel + bias``, routed as L_rnd + λ·L_reg.
+
+  The shapes are head_loss.head_stats's. ce goes through L_rnd's inputs, log1m through L_reg's
+  (route_inputs); at λ = 0 only L_rnd is built. ``stats_kwargs`` go to head_loss.head_stats (num_valid,
+  dtype, label_chunk, loss_kernel).
+  """
   rnd, reg = route_inputs(x, kernel, bias)
   ce, log1m, _ = head_loss.head_stats(*rnd, labels, log1m_inputs=reg if reg_lambda else None, **stats_kwargs)
   return ce.mean() - reg_lambda * log1m.mean() if reg_lambda else ce.mean()

@@ -42,16 +42,20 @@ def load_module(path: str) -> types.ModuleType:
 
 
 def from_file(config_arg: str):
-  """``get_config(arg)`` of a config file named ``path[:arg]`` (``get_config()`` without an arg), as
-  ml_collections' ``--config=path[:arg]`` flag calls it."""
+  """``get_config(arg)`` of a config file named ``path[:arg]`` (``get_config()`` without an arg).
+
+  This is how ml_collections' ``--config=path[:arg]`` flag calls it.
+  """
   path, _, arg = config_arg.partition(":")
   get_config = load_module(path).get_config
   return get_config(arg) if arg else get_config()
 
 
 def flag_in_argv(argv: Sequence[str], name: str) -> str | None:
-  """The value of ``--name=V`` or ``--name V`` as written on a command line, before absl parses it (a
-  command whose flags depend on it: offline's --config is the saved config of its --workdir)."""
+  """The value of ``--name=V`` or ``--name V`` as written on a command line, before absl parses it.
+
+  For a command whose flags depend on it: offline's --config is the saved config of its --workdir.
+  """
   for i, a in enumerate(argv):
     if a.startswith(f"--{name}="):
       return a.split("=", 1)[1]

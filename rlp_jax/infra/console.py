@@ -36,9 +36,12 @@ def _quiet(record: pylogging.LogRecord) -> bool:
 
 
 class _ConsoleFormatter(pylogging.Formatter):
-  """A logged exception shows as its message line on the console, without the traceback: on a full disk
-  Orbax's save threads log one per file they could not write (dozens), while the command ends with one
-  ``error:`` line. The traceback stays in WORKDIR/logs/train.log (the record itself is not changed)."""
+  """A logged exception shows as its message line on the console, without the traceback.
+
+  On a full disk Orbax's save threads log one per file they could not write (dozens), while the command
+  ends with one ``error:`` line. The traceback stays in WORKDIR/logs/train.log (the record itself is not
+  changed).
+  """
 
   def format(self, record: pylogging.LogRecord) -> str:
     saved = record.exc_info, record.exc_text, record.stack_info
@@ -58,9 +61,11 @@ def setup() -> None:
 
 
 class _QuietFileHandler(pylogging.FileHandler):
-  """The training log on disk. A line it cannot write (a full or vanished disk) is dropped: the log is a
-  copy of what the libraries narrate, and the logging module's default would print a traceback per line on
-  the console, dozens of them before the one error line that says the disk is full (issue 23)."""
+  """The training log on disk; a line it cannot write (a full or vanished disk) is dropped.
+
+  The log is a copy of what the libraries narrate, and the logging module's default would print a traceback
+  per line on the console, dozens of them before the one error line that says the disk is full (issue 23).
+  """
 
   def handleError(self, record) -> None:  # noqa: N802 - the logging module's name
     del record
@@ -80,8 +85,11 @@ class _QuietFileHandler(pylogging.FileHandler):
 
 @contextlib.contextmanager
 def log_file(path: str, *, enabled: bool = True):
-  """Everything at INFO and above also goes to ``path`` while the block runs (local paths only: a
-  ``gs://`` workdir keeps the console). Opened only once the workdir is known to be ours to write."""
+  """Everything at INFO and above also goes to ``path`` while the block runs.
+
+  Local paths only: a ``gs://`` workdir keeps the console. Opened only once the workdir is known to be ours
+  to write.
+  """
   if not enabled or "://" in path:
     yield
     return
@@ -109,8 +117,10 @@ def _duration(seconds: float) -> str:
 
 
 class ProgressLine:
-  """``step 15/44 (34%)  116 steps/s  ETA 0:00:12`` rewritten in place on a terminal; nothing when the
-  output is a file or a pipe (a batch job's log keeps one line per epoch)."""
+  """``step 15/44 (34%)  116 steps/s  ETA 0:00:12`` rewritten in place on a terminal.
+
+  Nothing when the output is a file or a pipe (a batch job's log keeps one line per epoch).
+  """
 
   def __init__(self, total_steps: int, every_steps: int, stream=None):
     self._total, self._every = total_steps, max(1, every_steps)
@@ -149,8 +159,10 @@ _NATIVE_NOISE = (
 
 
 def import_quietly(module: str) -> None:
-  """Imports ``module`` with the C++ start-up lines above dropped from stderr; anything else it prints
-  (a real warning, an import error's message) is passed through."""
+  """Imports ``module`` with the C++ start-up lines above dropped from stderr.
+
+  Anything else it prints (a real warning, an import error's message) is passed through.
+  """
   if module in sys.modules or importlib.util.find_spec(module) is None:
     return  # absent (a GPU image with synthetic data only): whoever really needs it fails on import
   sys.stderr.flush()

@@ -55,9 +55,12 @@ def file_system_error(e: OSError) -> str:
 
 
 def run(main, define_flags=None) -> None:
-  """``absl.app.run(main)`` for a command: adds ``--debug``; a ``UserError`` ends the command with
-  ``error: ...`` on stderr and exit status 2. ``define_flags(argv)``, if given, defines flags that depend on
-  the command line (offline's ``--config`` is the saved config of ``--workdir``), with the same reporting."""
+  """``absl.app.run(main)`` for a command, with ``--debug`` added and user errors in one line.
+
+  A ``UserError`` ends the command with ``error: ...`` on stderr and exit status 2. ``define_flags(argv)``,
+  if given, defines flags that depend on the command line (offline's ``--config`` is the saved config of
+  ``--workdir``), with the same reporting.
+  """
   from absl import app, flags
 
   flags.DEFINE_bool("debug", False, "Show the Python traceback of a user error too.")
@@ -90,15 +93,20 @@ def run(main, define_flags=None) -> None:
 
 
 def _check_config_loaded(fv) -> None:
-  """ml_collections keeps a --config file it could not load as a placeholder that raises only when read;
-  read it now, before any work, so that the error is the first thing the command does."""
+  """Reads --config now, before any work, so that its error is the first thing the command does.
+
+  ml_collections keeps a --config file it could not load as a placeholder that raises only when read.
+  """
   if "config" in fv and type(fv["config"].value).__name__ == "_ErrorConfig":
     fv.config.keys  # noqa: B018 -- raises the loading error
 
 
 def _parse_flags(argv: list[str], define_flags=None) -> list[str]:
-  """absl's flag parsing, with its errors in one line too: a config file refusing its arg, a bad value,
-  a --config.KEY the config does not have (ml_collections raises AttributeError for that)."""
+  """absl's flag parsing, with its errors in one line too.
+
+  E.g. a config file refusing its arg, a bad value, a --config.KEY the config does not have (ml_collections
+  raises AttributeError for that).
+  """
   from absl import flags
 
   for arg in argv[1:]:
@@ -140,8 +148,11 @@ def _user_error(e: BaseException) -> UserError | None:
 
 
 def _last_line(message: str) -> str:
-  """ml_collections re-raises a config file's error with the traceback folded into the message; the user
-  needs its last line, the error itself, without the exception's module path."""
+  """The last line of a config file's error, the error itself, without the exception's module path.
+
+  ml_collections re-raises a config file's error with the traceback folded into the message; the user needs
+  only its last line.
+  """
   if "Traceback (most recent call last)" not in message:
     return message.splitlines()[0] if message else message
   last = [line for line in message.splitlines() if line.strip()][-1]

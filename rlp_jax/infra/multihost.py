@@ -25,8 +25,10 @@ def is_multihost(env=os.environ) -> bool:
 
 
 def initialize_args(env=os.environ) -> dict[str, int]:
-  """``jax.distributed.initialize`` arguments from ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` where set
-  (JAX reads ``JAX_COORDINATOR_ADDRESS`` itself, but not these two)."""
+  """``jax.distributed.initialize`` arguments from ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` where set.
+
+  JAX reads ``JAX_COORDINATOR_ADDRESS`` itself, but not these two.
+  """
   args = {}
   for key, name in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
     if name in env:

@@ -94,9 +94,12 @@ def append_jsonl(path: str, record: Mapping) -> None:
 
 
 def drop_records_after(path: str, step: int) -> int:
-  """Removes the records with a ``step`` past ``step`` (a resumed run redoes that part and logs it again);
-  returns how many. Every other line stays as it was, a damaged one included: it is reported when read,
-  never deleted. The file is rewritten only when there is something to drop, atomically."""
+  """Removes the records with a ``step`` past ``step``; returns how many.
+
+  A resumed run redoes that part and logs it again. Every other line stays as it was, a damaged one
+  included: it is reported when read, never deleted. The file is rewritten only when there is something to
+  drop, atomically.
+  """
   if not os.path.exists(path):
     return 0
   with open(path, "rb") as f:  # bytes: a damaged line is kept byte for byte, UTF-8 or not
@@ -235,8 +238,10 @@ def migrate(saved: Mapping) -> dict:
 
 
 def read_config(path: str):
-  """A saved config file (``config.json``, ``offline.config.json``), ``migrate``d, on top of today's defaults
-  (keys added since take their defaults, which reproduce what the run did); unlocked."""
+  """A saved config file (``config.json``, ``offline.config.json``), ``migrate``d, on top of today's defaults.
+
+  Keys added since take their defaults, which reproduce what the run did. The config comes back unlocked.
+  """
   config = configuration.base_config()
   try:
     _merge(config, migrate(read_json(path)))

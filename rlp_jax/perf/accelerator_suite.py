@@ -74,8 +74,10 @@ def shapes(accelerator: bool, scale: float) -> Shapes:
 
 
 def vit_config_path() -> Path:
-  """The repository's configs/vit_imagenet.py, found from the package's own place (not the working
-  directory): configs/ is not installed with the package, so the suite needs a checkout."""
+  """The repository's configs/vit_imagenet.py, found from the package's own place (not the working directory).
+
+  configs/ is not installed with the package, so the suite needs a checkout.
+  """
   path = Path(__file__).resolve().parents[2] / "configs" / "vit_imagenet.py"
   if not path.is_file():
     raise UserError(

@@ -88,8 +88,11 @@ def synthetic_batch(exp, seed: int = 0, *, abstract: bool = False) -> dict[str, 
 
 
 def compiled_costs(compiled) -> dict[str, float]:
-  """FLOPs and bytes accessed per step (XLA's cost analysis of the per-device program) and the
-  program's device memory: arguments + outputs - donated aliases + temporaries."""
+  """FLOPs and bytes accessed per step, and the program's device memory.
+
+  FLOPs and bytes come from XLA's cost analysis of the per-device program; the device memory is
+  arguments + outputs - donated aliases + temporaries.
+  """
   cost = compiled.cost_analysis()
   if isinstance(cost, list | tuple):  # older JAX returns one dict per device program
     cost = cost[0] if cost else None
@@ -224,8 +227,11 @@ def format_results(config, results) -> str:
 
 
 def input_throughput(config, *, num_batches: int = 50, epoch: int = 0) -> dict[str, float]:
-  """Examples/s of the real training pipeline (read, decode, augment, batch, attach labels) and the share
-  of that time spent attaching labels (hashing the index), which docs/design.md §2 wants negligible (< 2%)."""
+  """Examples/s of the real training pipeline and the share of that time spent attaching labels.
+
+  The pipeline reads, decodes, augments, batches and attaches labels; attaching labels (hashing the index)
+  is what docs/design.md §2 wants negligible (< 2%).
+  """
   info = input_pipeline.get_info(config)
   num_batches = min(num_batches, input_pipeline.steps_per_epoch(config, info))
   it = input_pipeline.train_batches(config, info, epoch)

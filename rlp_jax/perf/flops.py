@@ -188,9 +188,11 @@ def _own_flops(eqn) -> int:
 
 
 def jaxpr_flops(jaxpr) -> int:
-  """Matmul + convolution FLOPs of a (closed) jaxpr, over all devices: common subexpressions once, dead
-  code not at all. A while loop whose trip count is unknown counts its body once (``fori_loop`` with
-  static bounds is a scan and counts exactly)."""
+  """Matmul + convolution FLOPs of a (closed) jaxpr, over all devices.
+
+  Common subexpressions count once, dead code not at all. A while loop whose trip count is unknown counts
+  its body once (``fori_loop`` with static bounds is a scan and counts exactly).
+  """
   counter = _Counter()
   return counter.liveness(counter.walk(jaxpr))[0]
 

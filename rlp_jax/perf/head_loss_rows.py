@@ -92,8 +92,11 @@ def _max_diff(a, b):
 
 @dataclasses.dataclass(frozen=True)
 class _Impl:
-  """One head-loss row: its name, ``make(λ)`` -> a loss of (x, w, b) (None: tokamax's, made in the loop),
-  and whether it is a reference: 'autodiff' (time ratios, diff_autodiff) or 'ours' (FLOPs, diff_ours)."""
+  """One head-loss row: its name, ``make(λ)`` and whether it is a reference.
+
+  ``make(λ)`` -> a loss of (x, w, b) (None: tokamax's, made in the loop). A reference is 'autodiff' (time
+  ratios, diff_autodiff) or 'ours' (FLOPs, diff_ours).
+  """
 
   name: str
   make: Callable[[float], Callable] | None

@@ -102,9 +102,11 @@ class Checkpoints:
     self.snapshots.save(step, args=ocp.args.StandardSave(snap), force=True)
 
   def _one_in_flight(self, other) -> None:
-    """On several processes, one save at a time: Orbax finishes an async save with barriers named from a
-    per-process counter, and two managers finishing concurrently could reach them in different orders on
-    different hosts and wait forever. A single process has no barriers and overlaps both."""
+    """On several processes, one save at a time; a single process has no barriers and overlaps both.
+
+    Orbax finishes an async save with barriers named from a per-process counter, and two managers finishing
+    concurrently could reach them in different orders on different hosts and wait forever.
+    """
     if jax.process_count() > 1 and other is not None:
       other.wait_until_finished()
 
@@ -170,8 +172,11 @@ class Checkpoints:
     return None, abstract_state
 
   def analysis_steps(self, *, heads: bool) -> tuple[str, list[int]]:
-    """``(kind, steps)`` that the analysis can read at: the snapshots, or — when the heads are needed and
-    the snapshots were written without them — the resume checkpoints that are left."""
+    """``(kind, steps)`` that the analysis can read at: the snapshots, or the resume checkpoints left.
+
+    The resume checkpoints that are left are used when the heads are needed and the snapshots were written
+    without them.
+    """
     if heads and not self.heads_in_snapshots:
       kind, steps = RESUME_DIR, self.resume_steps()
     else:
@@ -180,8 +185,11 @@ class Checkpoints:
     return kind, steps
 
   def _warn_unlisted(self, kind: str, steps: list[int]) -> None:
-    """A step-named entry Orbax does not list (a broken or self-looping symlink, a file) is skipped, and
-    said so: the analysis then covers fewer checkpoints than the directory seems to hold."""
+    """Skips, and says so, the step-named entries Orbax does not list.
+
+    Such an entry is a broken or self-looping symlink, or a file. The analysis then covers fewer checkpoints
+    than the directory seems to hold.
+    """
     path = self.root / kind
     if not path.is_dir():
       return
@@ -193,8 +201,11 @@ class Checkpoints:
         )
 
   def restore_for_analysis(self, kind: str, step: int, abstract_state):
-    """A checkpoint the analysis reads; one that cannot be read is refused in one line naming it (a damaged
-    file, or a config.json beside it that describes another network or heads), and left as it is."""
+    """A checkpoint the analysis reads; one that cannot be read is refused in one line naming it.
+
+    Cannot be read: a damaged file, or a config.json beside it that describes another network or heads. A
+    refused checkpoint is left as it is.
+    """
     try:
       if kind == RESUME_DIR:
         return self.resume.restore(step, args=ocp.args.StandardRestore(abstract_state))
@@ -208,8 +219,11 @@ class Checkpoints:
       ) from None
 
   def restore_snapshot(self, step: int, abstract_state):
-    """The snapshot of ``step`` as a TrainState-like tree: ``abstract_state`` with params['model'] (and
-    params['rlp'] where the snapshot has it) and batch_stats restored; the rest stays abstract."""
+    """The snapshot of ``step`` as a TrainState-like tree.
+
+    ``abstract_state`` with params['model'] (and params['rlp'] where the snapshot has it) and batch_stats
+    restored; the rest stays abstract.
+    """
     target = snapshot_of(abstract_state, heads=self.heads_in_snapshots)
     snap = self.snapshots.restore(step, args=ocp.args.StandardRestore(target))
     params = dict(abstract_state.params, **snap["params"])

@@ -70,8 +70,11 @@ class Features:
 
 
 def _metric_sums(exp: Experiment, params, logits, feats, batch) -> dict[str, jax.Array]:
-  """Sums over the real (``mask``) examples of one batch: count, class correct and loss, and per layer the
-  random-label correct counts (H,) and probe correct counts."""
+  """Sums over the real (``mask``) examples of one batch.
+
+  Count, class correct and loss, and per layer the random-label correct counts (H,) and probe correct
+  counts.
+  """
   mask = batch["mask"]
   out = {
     "count": mask.sum(),
@@ -106,9 +109,11 @@ class Evaluator:
     self._sums = jax.jit(lambda params, logits, feats, batch: _metric_sums(exp, params, logits, feats, batch))
 
   def __call__(self, params, batch_stats, epoch: int) -> dict[str, float]:
-    """Class accuracy and loss on the fixed train subset and on test; random-label accuracy per head (on
-    the train subset, with the labels of ``epoch``; in ``shuffled`` mode with labels never trained on) and
-    probe accuracy per layer."""
+    """Class accuracy and loss, random-label accuracy per head, and probe accuracy per layer.
+
+    Class accuracy and loss are on the fixed train subset and on test; random-label accuracy is on the train
+    subset, with the labels of ``epoch`` (in ``shuffled`` mode with labels never trained on).
+    """
     exp = self.exp
     # docs/design.md §4: shuffled labels change every epoch, so epoch's own labels are ones the heads have
     # just fitted, and accuracy on them is above chance without anything memorized across epochs (A.2
@@ -145,9 +150,11 @@ class Evaluator:
 def head_logits(
   exp: Experiment, params, batch_stats, layers: Sequence[str], *, epoch: int, limit: int = -1
 ) -> Iterator[tuple[dict, Mapping[str, np.ndarray]]]:
-  """``(host batch, {layer: (B, H, n) logits on host})`` of the heads in ``params['rlp']`` for every
-  training example of the eval subset, with the random labels of ``epoch``. The host batch also holds the
-  network's own ``class_logits`` (B, C): the classifier's loss is the baseline per-example score."""
+  """``(host batch, {layer: (B, H, n) logits on host})`` of the heads in ``params['rlp']``.
+
+  For every training example of the eval subset, with the random labels of ``epoch``. The host batch also
+  holds the network's own ``class_logits`` (B, C): the classifier's loss is the baseline per-example score.
+  """
   features = Features(exp, layers)
 
   def logits(head_params, feats):

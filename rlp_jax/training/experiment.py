@@ -206,9 +206,12 @@ def build(
 
 
 def _check_heads_fit(config, dims, layers, num_labels: int, mesh) -> None:
-  """Refuses heads whose parameters and Adam moments (3 float32 copies) cannot fit one device's memory
-  (the host's on a CPU), before anything is allocated: ``rlp.num_heads=1e9`` would otherwise hang
-  allocating. Per device, the label axis is split over the mesh's ``model`` axis."""
+  """Refuses heads whose parameters and Adam moments cannot fit one device's memory.
+
+  Parameters and moments are 3 float32 copies; on a CPU the memory is the host's. Refused before anything
+  is allocated: ``rlp.num_heads=1e9`` would otherwise hang allocating. Per device, the label axis is split
+  over the mesh's ``model`` axis.
+  """
   rlp = config.rlp
   per_head = sum(
     (dims[k] + 1) * (rlp.hidden_dim or 0) + ((rlp.hidden_dim or dims[k]) + 1) * num_labels for k in layers

@@ -48,9 +48,12 @@ class _Preemption:
     self.requested = True
 
   def stop_now(self, step: int) -> bool:
-    """Whether to checkpoint and exit after ``step``. On several hosts all must stop at the same step (a
-    host leaving alone would deadlock the others' collectives), so JAX's preemption sync point — fed by
-    the coordination service, which sees SIGTERM on any host — decides there."""
+    """Whether to checkpoint and exit after ``step``.
+
+    On several hosts all must stop at the same step (a host leaving alone would deadlock the others'
+    collectives), so JAX's preemption sync point — fed by the coordination service, which sees SIGTERM on any
+    host — decides there.
+    """
     if jax.process_count() > 1:
       return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
@@ -226,8 +229,10 @@ def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> d
 
 
 def _refuse_logs_without_checkpoints(workdir: str) -> None:
-  """A fresh start in a workdir whose log records training means its checkpoints were lost: starting over
-  would overwrite that log with a new run's, so it is refused and nothing is changed."""
+  """Refuses a fresh start in a workdir whose log records training: its checkpoints were lost.
+
+  Starting over would overwrite that log with a new run's, so it is refused and nothing is changed.
+  """
   records = rundir.read_jsonl(os.path.join(workdir, rundir.METRICS_FILE))
   if records:
     last = max(r.get("step", 0) for r in records)

@@ -61,8 +61,10 @@ def extract_features(exp, model_params, batch_stats, layers, *, limit: int = -1,
 
 
 def standardized(features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Each feature z-scored over the examples given (constant features become 0): what the heads read with
-  ``offline.standardize``."""
+  """Each feature z-scored over the examples given (constant features become 0).
+
+  This is what the heads read with ``offline.standardize``.
+  """
   out = {}
   for name, f in features.items():
     f = np.asarray(f, np.float64)
@@ -108,8 +110,10 @@ def fit_heads(
 
 
 def _stats_by_layer(graphdef, params, feats, y, label_chunk: int) -> dict[str, HeadStats]:
-  """Per layer, the heads' statistics as the online heads compute them (head_loss.py): exact, and
-  chunked over labels like them, so the (M, H, n) logits never exist (n = m on ImageNet)."""
+  """Per layer, the heads' statistics as the online heads compute them (head_loss.py).
+
+  Exact, and chunked over labels like them, so the (M, H, n) logits never exist (n = m on ImageNet).
+  """
   heads = nnx.merge(graphdef, params).layers
   return {
     k: routing.parallel_head_stats(heads[k], heads[k].standardize(f), y, label_chunk=label_chunk)
@@ -126,8 +130,10 @@ def train_heads(
   batch_size: int,
   scale_free: bool = False,
 ):
-  """The trained heads of ``fit_heads`` as ``(graphdef, params)`` (``nnx.merge`` makes the ``LayerHeads``);
-  the per-example scores of offline heads apply them to the features (analysis/scores.py)."""
+  """The trained heads of ``fit_heads`` as ``(graphdef, params)`` (``nnx.merge`` makes the ``LayerHeads``).
+
+  The per-example scores of offline heads apply them to the features (analysis/scores.py).
+  """
   layers = list(features)
   heads = heads_lib.build_heads(
     exp.config,
@@ -174,8 +180,10 @@ def train_heads(
 
 
 def offline_accuracy(exp, model_params, batch_stats, layers=None) -> dict[str, np.ndarray]:
-  """Random-label accuracy (per layer, per head) of offline heads on a frozen network (on standardized
-  features with ``offline.standardize``)."""
+  """Random-label accuracy (per layer, per head) of offline heads on a frozen network.
+
+  The heads read standardized features with ``offline.standardize``.
+  """
   layers = list(layers or exp.rlp_layers)
   cfg = exp.config.offline
   feats, y = extract_features(exp, model_params, batch_stats, layers, limit=cfg.train_examples)
@@ -184,11 +192,13 @@ def offline_accuracy(exp, model_params, batch_stats, layers=None) -> dict[str, n
 
 
 def init_controls(exp, model_params, batch_stats, *, scale_free: bool) -> dict[str, dict[str, np.ndarray]]:
-  """The end-of-run table's controls on the network at initialization, from one feature extraction:
+  """The end-of-run table's controls on the network at initialization, from one feature extraction.
+
   ``offline_at_init`` (heads of the online heads' variant), with ``scale_free`` ``offline_at_init_scale_free``
   (a LayerNorm before every dense layer), with ``offline.ridge_probe`` ``probe_at_init`` (the converged
   probe). The pooled features grow ~15x in norm during training on digits, and a head's reach in a fixed
-  budget grows with them; the probe is blind to both scale and budget (docs/design.md §4)."""
+  budget grows with them; the probe is blind to both scale and budget (docs/design.md §4).
+  """
   cfg = exp.config.offline
   feats, y = extract_features(exp, model_params, batch_stats, list(exp.rlp_layers), limit=cfg.train_examples)
   fitted = standardized(feats) if cfg.standardize else feats
@@ -204,8 +214,11 @@ def init_controls(exp, model_params, batch_stats, *, scale_free: bool) -> dict[s
 
 
 def frozen_probe(exp, model_params, batch_stats, layers=None) -> dict[str, np.ndarray]:
-  """The converged probe's random-label accuracy (per layer, per head) on a frozen network: the loop's
-  ``probe_trained`` column beside ``probe_at_init``, and the offline command's ``probe/`` curve."""
+  """The converged probe's random-label accuracy (per layer, per head) on a frozen network.
+
+  It is the loop's ``probe_trained`` column beside ``probe_at_init``, and the offline command's ``probe/``
+  curve.
+  """
   layers = list(layers or exp.rlp_layers)
   feats, y = extract_features(exp, model_params, batch_stats, layers, limit=exp.config.offline.train_examples)
   return probe_accuracy(exp, feats, y)

@@ -68,8 +68,11 @@ def opt_state_shardings(opt_state, params, params_sharding, mesh: Mesh):
 
 
 def state_shardings(abstract_state, mesh: Mesh, *, fsdp: bool):
-  """NamedShardings for a (abstract) TrainState: parameters and their optimizer moments per param_spec,
-  everything else (step, BatchNorm statistics, scalars) replicated."""
+  """NamedShardings for a (abstract) TrainState.
+
+  Parameters and their optimizer moments per param_spec, everything else (step, BatchNorm statistics,
+  scalars) replicated.
+  """
   replicated = NamedSharding(mesh, P())
   params = params_shardings(abstract_state.params, mesh, fsdp=fsdp)
   return abstract_state.replace(

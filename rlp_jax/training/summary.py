@@ -14,8 +14,11 @@ from rlp_jax.infra import rundir
 def rows(
   metrics: Mapping[str, float], controls: Mapping[str, Mapping[str, np.ndarray]], num_labels: int, layers
 ) -> list[dict]:
-  """One row per (layer, head): online random-label accuracy, chance 1/n, and the offline heads at
-  initialization of ``controls`` (offline_heads.init_controls: plain and, if run, scale-free)."""
+  """One row per (layer, head): online random-label accuracy, chance 1/n, and the offline heads at init.
+
+  The offline heads at initialization are those of ``controls`` (offline_heads.init_controls: plain and, if
+  run, scale-free).
+  """
   out = []
   for layer in layers:
     heads = [k for k in metrics if k.startswith(f"rlp/{layer}/head_") and k.endswith("/accuracy")]
@@ -63,8 +66,11 @@ def format_table(metrics: Mapping[str, float], head_rows: list[dict]) -> str:
 
 
 def write(workdir: str, metrics: Mapping[str, float], head_rows: list[dict], collapse: Mapping | None = None):
-  """``summary.json``: final metrics, the table's rows, and ``collapse`` (health.collapse's finding: the
-  epoch it was first seen, its message, whether it held at the end; null for a healthy run)."""
+  """Writes ``summary.json``: final metrics, the table's rows, and ``collapse``.
+
+  ``collapse`` is health.collapse's finding: the epoch it was first seen, its message, whether it held at the
+  end; null for a healthy run.
+  """
   record = {"final_metrics": dict(metrics), "rlp_heads": head_rows, "collapse": collapse}
   rundir.atomic_write(os.path.join(workdir, rundir.SUMMARY_FILE), json.dumps(record, indent=2))
 
@@ -128,8 +134,11 @@ def explain(workdir: str, result: Mapping, label_mode: str = "fixed") -> str:
 
 
 def _verdict(row: Mapping, name: str, online: float, init: float) -> str:
-  """The online head against its plain control, then what the scale-free controls say of that lead: the
-  converged probe (trained vs initial network) where it ran, else the LayerNorm head at init."""
+  """The online head against its plain control, then what the scale-free controls say of that lead.
+
+  Those controls are the converged probe (trained vs initial network) where it ran, else the LayerNorm head
+  at init.
+  """
   chance = row["chance"]
   lead = online > init + 2 * chance
   verdict = (

@@ -1,4 +1,4 @@
-"""The losses of docs/design.md §1: numerics, the sign of L_reg, and gradient routing."""
+"""heads/routing.py, the losses of docs/design.md §1: numerics, the sign of L_reg, and gradient routing."""
 
 from __future__ import annotations
 
@@ -199,30 +199,6 @@ def test_train_step_applies_label_smoothing_to_the_class_loss_only(tiny_config):
       lambda a, b: np.allclose(a, b, rtol=1e-6, atol=1e-7), smoothed.params[group], plain.params[group]
     )
     assert all(jax.tree.leaves(same)), group
-
-
-# ---------------------------------------------------------------------------------------------------
-# The heads
-# ---------------------------------------------------------------------------------------------------
-
-
-def test_parallel_heads_variants_shapes():
-  """Logits (B, H, n) in float32 for every variant; traced only, nothing is compiled."""
-  for kwargs in ({}, {"norm": True}, {"hidden_dim": 5}, {"norm": True, "hidden_dim": 3}):
-    out = jax.eval_shape(
-      lambda: heads_lib.ParallelHeads(6, 11, 3, rngs=nnx.Rngs(0), **kwargs)(jnp.ones((4, 6)))
-    )
-    assert out.shape == (4, 3, 11) and out.dtype == jnp.float32
-  assert heads_lib.pool_features(jnp.ones((2, 4, 4, 3))).shape == (2, 3)
-  assert heads_lib.pool_features(jnp.ones((2, 4, 4, 3)), "flatten").shape == (2, 48)
-
-
-def test_parallel_heads_are_independent_classifiers():
-  heads = heads_lib.ParallelHeads(6, 4, 3, rngs=nnx.Rngs(0))
-  z = jax.random.normal(jax.random.key(0), (5, 6))
-  out = heads(z)
-  for h in range(3):
-    np.testing.assert_allclose(out[:, h], z @ heads.kernel[...][h] + heads.bias[...][h], rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------

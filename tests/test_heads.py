@@ -1,15 +1,38 @@
-"""Head variants end to end: one-hidden-layer heads (rlp.hidden_dim > 0) on flattened conv maps
-(rlp.pool='flatten'), trained, evaluated and controlled offline by the real loop."""
+"""heads/heads.py: parallel heads are independent classifiers, and the variants train end to end.
+
+One-hidden-layer heads (rlp.hidden_dim > 0) on flattened conv maps (rlp.pool='flatten') are trained,
+evaluated and controlled offline by the real loop.
+"""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from conftest import make_tiny_config
 from flax import nnx
 
 from rlp_jax.heads import heads as heads_lib
 from rlp_jax.training import loop
+
+
+def test_parallel_heads_variants_shapes():
+  """Logits (B, H, n) in float32 for every variant; traced only, nothing is compiled."""
+  for kwargs in ({}, {"norm": True}, {"hidden_dim": 5}, {"norm": True, "hidden_dim": 3}):
+    out = jax.eval_shape(
+      lambda: heads_lib.ParallelHeads(6, 11, 3, rngs=nnx.Rngs(0), **kwargs)(jnp.ones((4, 6)))
+    )
+    assert out.shape == (4, 3, 11) and out.dtype == jnp.float32
+  assert heads_lib.pool_features(jnp.ones((2, 4, 4, 3))).shape == (2, 3)
+  assert heads_lib.pool_features(jnp.ones((2, 4, 4, 3)), "flatten").shape == (2, 48)
+
+
+def test_parallel_heads_are_independent_classifiers():
+  heads = heads_lib.ParallelHeads(6, 4, 3, rngs=nnx.Rngs(0))
+  z = jax.random.normal(jax.random.key(0), (5, 6))
+  out = heads(z)
+  for h in range(3):
+    np.testing.assert_allclose(out[:, h], z @ heads.kernel[...][h] + heads.bias[...][h], rtol=1e-5)
 
 
 def test_hidden_layer_heads_on_flattened_features_train_end_to_end(data_dir, tmp_path):
