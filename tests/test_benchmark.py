@@ -60,12 +60,12 @@ def test_regularizing_reuses_the_measurements_head_matmuls(tiny_config, norm, ch
   info = benchmark.data_info(c)
   xla, counted, memory = {}, {}, {}
   for name, cfg in benchmark.variants(c)[1:]:
-    exp, state, batch, compiled, _ = benchmark.compile_step(cfg, info, abstract=True)
+    experiment, state, batch, compiled, _ = benchmark.compile_step(cfg, info, abstract=True)
     costs = benchmark.compiled_costs(compiled)
     xla[name], memory[name] = costs["flops_per_step"], costs["device_memory_bytes"]
-    counted[name] = flops.count(steps.make_train_step(exp), state, batch)
-  dim = exp.feature_dims["pre_logits"]
-  one_matmul = 2 * c.batch_size * dim * exp.num_labels
+    counted[name] = flops.count(steps.make_train_step(experiment), state, batch)
+  dim = experiment.feature_dims["pre_logits"]
+  one_matmul = 2 * c.batch_size * dim * experiment.num_labels
   # Ours from the jaxpr (flops.py), which must see the sharing; XLA's count of the compiled program
   # (which counts a while loop's body once, so only without chunks).
   for f in (counted, xla) if chunk == 0 else (counted,):
@@ -76,7 +76,7 @@ def test_regularizing_reuses_the_measurements_head_matmuls(tiny_config, norm, ch
       assert 0.9 < extra < 1.2, (f, extra)
   if chunk:
     # The dW that L_reg's route does not need is a loop carry nothing reads: XLA must drop it.
-    kernel_bytes = dim * exp.num_labels * 4
+    kernel_bytes = dim * experiment.num_labels * 4
     assert memory["regularize"] - memory["measure"] < kernel_bytes / 2, memory
 
 

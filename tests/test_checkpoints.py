@@ -20,7 +20,8 @@ from rlp_jax.data import input_pipeline, tfds_source
 from rlp_jax.infra import rundir
 from rlp_jax.infra.errors import UserError
 from rlp_jax.perf import plan
-from rlp_jax.training import checkpointing, experiment, loop, offline_heads
+from rlp_jax.training import checkpointing, loop, offline_heads
+from rlp_jax.training import experiment as experiment_lib
 
 
 def _config(tiny_config):
@@ -98,13 +99,13 @@ def _saved_tree(workdir, kind, step):
 
 def test_offline_heads_on_a_snapshot_equal_those_on_the_full_checkpoint(uninterrupted):
   config, workdir, _ = uninterrupted
-  exp, state = experiment.build(config)
+  experiment, state = experiment_lib.build(config)
   ckpt = checkpointing.Checkpoints(workdir, config, read_only=True)
   snap = ckpt.restore_snapshot(18, state)
   full = ckpt.restore_for_analysis(checkpointing.RESUME_DIR, 18, state)
   assert _same(jax.device_get(snap.params["model"]), jax.device_get(full.params["model"]))
-  a = offline_heads.offline_accuracy(exp, snap.params["model"], snap.batch_stats)
-  b = offline_heads.offline_accuracy(exp, full.params["model"], full.batch_stats)
+  a = offline_heads.offline_accuracy(experiment, snap.params["model"], snap.batch_stats)
+  b = offline_heads.offline_accuracy(experiment, full.params["model"], full.batch_stats)
   assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -228,10 +229,10 @@ def test_the_planner_counts_the_bytes_that_are_written(uninterrupted):
 
 def test_device_prefetch_yields_the_same_batches_in_order(uninterrupted):
   config, _, _ = uninterrupted
-  exp, _ = experiment.build(config)
-  host = list(input_pipeline.train_batches(config, exp.info, 0))
+  experiment, _ = experiment_lib.build(config)
+  host = list(input_pipeline.train_batches(config, experiment.info, 0))
   for size in (0, 1, 2, 10):
-    placed = list(experiment.device_batches(exp, host, size))
+    placed = list(experiment_lib.device_batches(experiment, host, size))
     assert len(placed) == len(host)
     for h, d in zip(host, placed):
       np.testing.assert_array_equal(np.asarray(d["image"]), h["image"])

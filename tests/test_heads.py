@@ -44,11 +44,11 @@ def test_hidden_layer_heads_on_flattened_features_train_end_to_end(data_dir, tmp
   config.eval.train_examples = 256
   config.offline.update(num_epochs=1, batch_size=64, train_examples=128)
   result = loop.train_and_evaluate(config, str(tmp_path))
-  exp, state, metrics = result["experiment"], result["state"], result["metrics"]
+  experiment, state, metrics = result["experiment"], result["state"], result["metrics"]
 
   flat = {"block_1": 4 * 4 * 16, "block_2": 2 * 2 * 32, "pre_logits": 32}
-  assert exp.rlp_layers == ("block_1", "pre_logits") and dict(exp.feature_dims) == flat
-  for name in exp.rlp_layers:
+  assert experiment.rlp_layers == ("block_1", "pre_logits") and dict(experiment.feature_dims) == flat
+  for name in experiment.rlp_layers:
     head = state.params["rlp"]["layers"][name]
     assert {k: v.shape for k, v in head.items()} == {
       "hidden": (2, flat[name], 4),
@@ -62,7 +62,7 @@ def test_hidden_layer_heads_on_flattened_features_train_end_to_end(data_dir, tmp
 
   # Every metric is finite, and each head reports its random-label accuracy beside chance.
   assert all(np.isfinite(v) for v in metrics.values()), metrics
-  for name in exp.rlp_layers:
+  for name in experiment.rlp_layers:
     for key in ("accuracy", "chance", "chance_corrected", "head_0/accuracy", "head_1/accuracy"):
       assert f"rlp/{name}/{key}" in metrics, key
     assert 0.0 <= metrics[f"rlp/{name}/accuracy"] <= 1.0 and metrics[f"rlp/{name}/chance"] == 0.1
@@ -70,13 +70,15 @@ def test_hidden_layer_heads_on_flattened_features_train_end_to_end(data_dir, tmp
   assert result["collapse"] is None  # a mild λ (training/health.py)
   # The offline control trains the same variant on the frozen initial network's flattened features.
   offline = result["offline_at_init"]
-  assert set(offline) == set(exp.rlp_layers)
+  assert set(offline) == set(experiment.rlp_layers)
   assert all(v.shape == (2,) and np.all((0 <= v) & (v <= 1)) for v in offline.values()), offline
 
   # Both layers of the heads learned (the hidden layer is not silently detached).
-  init = nnx.state(heads_lib.build_heads(config, exp.feature_dims, exp.rlp_layers, exp.num_labels))
+  init = nnx.state(
+    heads_lib.build_heads(config, experiment.feature_dims, experiment.rlp_layers, experiment.num_labels)
+  )
   init = init.to_pure_dict()["layers"]
-  for name in exp.rlp_layers:
+  for name in experiment.rlp_layers:
     for leaf in ("hidden", "kernel"):
       trained = jax.device_get(state.params["rlp"]["layers"][name][leaf])
       assert not np.allclose(trained, init[name][leaf]), (name, leaf)

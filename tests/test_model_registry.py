@@ -13,7 +13,8 @@ from rlp_jax.data import input_pipeline
 from rlp_jax.infra import configuration, model_registry, rundir
 from rlp_jax.infra.errors import UserError
 from rlp_jax.models import sow_intermediate
-from rlp_jax.training import experiment, steps
+from rlp_jax.training import experiment as experiment_lib
+from rlp_jax.training import steps
 
 
 class Toy(nnx.Module):
@@ -52,12 +53,18 @@ def test_a_model_added_through_the_registry_alone_trains_with_heads(toy, data_di
   config.model.update(name="toy", width=16, dropout=0.1, scale=2.0)
   config.rlp.layers = config.probes.layers = "all"
   config.rlp.reg_lambda = 1.0
-  exp, state = experiment.build(config)
-  assert exp.sown_layers == ("hidden", "pre_logits") and exp.rlp_layers == ("hidden", "pre_logits")
+  experiment, state = experiment_lib.build(config)
+  assert experiment.sown_layers == ("hidden", "pre_logits") and experiment.rlp_layers == (
+    "hidden",
+    "pre_logits",
+  )
   before = jax.device_get(state)
-  step = steps.make_train_step(exp)
+  step = steps.make_train_step(experiment)
   state = step(
-    state, experiment.device_batch(exp, next(input_pipeline.train_batches(config, exp.info, epoch=0)))
+    state,
+    experiment_lib.device_batch(
+      experiment, next(input_pipeline.train_batches(config, experiment.info, epoch=0))
+    ),
   )
   after = jax.device_get(state)
   assert np.all(np.isfinite(after.loss_sums["loss/reg"])) and after.loss_sums["loss/reg"] > 0

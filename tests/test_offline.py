@@ -18,7 +18,8 @@ from rlp_jax.data import input_pipeline, labels
 from rlp_jax.heads import heads as heads_lib
 from rlp_jax.infra import rundir
 from rlp_jax.infra.errors import UserError
-from rlp_jax.training import checkpointing, experiment, offline_heads
+from rlp_jax.training import checkpointing, offline_heads
+from rlp_jax.training import experiment as experiment_lib
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def _restore_all(config, state, workdir):
 
 def test_cli_records_every_checkpoint_beside_online_and_leaves_the_network_untouched(run, workdir):
   config = run[0]
-  state = experiment.build(config)[1]
+  state = experiment_lib.build(config)[1]
   before = _restore_all(config, state, workdir)
   wd, cfg, output, steps = offline_cli.parse_cli(
     ["offline", f"--workdir={workdir}", "--config.offline.num_epochs=10"]
@@ -83,38 +84,45 @@ def test_cli_records_every_checkpoint_beside_online_and_leaves_the_network_untou
 
 def test_offline_heads_use_the_online_labels_and_initialization_and_learn(run):
   config, workdir = run
-  exp, state = experiment.build(config)
+  experiment, state = experiment_lib.build(config)
   ckpt = checkpointing.Checkpoints(workdir, config, read_only=True)
   init = jax.device_get(ckpt.restore_snapshot(0, state))
   last = ckpt.restore_snapshot(132, state)
 
   # Same initialization: the heads offline_heads.fit_heads builds are the online heads at step 0.
-  fresh = nnx.split(heads_lib.build_heads(config, exp.feature_dims, exp.rlp_layers, exp.num_labels))[1]
+  fresh = nnx.split(
+    heads_lib.build_heads(config, experiment.feature_dims, experiment.rlp_layers, experiment.num_labels)
+  )[1]
   same = jax.tree.map(np.array_equal, fresh.to_pure_dict(), init.params["rlp"])
   assert jax.tree.leaves(same) and all(jax.tree.leaves(same))
 
   # Same labels: those of extract_features are the hashed labels the online heads trained on.
-  feats, y = offline_heads.extract_features(exp, last.params["model"], last.batch_stats, exp.rlp_layers)
+  feats, y = offline_heads.extract_features(
+    experiment, last.params["model"], last.batch_stats, experiment.rlp_layers
+  )
   # ... in order of the global index (whatever order, and however many hosts, read them).
   index = np.sort(
     np.concatenate(
-      [b["index"][b["mask"]] for b in input_pipeline.eval_batches(config, exp.info, "train_eval")]
+      [b["index"][b["mask"]] for b in input_pipeline.eval_batches(config, experiment.info, "train_eval")]
     )
   )
-  dim = exp.feature_dims["pre_logits"]
-  assert y.shape == (exp.info.num_train, 2) and feats["pre_logits"].shape == (exp.info.num_train, dim)
+  dim = experiment.feature_dims["pre_logits"]
+  assert y.shape == (experiment.info.num_train, 2) and feats["pre_logits"].shape == (
+    experiment.info.num_train,
+    dim,
+  )
   np.testing.assert_array_equal(y, labels.random_labels(config.seed, index, 200, 2))
   assert (y[:, 0] != y[:, 1]).mean() > 0.8  # two independent label draws
   online = {}
-  for batch in input_pipeline.train_batches(config, exp.info, epoch=1):
+  for batch in input_pipeline.train_batches(config, experiment.info, epoch=1):
     online.update(zip(batch["index"].tolist(), batch["rlp_labels"].tolist()))
   seen = [i for i, idx in enumerate(index) if int(idx) in online]
   assert len(seen) > 1000
   np.testing.assert_array_equal(y[seen], [online[int(index[i])] for i in seen])
 
   # The offline head learns: its random-label accuracy rises from that of its (shared) initialization.
-  start = offline_heads.fit_heads(exp, feats, y, num_epochs=0, batch_size=128)
-  trained = offline_heads.fit_heads(exp, feats, y, num_epochs=10, batch_size=64)
+  start = offline_heads.fit_heads(experiment, feats, y, num_epochs=0, batch_size=128)
+  trained = offline_heads.fit_heads(experiment, feats, y, num_epochs=10, batch_size=64)
   assert start["pre_logits"].mean() < 0.015  # the fresh head guesses (chance 0.005)
   assert trained["pre_logits"].mean() > 3 * start["pre_logits"].mean() + 0.02, (start, trained)
   assert trained["block_1"].mean() > start["block_1"].mean(), (start, trained)
@@ -125,11 +133,11 @@ def test_a_killed_offline_run_resumes_after_its_last_written_step(run, workdir, 
   calls = []
   original = offline_heads.offline_accuracy
 
-  def killed_at_second_checkpoint(exp, params, stats, layers=None):
+  def killed_at_second_checkpoint(experiment, params, stats, layers=None):
     calls.append(1)
     if len(calls) == 2:
       raise KeyboardInterrupt  # killed while step 66's head trains
-    return original(exp, params, stats, layers)
+    return original(experiment, params, stats, layers)
 
   monkeypatch.setattr(offline_heads, "offline_accuracy", killed_at_second_checkpoint)
   with pytest.raises(KeyboardInterrupt):

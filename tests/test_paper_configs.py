@@ -16,7 +16,8 @@ import tensorflow_datasets as tfds
 from rlp_jax.data import input_pipeline, tfds_source
 from rlp_jax.heads import routing
 from rlp_jax.infra import configuration
-from rlp_jax.training import experiment, loop, steps
+from rlp_jax.training import experiment as experiment_lib
+from rlp_jax.training import loop, steps
 from tests.test_tfds_pipeline import write_fake_tfds
 
 CONFIGS = ("wrn_cifar100", "vit_cifar100", "vit_imagenet")
@@ -73,12 +74,12 @@ def test_runlocal_builds_and_trains(name, datasets):
   config = get_config(name, RUNS[name])
   config.rlp.reg_lambda = 1.0
   with _Data(config, datasets) as config:
-    exp, state = experiment.build(config)
-    assert exp.rlp_layers and exp.reg_layers and exp.probe_layers
-    step = steps.make_train_step(exp)
-    batch = next(input_pipeline.train_batches(config, exp.info, epoch=0))
-    assert batch["image"].shape == (8, *exp.info.input_shape)
-    state = step(state, experiment.device_batch(exp, batch))
+    experiment, state = experiment_lib.build(config)
+    assert experiment.rlp_layers and experiment.reg_layers and experiment.probe_layers
+    step = steps.make_train_step(experiment)
+    batch = next(input_pipeline.train_batches(config, experiment.info, epoch=0))
+    assert batch["image"].shape == (8, *experiment.info.input_shape)
+    state = step(state, experiment_lib.device_batch(experiment, batch))
     sums = jax.device_get(state.loss_sums)
   assert int(state.step) == 1
   assert all(np.isfinite(v) for v in sums.values()), sums

@@ -20,7 +20,8 @@ from rlp_jax.data.input_pipeline import DataInfo
 from rlp_jax.heads import heads as heads_lib
 from rlp_jax.infra import config_args, configuration, rundir
 from rlp_jax.infra.errors import UserError
-from rlp_jax.training import evaluators, experiment
+from rlp_jax.training import evaluators
+from rlp_jax.training import experiment as experiment_lib
 
 # What each paper config trains on (the real sizes: nothing is read or allocated, shapes only).
 INFO = {
@@ -35,11 +36,11 @@ _apply = jax.jit(models.apply, static_argnums=0, static_argnames="train")
 
 def _abstract_heads(name: str, arg: str):
   config = importlib.import_module(f"configs.{name}").get_config(arg)
-  exp, state = experiment.build(config, INFO[config.dataset], abstract=True)
+  experiment, state = experiment_lib.build(config, INFO[config.dataset], abstract=True)
   shapes = lambda group: {  # noqa: E731
     layer: {k: v.shape for k, v in p.items()} for layer, p in state.params[group].get("layers", {}).items()
   }
-  return exp, shapes("rlp"), shapes("probes")
+  return experiment, shapes("rlp"), shapes("probes")
 
 
 @pytest.mark.parametrize(
@@ -48,8 +49,8 @@ def _abstract_heads(name: str, arg: str):
 def test_vit_configs_put_the_papers_heads(name, arg, width, n):
   """pre_logits (already layer-normed by the ViT): one dense layer, the paper's default head. Heads on
   blocks: LayerNorm + dense (Fig. 2C), reading the class token; class probes on blocks likewise."""
-  exp, rlp, probes = _abstract_heads(name, arg)
-  assert exp.pool == "token"
+  experiment, rlp, probes = _abstract_heads(name, arg)
+  assert experiment.pool == "token"
   dense = {"kernel": (1, width, n), "bias": (1, n)}
   normed = {**dense, "scale": (1, width), "shift": (1, width)}
   blocks = {f"block_{i:02d}" for i in range(1, 13)}
@@ -68,10 +69,10 @@ def test_vit_config_norm_layers_follow_the_depth_the_user_sets(override, depth):
   config = importlib.import_module("configs.vit_cifar100").get_config()
   config.model.update(override)
   config.rlp.layers = "all"
-  exp, state = experiment.build(config, INFO["cifar100"], abstract=True)
+  experiment, state = experiment_lib.build(config, INFO["cifar100"], abstract=True)
   has_norm = {k: "scale" in v for k, v in state.params["rlp"]["layers"].items()}
   blocks = [f"block_{i:02d}" for i in range(1, depth + 1)]
-  assert list(exp.rlp_layers) == [*blocks, "pre_logits"]
+  assert list(experiment.rlp_layers) == [*blocks, "pre_logits"]
   assert has_norm == {**dict.fromkeys(blocks, True), "pre_logits": False}
 
 
@@ -97,8 +98,8 @@ def test_pool_features_refuses_the_unresolved_classifier_token():
 
 
 def test_wrn_config_heads_are_dense_on_mean_pooled_groups():
-  exp, rlp, _ = _abstract_heads("wrn_cifar100", "all_blocks")
-  assert exp.pool == "mean"
+  experiment, rlp, _ = _abstract_heads("wrn_cifar100", "all_blocks")
+  assert experiment.pool == "mean"
   assert rlp["pre_logits"] == {"kernel": (1, 256, 10_000), "bias": (1, 10_000)}
   assert all(set(shapes) == {"kernel", "bias"} for shapes in rlp.values()), rlp
 
@@ -109,10 +110,10 @@ def test_a_vit_block_head_reads_what_rlp_pool_says(data_dir):
   config = make_tiny_config(data_dir)
   config.model.update(name="vit", width=16, depth=2, num_heads=2, patch_size=4, dtype="float32")
   config.rlp.layers = "block_01,pre_logits"
-  exp, state = experiment.build(config)
-  image = jax.random.normal(jax.random.key(0), (3, *exp.info.input_shape))
-  _, pooled = evaluators.Features(exp)(state.params["model"], state.batch_stats, image)
-  _, sown, _ = _apply(exp.model_def, state.params["model"], state.batch_stats, image, train=False)
+  experiment, state = experiment_lib.build(config)
+  image = jax.random.normal(jax.random.key(0), (3, *experiment.info.input_shape))
+  _, pooled = evaluators.Features(experiment)(state.params["model"], state.batch_stats, image)
+  _, sown, _ = _apply(experiment.model_def, state.params["model"], state.batch_stats, image, train=False)
   z = np.asarray(sown["block_01"])
   assert z.shape == (3, 1 + 4, 16)  # 8x8 digits, 4x4 patches, the class token first
   np.testing.assert_allclose(pooled["block_01"], z[:, 0], rtol=1e-5, atol=1e-6)
@@ -187,10 +188,10 @@ def test_unknown_norm_layer_names_what_the_model_sows(data_dir):
   config = make_tiny_config(data_dir)
   config.rlp.norm_layers = "block_9"
   with pytest.raises(UserError, match=r"config\.rlp\.norm_layers='block_9': the model does not sow"):
-    experiment.build(config, abstract=True)
+    experiment_lib.build(config, abstract=True)
   config.rlp.norm_layers = "block_1"  # a sown layer: its heads and probes get the LayerNorm, the others not
   config.probes.layers = "all"
-  _, state = experiment.build(config, abstract=True)
+  _, state = experiment_lib.build(config, abstract=True)
   has_norm = lambda group: {k: "scale" in v for k, v in state.params[group]["layers"].items()}  # noqa: E731
   assert has_norm("rlp") == {"block_1": True, "pre_logits": False}
   assert has_norm("probes") == {"block_1": True, "block_2": False, "pre_logits": False}

@@ -15,7 +15,8 @@ from rlp_jax import models
 from rlp_jax.data import input_pipeline
 from rlp_jax.heads import heads as heads_lib
 from rlp_jax.heads import routing
-from rlp_jax.training import experiment, steps
+from rlp_jax.training import experiment as experiment_lib
+from rlp_jax.training import steps
 
 # ---------------------------------------------------------------------------------------------------
 # L_reg through routed_losses, as the train step computes it: the features z stand in for θ.
@@ -179,14 +180,16 @@ def test_label_smoothing_is_cross_entropy_against_smoothed_one_hot_targets():
 def test_train_step_applies_label_smoothing_to_the_class_loss_only(tiny_config):
   tiny_config.optimizer.warmup_epochs = 0.0  # the first step's learning rate is not 0
   with jax.default_prng_impl("rbg"):  # see test_each_loss_reaches_exactly_its_parameters
-    exp, state = experiment.build(tiny_config)
+    experiment, state = experiment_lib.build(tiny_config)
   smoothed_config = tiny_config.copy_and_resolve_references()
   smoothed_config.label_smoothing = 0.2
-  batch = experiment.device_batch(exp, next(input_pipeline.train_batches(tiny_config, exp.info, 0)))
+  batch = experiment_lib.device_batch(
+    experiment, next(input_pipeline.train_batches(tiny_config, experiment.info, 0))
+  )
   copy = jax.tree.map(jnp.copy, state)  # the step donates its input state
-  plain = jax.device_get(steps.make_train_step(exp)(state, batch))
+  plain = jax.device_get(steps.make_train_step(experiment)(state, batch))
   smoothed = jax.device_get(
-    steps.make_train_step(dataclasses.replace(exp, config=smoothed_config))(copy, batch)
+    steps.make_train_step(dataclasses.replace(experiment, config=smoothed_config))(copy, batch)
   )
   assert smoothed.loss_sums["loss/class"] != plain.loss_sums["loss/class"]
   for k in ("loss/rnd", "loss/probe"):
@@ -236,13 +239,13 @@ def test_each_loss_reaches_exactly_its_parameters(tiny_config, model_name):
   # RBG keys: the same initializers, without compiling threefry for every parameter shape (which is most
   # of a WRN's build time on CPU); which random bits the parameters get is irrelevant to the routing.
   with jax.default_prng_impl("rbg"):
-    exp, state = experiment.build(config)
-  batch = next(input_pipeline.train_batches(config, exp.info, epoch=0))
+    experiment, state = experiment_lib.build(config)
+  batch = next(input_pipeline.train_batches(config, experiment.info, epoch=0))
   batch = {k: jnp.asarray(batch[k]) for k in ("image", "label", "rlp_labels")}
 
   def losses(params):
     logits, feats, _ = models.apply(
-      exp.model_def,
+      experiment.model_def,
       params["model"],
       state.batch_stats,
       batch["image"],
@@ -254,9 +257,9 @@ def test_each_loss_reaches_exactly_its_parameters(tiny_config, model_name):
       features=feats,
       labels=batch["label"],
       rlp_labels=batch["rlp_labels"],
-      heads=nnx.merge(exp.heads_def, params["rlp"]),
-      probes=nnx.merge(exp.probes_def, params["probes"]),
-      reg_layers=exp.reg_layers,
+      heads=nnx.merge(experiment.heads_def, params["rlp"]),
+      probes=nnx.merge(experiment.probes_def, params["probes"]),
+      reg_layers=experiment.reg_layers,
       reg_lambda=config.rlp.reg_lambda,
     )
     return jnp.stack([parts[name] for name in LOSSES])
@@ -290,15 +293,17 @@ def test_label_chunk_in_training_equals_full_logits(tiny_config):
   def run(chunk):
     config.rlp.label_chunk = chunk
     with jax.default_prng_impl("rbg"):  # see test_each_loss_reaches_exactly_its_parameters
-      exp, state = experiment.build(config)
-    step = steps.make_train_step(exp)
-    for batch in itertools.islice(input_pipeline.train_batches(config, exp.info, 0), 3):
-      state = step(state, experiment.device_batch(exp, batch))
-    return exp, jax.device_get(state)
+      experiment, state = experiment_lib.build(config)
+    step = steps.make_train_step(experiment)
+    for batch in itertools.islice(input_pipeline.train_batches(config, experiment.info, 0), 3):
+      state = step(state, experiment_lib.device_batch(experiment, batch))
+    return experiment, jax.device_get(state)
 
-  exp, chunked = run(8)  # 30 labels padded to 32, in blocks of 8
+  experiment, chunked = run(8)  # 30 labels padded to 32, in blocks of 8
   _, full = run(0)
-  assert exp.label_multiple == 8 and chunked.params["rlp"]["layers"]["pre_logits"]["kernel"].shape[-1] == 32
+  assert (
+    experiment.label_multiple == 8 and chunked.params["rlp"]["layers"]["pre_logits"]["kernel"].shape[-1] == 32
+  )
   np.testing.assert_allclose(chunked.loss_sums["loss/rnd"], full.loss_sums["loss/rnd"], rtol=1e-5)
   np.testing.assert_allclose(chunked.loss_sums["loss/reg"], full.loss_sums["loss/reg"], rtol=1e-5)
   same = jax.tree.map(

@@ -27,7 +27,8 @@ from rlp_jax.heads import head_loss, label_axis, routing
 from rlp_jax.heads import heads as heads_lib
 from rlp_jax.infra import mesh as mesh_lib
 from rlp_jax.perf import flops
-from rlp_jax.training import checkpointing, experiment, steps
+from rlp_jax.training import checkpointing, steps
+from rlp_jax.training import experiment as experiment_lib
 from rlp_jax.training.evaluators import Evaluator
 
 EIGHT = jax.device_count() >= 8
@@ -173,18 +174,18 @@ def _tiny(config):
 
 
 def _run(config, devices, num_steps=3):
-  exp, state = experiment.build(config, devices=devices)
-  step = steps.make_train_step(exp)
+  experiment, state = experiment_lib.build(config, devices=devices)
+  step = steps.make_train_step(experiment)
   batches = [
-    experiment.device_batch(exp, b)
-    for b in itertools.islice(input_pipeline.train_batches(config, exp.info, epoch=0), num_steps)
+    experiment_lib.device_batch(experiment, b)
+    for b in itertools.islice(input_pipeline.train_batches(config, experiment.info, epoch=0), num_steps)
   ]
   # Whether the heads' statistics are label-sharded (a shard_map in the step), before the state is donated.
   label_sharded = "shard_map" in str(jax.make_jaxpr(step)(state, batches[0]))
   for batch in batches:
     state = step(state, batch)
-  metrics = Evaluator(exp)(state.params, state.batch_stats, epoch=0)
-  return exp, state, metrics, label_sharded
+  metrics = Evaluator(experiment)(state.params, state.batch_stats, epoch=0)
+  return experiment, state, metrics, label_sharded
 
 
 @pytest.fixture(scope="module")
@@ -204,9 +205,9 @@ def test_sharded_train_steps_equal_single_device(tiny_config, single_device_run,
   config = _tiny(tiny_config)
   config.mesh.data, config.mesh.model, config.mesh.fsdp = shape[0], shape[1], fsdp
   config.rlp.label_chunk = chunk  # 13 labels padded to 16: 4 per device, in blocks of 2
-  exp, sharded, sharded_metrics, label_sharded = _run(config, None)
-  assert exp.mesh.shape == {"data": shape[0], "model": shape[1]}
-  assert exp.num_labels == 13 and exp.label_multiple == shape[1] * max(chunk, 1)
+  experiment, sharded, sharded_metrics, label_sharded = _run(config, None)
+  assert experiment.mesh.shape == {"data": shape[0], "model": shape[1]}
+  assert experiment.num_labels == 13 and experiment.label_multiple == shape[1] * max(chunk, 1)
   assert label_sharded == (shape[1] > 1) and not single_label_sharded
 
   # The heads' label axis (and its optimizer moments) is split over the model axis.
@@ -232,7 +233,7 @@ def test_sharded_train_steps_equal_single_device(tiny_config, single_device_run,
   assert all(jax.tree.leaves(close)), close
   head = jax.device_get(sharded.params["rlp"]["layers"]["pre_logits"])
   assert not np.any(head["kernel"][..., 13:]) and not np.any(head["bias"][..., 13:])
-  logits = nnx.merge(exp.heads_def, sharded.params["rlp"]).layers["pre_logits"](jnp.ones((2, 512)))
+  logits = nnx.merge(experiment.heads_def, sharded.params["rlp"]).layers["pre_logits"](jnp.ones((2, 512)))
   assert np.all(np.isneginf(np.asarray(logits[..., 13:])))
   assert set(sharded_metrics) == set(single_metrics)
   for k in single_metrics:
@@ -246,7 +247,7 @@ def test_head_memory_per_device_shrinks_with_the_model_axis(tiny_config, model_a
   config = _tiny(tiny_config)
   config.rlp.num_labels = 1024
   config.mesh.data, config.mesh.model = 8 // model_axis, model_axis
-  _, state = experiment.build(config, abstract=True)
+  _, state = experiment_lib.build(config, abstract=True)
   kernel = state.params["rlp"]["layers"]["pre_logits"]["kernel"]
   assert kernel.shape[-1] == 1024
   assert kernel.sharding.shard_shape(kernel.shape)[-1] == 1024 // model_axis
@@ -260,11 +261,11 @@ def test_mesh_errors_name_the_key(tiny_config):
   config = _tiny(tiny_config)
   config.mesh.data, config.mesh.model = 3, 2
   with pytest.raises(ValueError, match=r"config\.mesh"):
-    experiment.build(config, abstract=True)
+    experiment_lib.build(config, abstract=True)
   config.mesh.data, config.mesh.model = -1, 1
   config.batch_size = 12
   with pytest.raises(ValueError, match=r"config\.batch_size=12"):
-    experiment.build(config, abstract=True)
+    experiment_lib.build(config, abstract=True)
 
 
 @needs_eight
@@ -273,15 +274,15 @@ def test_checkpoint_restores_onto_a_different_mesh(tiny_config, tmp_path):
   config.model.width = 16
   config.rlp.num_labels = 64
   config.mesh.data, config.mesh.model = 8, 1
-  _, saved = experiment.build(config)
+  _, saved = experiment_lib.build(config)
   ckpt = checkpointing.Checkpoints(str(tmp_path), config)
   ckpt.save_resume(0, saved, wait=True)
   config.mesh.data, config.mesh.model = 2, 4
-  exp, target = experiment.build(config, abstract=True)  # shapes and shardings only
+  experiment, target = experiment_lib.build(config, abstract=True)  # shapes and shardings only
   step, restored = checkpointing.Checkpoints(str(tmp_path), config).restore_latest(target)
   assert step == 0
   same = jax.tree.map(np.array_equal, jax.device_get(restored.params), jax.device_get(saved.params))
   assert all(jax.tree.leaves(same))
   kernel = restored.params["rlp"]["layers"]["pre_logits"]["kernel"]
-  assert kernel.sharding.spec[-1] == "model" and kernel.sharding.mesh.shape == exp.mesh.shape
+  assert kernel.sharding.spec[-1] == "model" and kernel.sharding.mesh.shape == experiment.mesh.shape
   assert {s.data.shape[-1] for s in kernel.addressable_shards} == {16}

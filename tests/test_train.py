@@ -15,7 +15,8 @@ import pytest
 from rlp_jax.data import input_pipeline
 from rlp_jax.infra import rundir
 from rlp_jax.infra.errors import UserError
-from rlp_jax.training import checkpointing, experiment, loop, steps
+from rlp_jax.training import checkpointing, loop, steps
+from rlp_jax.training import experiment as experiment_lib
 
 
 def _run_steps(config, num_steps: int):
@@ -27,11 +28,11 @@ def _run_steps(config, num_steps: int):
 
 
 def _run_steps_with_default_keys(config, num_steps: int):
-  exp, state = experiment.build(config)
-  step = steps.make_train_step(exp)
-  batches = input_pipeline.train_batches(config, exp.info, epoch=0)
+  experiment, state = experiment_lib.build(config)
+  step = steps.make_train_step(experiment)
+  batches = input_pipeline.train_batches(config, experiment.info, epoch=0)
   for _ in range(num_steps):
-    state = step(state, experiment.device_batch(exp, next(batches)))
+    state = step(state, experiment_lib.device_batch(experiment, next(batches)))
   return jax.device_get(state)
 
 
@@ -220,7 +221,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     loop.train_and_evaluate(tiny_config, workdir)
   ckpt = checkpointing.Checkpoints(workdir, tiny_config, read_only=True)
   assert ckpt.resume_steps() == [0]
-  exp, state = experiment.build(tiny_config)
+  experiment, state = experiment_lib.build(tiny_config)
   step, restored = ckpt.restore_latest(state)
   assert step == 0
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(restored.params)))

@@ -15,7 +15,8 @@ from flax import nnx
 from rlp_jax import models
 from rlp_jax.data import input_pipeline
 from rlp_jax.models import vit
-from rlp_jax.training import experiment, steps
+from rlp_jax.training import experiment as experiment_lib
+from rlp_jax.training import steps
 
 NUM_CLASSES = 5
 
@@ -180,11 +181,13 @@ def test_rlp_heads_on_every_block_train(tiny_config):
   config.rlp.num_heads = 2
   config.rlp.optimizer.learning_rate = 1e-2
   config.probes.layers = ""
-  exp, state = experiment.build(config)
-  assert exp.sown_layers == ("block_01", "block_02", "block_03", "pre_logits")
-  assert exp.rlp_layers == exp.sown_layers and exp.reg_layers == ("block_02",)
-  step = steps.make_train_step(exp)
-  batch = experiment.device_batch(exp, next(input_pipeline.train_batches(config, exp.info, epoch=0)))
+  experiment, state = experiment_lib.build(config)
+  assert experiment.sown_layers == ("block_01", "block_02", "block_03", "pre_logits")
+  assert experiment.rlp_layers == experiment.sown_layers and experiment.reg_layers == ("block_02",)
+  step = steps.make_train_step(experiment)
+  batch = experiment_lib.device_batch(
+    experiment, next(input_pipeline.train_batches(config, experiment.info, epoch=0))
+  )
   losses = []
   for _ in range(15):  # the same batch: the heads must fit its random labels
     before = jax.device_get(state.loss_sums)

@@ -20,13 +20,14 @@ import numpy as np
 from rlp_jax.heads import metrics
 from rlp_jax.infra import configuration, rundir
 from rlp_jax.infra.errors import UserError
-from rlp_jax.training import checkpointing, experiment, offline_heads
+from rlp_jax.training import checkpointing, offline_heads
+from rlp_jax.training import experiment as experiment_lib
 
 OFFLINE_FILE = "offline.jsonl"
 
 
 def offline_record(
-  exp, step: int, accuracy: Mapping[str, np.ndarray], online: Mapping | None, *, steps_per_epoch: int
+  experiment, step: int, accuracy: Mapping[str, np.ndarray], online: Mapping | None, *, steps_per_epoch: int
 ) -> dict:
   """One line of offline.jsonl: the offline heads' metrics beside the online head's at the same step.
 
@@ -34,7 +35,7 @@ def offline_record(
   head's ``online/<layer>/{accuracy,chance_corrected}`` (if logged).
   """
   rec: dict = {"step": int(step), "epoch": step / steps_per_epoch}
-  rec.update(metrics.accuracy_metrics(accuracy, exp.num_labels, prefix="offline"))
+  rec.update(metrics.accuracy_metrics(accuracy, experiment.num_labels, prefix="offline"))
   for layer in accuracy:
     if online and f"rlp/{layer}/accuracy" in online:
       rec[f"online/{layer}/accuracy"] = online[f"rlp/{layer}/accuracy"]
@@ -110,22 +111,22 @@ def _run_offline(workdir, config, saved, ckpt, kind, all_steps, path, *, steps, 
   if not todo:
     return sorted(records, key=lambda r: r["step"])
 
-  exp, fresh = experiment.build(config)
+  experiment, fresh = experiment_lib.build(config)
   if not rundir.differences(config, saved):
-    run_exp, abstract = exp, fresh
+    run_exp, abstract = experiment, fresh
   else:  # restore with the run's own structure; read its data from where `config` says
     saved = saved.copy_and_resolve_references()
     saved.data_dir = config.data_dir
-    run_exp, abstract = experiment.build(saved)
+    run_exp, abstract = experiment_lib.build(saved)
   online = {r["step"]: r for r in rundir.read_jsonl(os.path.join(workdir, rundir.METRICS_FILE))}
   for step in todo:
     start = time.time()
     state = ckpt.restore_for_analysis(kind, step, abstract)
-    acc = offline_heads.offline_accuracy(exp, state.params["model"], state.batch_stats)
-    rec = offline_record(exp, step, acc, online.get(step), steps_per_epoch=run_exp.steps_per_epoch)
+    acc = offline_heads.offline_accuracy(experiment, state.params["model"], state.batch_stats)
+    rec = offline_record(experiment, step, acc, online.get(step), steps_per_epoch=run_exp.steps_per_epoch)
     if config.offline.ridge_probe:  # the converged probe beside the budgeted heads (docs/design.md §4)
-      probe = offline_heads.frozen_probe(exp, state.params["model"], state.batch_stats)
-      rec.update(metrics.accuracy_metrics(probe, exp.num_labels, prefix="probe"))
+      probe = offline_heads.frozen_probe(experiment, state.params["model"], state.batch_stats)
+      rec.update(metrics.accuracy_metrics(probe, experiment.num_labels, prefix="probe"))
     if is_writer:
       rundir.append_jsonl(path, rec)
     records.append(rec)

@@ -148,30 +148,32 @@ def _choose_steps(saved: list[int], steps) -> list[int]:
   return chosen
 
 
-def offline_scores(exp, params, batch_stats, layers, scored: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
+def offline_scores(
+  experiment, params, batch_stats, layers, scored: np.ndarray, epoch: int
+) -> dict[str, np.ndarray]:
   """``offline_<kind>/<layer>`` (m, H) of fresh heads fitted to the frozen network.
 
-  The heads get ``exp.config.offline``'s budget and score the examples ``scored`` marks (the trained-on
+  The heads get ``experiment.config.offline``'s budget and score the examples ``scored`` marks (the trained-on
   ones, which offline heads fit, in index order).
   """
   from flax import nnx
 
   from rlp_jax.training import offline_heads
 
-  feats, y = offline_heads.extract_features(exp, params["model"], batch_stats, layers, epoch=epoch)
+  feats, y = offline_heads.extract_features(experiment, params["model"], batch_stats, layers, epoch=epoch)
   rows = np.flatnonzero(scored)
   if len(rows) != len(y):
     raise UserError(f"offline heads read {len(y)} examples, the scores {len(rows)}; they must be the same.")
-  cfg = exp.config.offline
+  cfg = experiment.config.offline
   feats = offline_heads.standardized(feats) if cfg.standardize else feats
   graphdef, head_params = offline_heads.train_heads(
-    exp, feats, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size
+    experiment, feats, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size
   )
   heads = nnx.merge(graphdef, head_params).layers
   out = {}
   for layer in layers:
     # All (M, H, n) logits at once, like offline_heads' features: for the small runs this analysis is for.
-    logits = np.asarray(heads[layer](feats[layer]))[..., : exp.num_labels]
+    logits = np.asarray(heads[layer](feats[layer]))[..., : experiment.num_labels]
     for kind, value in scores_from_logits(logits, y).items():
       fill = False if kind == "correct" else np.nan
       out[f"offline_{kind}/{layer}"] = np.full((len(scored), *value.shape[1:]), fill, value.dtype)
@@ -179,7 +181,9 @@ def offline_scores(exp, params, batch_stats, layers, scored: np.ndarray, epoch: 
   return out
 
 
-def probe_scores(exp, params, batch_stats, layers, scored: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
+def probe_scores(
+  experiment, params, batch_stats, layers, scored: np.ndarray, epoch: int
+) -> dict[str, np.ndarray]:
   """``probe_margin/<layer>``, ``probe_correct/<layer>`` (m, H) of the converged probe on a frozen network.
 
   The probe is fitted to the frozen network's features of the examples ``scored`` marks (in index order).
@@ -187,13 +191,13 @@ def probe_scores(exp, params, batch_stats, layers, scored: np.ndarray, epoch: in
   from rlp_jax.heads import ridge_probe
   from rlp_jax.training import offline_heads
 
-  feats, y = offline_heads.extract_features(exp, params["model"], batch_stats, layers, epoch=epoch)
+  feats, y = offline_heads.extract_features(experiment, params["model"], batch_stats, layers, epoch=epoch)
   rows = np.flatnonzero(scored)
   if len(rows) != len(y):
     raise UserError(f"the probe read {len(y)} examples, the scores {len(rows)}; they must be the same.")
   out = {}
   for layer in layers:
-    probe = ridge_probe.fit(feats[layer], y, exp.num_labels)
+    probe = ridge_probe.fit(feats[layer], y, experiment.num_labels)
     for kind, value in ridge_probe.own_label_stats(probe, feats[layer], y).items():
       fill = False if kind == "correct" else np.nan
       out[f"probe_{kind}/{layer}"] = np.full((len(scored), *value.shape[1:]), fill, value.dtype)
@@ -220,16 +224,17 @@ def compute(
   ``probe``, the converged probe's. With ``lock``, once the request is known to be valid, the scoring and
   the write hold ``DIR/.memorization.lock``: a second scorer of the same run is refused in one line.
   """
-  from rlp_jax.training import checkpointing, experiment
+  from rlp_jax.training import checkpointing
+  from rlp_jax.training import experiment as experiment_lib
 
   config = config or rundir.load_config(workdir)
-  exp, state = experiment.build(config)
-  if not exp.rlp_layers:
+  experiment, state = experiment_lib.build(config)
+  if not experiment.rlp_layers:
     raise UserError("The run has no RLP heads (config.rlp.num_heads=0): there is nothing to score with.")
-  layers = list(layers or exp.rlp_layers)
-  unknown = [name for name in layers if name not in exp.rlp_layers]
+  layers = list(layers or experiment.rlp_layers)
+  unknown = [name for name in layers if name not in experiment.rlp_layers]
   if unknown:
-    raise UserError(f"--layers={unknown}: the run's heads read {list(exp.rlp_layers)}.")
+    raise UserError(f"--layers={unknown}: the run's heads read {list(experiment.rlp_layers)}.")
   # The online heads are needed: snapshots written with checkpoint.snapshot_heads, else the resume state.
   ckpt = checkpointing.Checkpoints(workdir, config, read_only=True)
   kind, saved = ckpt.analysis_steps(heads=True)
@@ -241,26 +246,30 @@ def compute(
   chosen = _choose_steps(saved, steps)
   what = f"the same {output}"
   with rundir.lock(workdir, enabled=lock, name=f".{os.path.splitext(output)[0]}.lock", what=what):
-    return _score_steps(workdir, config, exp, state, ckpt, kind, chosen, layers, output, offline, probe, log)
+    return _score_steps(
+      workdir, config, experiment, state, ckpt, kind, chosen, layers, output, offline, probe, log
+    )
 
 
-def _score_steps(workdir, config, exp, state, ckpt, kind, chosen, layers, output, offline, probe, log):
+def _score_steps(workdir, config, experiment, state, ckpt, kind, chosen, layers, output, offline, probe, log):
   """compute's work once the request is valid: score each chosen checkpoint, then write DIR/<output>."""
   from rlp_jax.training import evaluators
 
   per_step = []
   for step in chosen:
     restored = ckpt.restore_for_analysis(kind, step, state)
-    epoch = label_epoch(step, exp.steps_per_epoch, config.num_epochs)
-    batches = evaluators.head_logits(exp, restored.params, restored.batch_stats, layers, epoch=epoch)
-    per_step.append(collect(batches, exp.info.num_train))
+    epoch = label_epoch(step, experiment.steps_per_epoch, config.num_epochs)
+    batches = evaluators.head_logits(experiment, restored.params, restored.batch_stats, layers, epoch=epoch)
+    per_step.append(collect(batches, experiment.info.num_train))
     if offline:
       per_step[-1].update(
-        offline_scores(exp, restored.params, restored.batch_stats, layers, per_step[-1]["scored"], epoch)
+        offline_scores(
+          experiment, restored.params, restored.batch_stats, layers, per_step[-1]["scored"], epoch
+        )
       )
     if probe:
       per_step[-1].update(
-        probe_scores(exp, restored.params, restored.batch_stats, layers, per_step[-1]["scored"], epoch)
+        probe_scores(experiment, restored.params, restored.batch_stats, layers, per_step[-1]["scored"], epoch)
       )
     log(
       f"scored step {step}: mean probability of the own random label "
@@ -273,9 +282,9 @@ def _score_steps(workdir, config, exp, state, ckpt, kind, chosen, layers, output
     out[key] = np.stack([s[key] for s in per_step])
   out.update(
     steps=np.asarray(chosen),
-    epochs=np.asarray(chosen) / exp.steps_per_epoch,
+    epochs=np.asarray(chosen) / experiment.steps_per_epoch,
     layers=np.asarray(layers),
-    num_labels=np.asarray(exp.num_labels),
+    num_labels=np.asarray(experiment.num_labels),
   )
   buf = io.BytesIO()
   np.savez_compressed(buf, **out)

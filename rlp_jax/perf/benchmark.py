@@ -27,7 +27,7 @@ import numpy as np
 
 from rlp_jax.data import input_pipeline, labels
 from rlp_jax.perf import flops
-from rlp_jax.training import experiment
+from rlp_jax.training import experiment as experiment_lib
 from rlp_jax.training.steps import make_train_step
 
 # Dense bf16 peak FLOP/s per chip, by a substring of jax.Device.device_kind (first match wins).
@@ -69,22 +69,22 @@ def data_info(config) -> input_pipeline.DataInfo:
   return input_pipeline.get_info(config)
 
 
-def synthetic_batch(exp, seed: int = 0, *, abstract: bool = False) -> dict[str, jax.Array]:
-  cfg, info = exp.config, exp.info
+def synthetic_batch(experiment, seed: int = 0, *, abstract: bool = False) -> dict[str, jax.Array]:
+  cfg, info = experiment.config, experiment.info
   rng = np.random.default_rng(seed)
   b = cfg.batch_size // jax.process_count()
   batch = {
     "image": rng.standard_normal((b,) + tuple(info.input_shape)).astype(np.float32),
     "label": rng.integers(0, info.num_classes, b).astype(np.int32),
   }
-  if exp.rlp_layers:
-    batch["rlp_labels"] = rng.integers(0, exp.num_labels, (b, cfg.rlp.num_heads)).astype(np.int32)
+  if experiment.rlp_layers:
+    batch["rlp_labels"] = rng.integers(0, experiment.num_labels, (b, cfg.rlp.num_heads)).astype(np.int32)
   if abstract:
-    sh = exp.data_sharding
+    sh = experiment.data_sharding
     return {
       k: jax.ShapeDtypeStruct((cfg.batch_size,) + v.shape[1:], v.dtype, sharding=sh) for k, v in batch.items()
     }
-  return experiment.device_batch(exp, batch)
+  return experiment_lib.device_batch(experiment, batch)
 
 
 def compiled_costs(compiled) -> dict[str, float]:
@@ -110,13 +110,13 @@ def compiled_costs(compiled) -> dict[str, float]:
 
 
 def compile_step(config, info, *, abstract: bool = False):
-  """(exp, state, batch, compiled train step, compile seconds); ``abstract`` allocates nothing."""
-  exp, state = experiment.build(config, info, abstract=abstract)
-  batch = synthetic_batch(exp, abstract=abstract)
-  step = make_train_step(exp)
+  """(experiment, state, batch, compiled train step, compile seconds); ``abstract`` allocates nothing."""
+  experiment, state = experiment_lib.build(config, info, abstract=abstract)
+  batch = synthetic_batch(experiment, abstract=abstract)
+  step = make_train_step(experiment)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
-  return exp, state, batch, compiled, time.perf_counter() - t0
+  return experiment, state, batch, compiled, time.perf_counter() - t0
 
 
 def measure(config, info, *, steps: int, warmup: int = 2, repeats: int = 3, compile_only: bool = False):
@@ -125,13 +125,13 @@ def measure(config, info, *, steps: int, warmup: int = 2, repeats: int = 3, comp
   ``compile_only``: compile from abstract shapes and report the compiled program's costs without running
   it — how to size a configuration (a 1B-parameter head, say) on a machine that cannot hold it.
   """
-  exp, state, batch, compiled, compile_s = compile_step(config, info, abstract=compile_only)
+  experiment, state, batch, compiled, compile_s = compile_step(config, info, abstract=compile_only)
   out = {
     "compile_s": compile_s,
     "rlp_params": float(sum(x.size for x in jax.tree.leaves(state.params["rlp"]))),
     # Matmul + convolution FLOPs per device, counted in the traced step (flops.py: XLA's own count
     # omits the cuBLAS/cuDNN calls on GPU and counts loop bodies once, so MFU and FLOP ratios use this).
-    "model_flops_per_step": flops.count(make_train_step(exp), state, batch) / jax.device_count(),
+    "model_flops_per_step": flops.count(make_train_step(experiment), state, batch) / jax.device_count(),
     **compiled_costs(compiled),
   }
   if compile_only:

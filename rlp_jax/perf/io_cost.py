@@ -20,16 +20,17 @@ import jax
 
 from rlp_jax.data import input_pipeline
 from rlp_jax.perf import benchmark
-from rlp_jax.training import checkpointing, experiment
+from rlp_jax.training import checkpointing
+from rlp_jax.training import experiment as experiment_lib
 from rlp_jax.training.steps import make_train_step
 
 
 def save_cost(config, *, steps: int = 20, repeats: int = 3) -> dict[str, float]:
   config = config.copy_and_resolve_references()
   config.checkpoint.async_save = True
-  exp, state = experiment.build(config, benchmark.data_info(config))
-  batch = benchmark.synthetic_batch(exp)
-  train_step = make_train_step(exp)
+  experiment, state = experiment_lib.build(config, benchmark.data_info(config))
+  batch = benchmark.synthetic_batch(experiment)
+  train_step = make_train_step(experiment)
   for _ in range(2):
     state = train_step(state, batch)
   jax.block_until_ready(state)
@@ -58,18 +59,18 @@ def save_cost(config, *, steps: int = 20, repeats: int = 3) -> dict[str, float]:
 
 
 def prefetch_gain(config, *, num_batches: int = 50, size: int = 2) -> dict[str, float]:
-  exp, state = experiment.build(config)
-  train_step = make_train_step(exp)
-  n = min(num_batches, exp.steps_per_epoch)
+  experiment, state = experiment_lib.build(config)
+  train_step = make_train_step(experiment)
+  n = min(num_batches, experiment.steps_per_epoch)
 
   def run(ahead: int, epoch: int) -> float:
     nonlocal state
-    batches = input_pipeline.train_batches(config, exp.info, epoch)
+    batches = input_pipeline.train_batches(config, experiment.info, epoch)
     first = next(batches)  # pipeline start-up and compilation are not throughput
-    state = train_step(state, experiment.device_batch(exp, first))
+    state = train_step(state, experiment_lib.device_batch(experiment, first))
     jax.block_until_ready(state)
     t0 = time.perf_counter()
-    for i, batch in enumerate(experiment.device_batches(exp, batches, ahead)):
+    for i, batch in enumerate(experiment_lib.device_batches(experiment, batches, ahead)):
       if i == n - 1:
         break
       state = train_step(state, batch)

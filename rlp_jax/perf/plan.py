@@ -26,7 +26,8 @@ import jax
 import numpy as np
 
 from rlp_jax.perf import benchmark, flops
-from rlp_jax.training import checkpointing, experiment
+from rlp_jax.training import checkpointing
+from rlp_jax.training import experiment as experiment_lib
 from rlp_jax.training.steps import make_train_step
 
 
@@ -41,9 +42,9 @@ def tree_size(tree) -> int:
 def plan(config, *, devices=None, peak_flops: float | None = None, mfu: float = 0.4) -> dict[str, Any]:
   """The plan of the run ``config`` describes, on ``devices`` (default: all)."""
   info = benchmark.data_info(config)
-  exp, state = experiment.build(config, info, devices, abstract=True)
-  batch = benchmark.synthetic_batch(exp, abstract=True)
-  step_fn = make_train_step(exp)
+  experiment, state = experiment_lib.build(config, info, devices, abstract=True)
+  batch = benchmark.synthetic_batch(experiment, abstract=True)
+  step_fn = make_train_step(experiment)
   compiled = step_fn.lower(state, batch).compile()
   costs = benchmark.compiled_costs(compiled)
   step_flops = float(flops.count(step_fn, state, batch))
@@ -53,14 +54,14 @@ def plan(config, *, devices=None, peak_flops: float | None = None, mfu: float = 
   snapshot_bytes = tree_bytes(checkpointing.snapshot_of(state, heads=config.checkpoint.snapshot_heads))
   kept_resume = min(config.checkpoint.keep, len(resume_epochs))
   out: dict[str, Any] = {
-    "devices": exp.mesh.size,
-    "mesh": dict(exp.mesh.shape),
-    "device_kind": getattr(exp.mesh.devices.flat[0], "device_kind", ""),
+    "devices": experiment.mesh.size,
+    "mesh": dict(experiment.mesh.shape),
+    "device_kind": getattr(experiment.mesh.devices.flat[0], "device_kind", ""),
     "params": {g: tree_size(state.params[g]) for g in ("model", "rlp", "probes")},
     "device_memory_bytes": costs.get("device_memory_bytes"),
     "flops_per_step": step_flops,
-    "steps": exp.total_steps,
-    "flops_per_run": step_flops * exp.total_steps,
+    "steps": experiment.total_steps,
+    "flops_per_run": step_flops * experiment.total_steps,
     "resume_checkpoint_bytes": resume_bytes,
     "resume_checkpoints_kept": kept_resume,
     "snapshot_bytes": snapshot_bytes,
@@ -73,7 +74,7 @@ def plan(config, *, devices=None, peak_flops: float | None = None, mfu: float = 
   }
   if peak_flops:
     out["device_hours"] = out["flops_per_run"] / (peak_flops * mfu) / 3600
-    out["wall_hours"] = out["device_hours"] / exp.mesh.size
+    out["wall_hours"] = out["device_hours"] / experiment.mesh.size
   return out
 
 

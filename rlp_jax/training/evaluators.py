@@ -1,8 +1,8 @@
 """Evaluators: what is measured on a set of examples, from one feature-extraction path (docs/design.md §4).
 
-``Features(exp)`` is the one jitted function that applies the network in eval mode to a batch of images and
-returns its class logits and the pooled float32 features of the layers the heads and probes read. Every
-measurement reads those arrays:
+``Features(experiment)`` is the one jitted function that applies the network in eval mode to a batch of
+images and returns its class logits and the pooled float32 features of the layers the heads and probes
+read. Every measurement reads those arrays:
 
   ``evaluate``            class accuracy and loss (train subset, test), random-label accuracy per head,
                           class-probe accuracy per layer — inside the training loop, after every epoch;
@@ -34,17 +34,20 @@ class Features:
   """``features(model_params, batch_stats, image) -> (class logits, {layer: (B, D) float32})`` in eval mode.
 
   ``layers`` default to every layer an RLP head or a probe reads. The pooling is the heads' own
-  (``exp.pool``, from ``config.rlp.pool``), so a head applied to these features sees what it sees in training.
+  (``experiment.pool``, from ``config.rlp.pool``), so a head applied to these features sees what it sees in
+  training.
   """
 
-  def __init__(self, exp: Experiment, layers: Sequence[str] | None = None):
-    self.exp = exp
-    self.layers = tuple(layers if layers is not None else dict.fromkeys(exp.rlp_layers + exp.probe_layers))
-    pool = exp.pool
+  def __init__(self, experiment: Experiment, layers: Sequence[str] | None = None):
+    self.experiment = experiment
+    self.layers = tuple(
+      layers if layers is not None else dict.fromkeys(experiment.rlp_layers + experiment.probe_layers)
+    )
+    pool = experiment.pool
 
     @jax.jit
     def features(model_params, batch_stats, image):
-      logits, sown, _ = models.apply(exp.model_def, model_params, batch_stats, image, train=False)
+      logits, sown, _ = models.apply(experiment.model_def, model_params, batch_stats, image, train=False)
       pooled = {k: heads_lib.pool_features(sown[k], pool).astype(jnp.float32) for k in self.layers}
       return logits.astype(jnp.float32), pooled
 
@@ -57,9 +60,9 @@ class Features:
     self, params, batch_stats, split: str, epoch: int, *, limit: int = -1
   ) -> Iterator[tuple[dict, dict, jax.Array, dict]]:
     """``(host batch, device batch, class logits, features)`` for every eval batch of ``split``."""
-    cfg = self.exp.config
-    for batch in input_pipeline.eval_batches(cfg, self.exp.info, split, epoch, limit=limit):
-      on_device = device_batch(self.exp, batch)
+    cfg = self.experiment.config
+    for batch in input_pipeline.eval_batches(cfg, self.experiment.info, split, epoch, limit=limit):
+      on_device = device_batch(self.experiment, batch)
       logits, feats = self(params["model"], batch_stats, on_device.pop("image"))
       yield batch, on_device, logits, feats
 
@@ -69,7 +72,7 @@ class Features:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _metric_sums(exp: Experiment, params, logits, feats, batch) -> dict[str, jax.Array]:
+def _metric_sums(experiment: Experiment, params, logits, feats, batch) -> dict[str, jax.Array]:
   """Sums over the real (``mask``) examples of one batch.
 
   Count, class correct and loss, and per layer the random-label correct counts (H,) and probe correct
@@ -81,21 +84,21 @@ def _metric_sums(exp: Experiment, params, logits, feats, batch) -> dict[str, jax
     "class_correct": ((jnp.argmax(logits, -1) == batch["label"]) & mask).sum(),
     "class_loss": (routing.cross_entropy(logits, batch["label"]) * mask).sum(),
   }
-  if exp.heads_def is not None and "rlp_labels" in batch:
-    heads = nnx.merge(exp.heads_def, params["rlp"])
-    for name in exp.rlp_layers:
+  if experiment.heads_def is not None and "rlp_labels" in batch:
+    heads = nnx.merge(experiment.heads_def, params["rlp"])
+    for name in experiment.rlp_layers:
       head = heads.layers[name]
       st = routing.parallel_head_stats(
         head,
         head.standardize(feats[name]),
         batch["rlp_labels"],
-        mesh=exp.mesh,
-        label_chunk=exp.config.rlp.label_chunk,
+        mesh=experiment.mesh,
+        label_chunk=experiment.config.rlp.label_chunk,
       )
       out[f"rlp/{name}"] = (st.correct & mask[:, None]).sum(0)
-  if exp.probes_def is not None:
-    probes = nnx.merge(exp.probes_def, params["probes"])
-    for name, s in probes({k: feats[k] for k in exp.probe_layers}).items():
+  if experiment.probes_def is not None:
+    probes = nnx.merge(experiment.probes_def, params["probes"])
+    for name, s in probes({k: feats[k] for k in experiment.probe_layers}).items():
       out[f"probe/{name}"] = ((jnp.argmax(s[:, 0], -1) == batch["label"]) & mask).sum()
   return out
 
@@ -103,10 +106,12 @@ def _metric_sums(exp: Experiment, params, logits, feats, batch) -> dict[str, jax
 class Evaluator:
   """The loop's per-epoch evaluation; built once per experiment so its functions compile once."""
 
-  def __init__(self, exp: Experiment):
-    self.exp = exp
-    self.features = Features(exp)
-    self._sums = jax.jit(lambda params, logits, feats, batch: _metric_sums(exp, params, logits, feats, batch))
+  def __init__(self, experiment: Experiment):
+    self.experiment = experiment
+    self.features = Features(experiment)
+    self._sums = jax.jit(
+      lambda params, logits, feats, batch: _metric_sums(experiment, params, logits, feats, batch)
+    )
 
   def __call__(self, params, batch_stats, epoch: int) -> dict[str, float]:
     """Class accuracy and loss, random-label accuracy per head, and probe accuracy per layer.
@@ -114,17 +119,17 @@ class Evaluator:
     Class accuracy and loss are on the fixed train subset and on test; random-label accuracy is on the train
     subset, with the labels of ``epoch`` (in ``shuffled`` mode with labels never trained on).
     """
-    exp = self.exp
+    experiment = self.experiment
     # docs/design.md §4: shuffled labels change every epoch, so epoch's own labels are ones the heads have
     # just fitted, and accuracy on them is above chance without anything memorized across epochs (A.2
     # asks whether the heads predict labels they cannot have learned). The held-out draw is never trained on.
-    if exp.config.rlp.label_mode == "shuffled":
+    if experiment.config.rlp.label_mode == "shuffled":
       epoch = labels.HELD_OUT_EPOCH
     out: dict[str, float] = {}
     for split, prefix in (("train_eval", "train"), ("test", "test")):
       total = None
       for _, batch, logits, feats in self.features.batches(
-        params, batch_stats, split, epoch, limit=exp.config.eval.train_examples
+        params, batch_stats, split, epoch, limit=experiment.config.eval.train_examples
       ):
         if split == "test":
           batch.pop("rlp_labels", None)  # random labels are defined on training examples only
@@ -134,11 +139,11 @@ class Evaluator:
       count = max(float(total["count"]), 1.0)
       out[f"{prefix}/accuracy"] = float(total["class_correct"]) / count
       out[f"{prefix}/loss"] = float(total["class_loss"]) / count
-      for name in exp.probe_layers:
+      for name in experiment.probe_layers:
         out[f"probe/{name}/{prefix}_accuracy"] = float(total[f"probe/{name}"]) / count
       if split == "train_eval":
-        per_head = {n: total[f"rlp/{n}"] / count for n in exp.rlp_layers}
-        out.update(head_metrics.accuracy_metrics(per_head, exp.num_labels))
+        per_head = {n: total[f"rlp/{n}"] / count for n in experiment.rlp_layers}
+        out.update(head_metrics.accuracy_metrics(per_head, experiment.num_labels))
     return out
 
 
@@ -148,17 +153,17 @@ class Evaluator:
 
 
 def head_logits(
-  exp: Experiment, params, batch_stats, layers: Sequence[str], *, epoch: int, limit: int = -1
+  experiment: Experiment, params, batch_stats, layers: Sequence[str], *, epoch: int, limit: int = -1
 ) -> Iterator[tuple[dict, Mapping[str, np.ndarray]]]:
   """``(host batch, {layer: (B, H, n) logits on host})`` of the heads in ``params['rlp']``.
 
   For every training example of the eval subset, with the random labels of ``epoch``. The host batch also
   holds the network's own ``class_logits`` (B, C): the classifier's loss is the baseline per-example score.
   """
-  features = Features(exp, layers)
+  features = Features(experiment, layers)
 
   def logits(head_params, feats):
-    heads = nnx.merge(exp.heads_def, head_params)
+    heads = nnx.merge(experiment.heads_def, head_params)
     return {k: heads.layers[k](feats[k]) for k in layers}
 
   logits = jax.jit(logits)

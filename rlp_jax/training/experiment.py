@@ -163,7 +163,7 @@ def build(
     steps_per_epoch=spe,
     total_steps=total,
   )
-  exp = Experiment(
+  experiment = Experiment(
     config=config,
     info=info,
     model_def=model_def,
@@ -192,17 +192,17 @@ def build(
       params=all_params,
       batch_stats=stats.to_pure_dict(),
       opt_state=tx.init(all_params),
-      loss_sums=zero_sums(exp),
+      loss_sums=zero_sums(experiment),
     )
 
   shapes = jax.eval_shape(init_state)
   shardings = sharding.state_shardings(shapes, mesh, fsdp=config.mesh.fsdp)
-  exp = dataclasses.replace(exp, state_sharding=shardings)
+  experiment = dataclasses.replace(experiment, state_sharding=shardings)
   if abstract:
-    return exp, jax.tree.map(
+    return experiment, jax.tree.map(
       lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), shapes, shardings
     )
-  return exp, jax.jit(init_state, out_shardings=shardings)()
+  return experiment, jax.jit(init_state, out_shardings=shardings)()
 
 
 def _check_heads_fit(config, dims, layers, num_labels: int, mesh) -> None:
@@ -231,29 +231,31 @@ def _check_heads_fit(config, dims, layers, num_labels: int, mesh) -> None:
     )
 
 
-def loss_names(exp: Experiment) -> list[str]:
+def loss_names(experiment: Experiment) -> list[str]:
   names = ["loss/class", "loss/total"]
-  if exp.rlp_layers:
+  if experiment.rlp_layers:
     names += ["loss/rnd", "loss/reg"]
-  if exp.probe_layers:
+  if experiment.probe_layers:
     names.append("loss/probe")
   return names
 
 
-def zero_sums(exp: Experiment) -> dict[str, jax.Array]:
-  return {k: jnp.zeros((), jnp.float32) for k in loss_names(exp)}
+def zero_sums(experiment: Experiment) -> dict[str, jax.Array]:
+  return {k: jnp.zeros((), jnp.float32) for k in loss_names(experiment)}
 
 
-def device_batch(exp: Experiment, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+def device_batch(experiment: Experiment, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
   """This host's part of a batch -> global arrays in the data sharding (what a step reads of it)."""
   keep = ("image", "label", "rlp_labels", "mask")
   return {
-    k: jax.make_array_from_process_local_data(exp.data_sharding, v) for k, v in batch.items() if k in keep
+    k: jax.make_array_from_process_local_data(experiment.data_sharding, v)
+    for k, v in batch.items()
+    if k in keep
   }
 
 
 def device_batches(
-  exp: Experiment, batches: Iterable[Mapping[str, np.ndarray]], size: int = 2
+  experiment: Experiment, batches: Iterable[Mapping[str, np.ndarray]], size: int = 2
 ) -> Iterator[dict[str, jax.Array]]:
   """``device_batch`` of each batch, ``size`` batches ahead (device prefetch).
 
@@ -262,8 +264,8 @@ def device_batches(
   for the step. ``size=0`` transfers each batch only when it is asked for.
   """
   it = iter(batches)
-  ahead = collections.deque(device_batch(exp, b) for b in itertools.islice(it, size))
+  ahead = collections.deque(device_batch(experiment, b) for b in itertools.islice(it, size))
   for batch in it:
-    ahead.append(device_batch(exp, batch))
+    ahead.append(device_batch(experiment, batch))
     yield ahead.popleft()
   yield from ahead

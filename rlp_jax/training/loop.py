@@ -87,7 +87,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if is_writer and os.path.isdir(workdir):
     with rundir.lock(workdir):  # a workdir in use is refused before the state takes device memory
       pass
-  exp, state = build(config)  # checks the config against the data and the model: before the workdir exists
+  experiment, state = build(
+    config
+  )  # checks the config against the data and the model: before the workdir exists
   with (
     rundir.lock(workdir, enabled=is_writer),
     console.log_file(rundir.log_path(workdir, "train"), enabled=is_writer),
@@ -95,7 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
       checkpointing.write_config(config, workdir)
       with checkpointing.Checkpoints(workdir, config) as ckpt:  # closing waits for the saves in flight
-        return _run(config, workdir, exp, state, ckpt)
+        return _run(config, workdir, experiment, state, ckpt)
     except OSError as e:
       if e.errno not in (errno.ENOSPC, errno.EDQUOT):
         raise
@@ -111,7 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ) from None
 
 
-def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> dict[str, Any]:
+def _run(config, workdir: str, experiment, state, ckpt: checkpointing.Checkpoints) -> dict[str, Any]:
   # Imported here, not at the top: clu's writers pull in TensorFlow, which the train *step* (and so the
   # benchmark on an accelerator machine that has only JAX) does not need.
   from clu import periodic_actions
@@ -125,34 +127,36 @@ def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> d
     ckpt.save_resume(0, state)
     ckpt.save_snapshot(0, state)  # the initialization: the offline control of Fig. 2B
   else:
-    logging.info("Resumed from step %d of %d.", latest, exp.total_steps)
+    logging.info("Resumed from step %d of %d.", latest, experiment.total_steps)
   writer, progress_writer, jsonl = metric_logging.create_writers(workdir)
   if jsonl is not None:
     jsonl.truncate_after(latest)  # records past the restored step belong to the part that is redone
 
-  train_step, evaluate = make_train_step(exp), Evaluator(exp)
-  spe = exp.steps_per_epoch
+  train_step, evaluate = make_train_step(experiment), Evaluator(experiment)
+  spe = experiment.steps_per_epoch
   step = int(state.step)
   resume_at = set(checkpointing.resume_epochs(config))
   snapshot_at = set(checkpointing.snapshot_epochs(config))
   progress = periodic_actions.ReportProgress(  # steps/s and uptime to TensorBoard
-    num_train_steps=exp.total_steps, writer=progress_writer, every_steps=config.log_every_steps
+    num_train_steps=experiment.total_steps, writer=progress_writer, every_steps=config.log_every_steps
   )
-  progress_line = console.ProgressLine(exp.total_steps, config.log_every_steps)  # on a terminal
+  progress_line = console.ProgressLine(experiment.total_steps, config.log_every_steps)  # on a terminal
   last_eval: dict[str, float] = {}
   collapsed: dict[str, Any] | None = None  # the first evaluation at which training had collapsed (health.py)
   check_health = functools.partial(
     health.collapse,
-    num_classes=exp.info.num_classes,
+    num_classes=experiment.info.num_classes,
     reg_lambda=config.rlp.reg_lambda,
     warmup_epochs=config.optimizer.warmup_epochs,
   )
   with _Preemption() as preemption:
     for epoch in range(step // spe, config.num_epochs):
       if step == epoch * spe:
-        state = state.replace(loss_sums=jax.device_put(zero_sums(exp), exp.state_sharding.loss_sums))
-      batches = input_pipeline.train_batches(config, exp.info, epoch, skip=step - epoch * spe)
-      for batch in device_batches(exp, batches):
+        state = state.replace(
+          loss_sums=jax.device_put(zero_sums(experiment), experiment.state_sharding.loss_sums)
+        )
+      batches = input_pipeline.train_batches(config, experiment.info, epoch, skip=step - epoch * spe)
+      for batch in device_batches(experiment, batches):
         state = train_step(state, batch)
         step += 1
         progress(step, time.time())
@@ -203,15 +207,17 @@ def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> d
     collapsed["at_end"] = bool(final_warning)  # False: it had collapsed, then recovered
 
   controls = {}
-  if config.offline.at_init and exp.rlp_layers:
+  if config.offline.at_init and experiment.rlp_layers:
     init = ckpt.restore_snapshot(0, state)
     controls = offline_heads.init_controls(
-      exp, init.params["model"], init.batch_stats, scale_free=config.offline.at_init_scale_free
+      experiment, init.params["model"], init.batch_stats, scale_free=config.offline.at_init_scale_free
     )
-  if config.offline.ridge_probe and exp.rlp_layers:
+  if config.offline.ridge_probe and experiment.rlp_layers:
     # The converged probe on the trained network, beside its value at init (docs/design.md §4).
-    controls["probe_trained"] = offline_heads.frozen_probe(exp, state.params["model"], state.batch_stats)
-  head_rows = summary.rows(last_eval, controls, exp.num_labels, exp.rlp_layers)
+    controls["probe_trained"] = offline_heads.frozen_probe(
+      experiment, state.params["model"], state.batch_stats
+    )
+  head_rows = summary.rows(last_eval, controls, experiment.num_labels, experiment.rlp_layers)
   if jax.process_index() == 0:
     summary.write(workdir, last_eval, head_rows, collapsed)
   return {
@@ -223,7 +229,7 @@ def _run(config, workdir: str, exp, state, ckpt: checkpointing.Checkpoints) -> d
     "rlp_heads": head_rows,
     "collapse": collapsed,
     "table": summary.format_table(last_eval, head_rows),
-    "experiment": exp,
+    "experiment": experiment,
     "state": state,
   }
 

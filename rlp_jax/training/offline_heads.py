@@ -31,7 +31,7 @@ from rlp_jax.heads.label_axis import HeadStats
 from rlp_jax.training import evaluators, optimizers
 
 
-def extract_features(exp, model_params, batch_stats, layers, *, limit: int = -1, epoch: int = 0):
+def extract_features(experiment, model_params, batch_stats, layers, *, limit: int = -1, epoch: int = 0):
   """Pooled eval-mode features of the selected training examples, in order of their global index.
 
   Returns ``({layer: (M, D) float32}, rlp_labels (M, num_heads))`` as NumPy arrays on host. With several
@@ -41,14 +41,14 @@ def extract_features(exp, model_params, batch_stats, layers, *, limit: int = -1,
   report a different number.) Ordering by index makes the result independent of the number of hosts.
   """
 
-  features = evaluators.Features(exp, layers)
+  features = evaluators.Features(experiment, layers)
   rows = []
   params = {"model": model_params}
   for batch, _, _, feats in features.batches(params, batch_stats, "train_eval", epoch, limit=limit):
     local = {k: batch[k] for k in ("index", "mask", "rlp_labels")}
     if jax.process_count() > 1:
       # This host's rows of the features, then every host's rows of everything, aligned row for row.
-      feats = multihost_utils.global_array_to_host_local_array(feats, exp.mesh, P("data"))
+      feats = multihost_utils.global_array_to_host_local_array(feats, experiment.mesh, P("data"))
       local = multihost_utils.process_allgather({**local, "feats": feats}, tiled=True)
     else:
       local = {**local, "feats": jax.device_get(feats)}
@@ -75,13 +75,15 @@ def standardized(features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
-def probe_accuracy(exp, features: Mapping[str, np.ndarray], rlp_labels: np.ndarray) -> dict[str, np.ndarray]:
+def probe_accuracy(
+  experiment, features: Mapping[str, np.ndarray], rlp_labels: np.ndarray
+) -> dict[str, np.ndarray]:
   """Random-label accuracy per layer, (H,), of the converged probe (heads/ridge_probe.py) on features."""
-  return {k: ridge_probe.accuracy(f, rlp_labels, exp.num_labels) for k, f in features.items()}
+  return {k: ridge_probe.accuracy(f, rlp_labels, experiment.num_labels) for k, f in features.items()}
 
 
 def fit_heads(
-  exp,
+  experiment,
   features: Mapping[str, np.ndarray],
   rlp_labels: np.ndarray,
   *,
@@ -97,9 +99,9 @@ def fit_heads(
   features' norm.
   """
   graphdef, params = train_heads(
-    exp, features, rlp_labels, num_epochs=num_epochs, batch_size=batch_size, scale_free=scale_free
+    experiment, features, rlp_labels, num_epochs=num_epochs, batch_size=batch_size, scale_free=scale_free
   )
-  chunk = exp.config.rlp.label_chunk
+  chunk = experiment.config.rlp.label_chunk
 
   @jax.jit
   def correct(p, feats, y):
@@ -122,7 +124,7 @@ def _stats_by_layer(graphdef, params, feats, y, label_chunk: int) -> dict[str, H
 
 
 def train_heads(
-  exp,
+  experiment,
   features: Mapping[str, np.ndarray],
   rlp_labels: np.ndarray,
   *,
@@ -136,11 +138,11 @@ def train_heads(
   """
   layers = list(features)
   heads = heads_lib.build_heads(
-    exp.config,
-    exp.feature_dims,
+    experiment.config,
+    experiment.feature_dims,
     layers,
-    exp.num_labels,
-    label_multiple=exp.label_multiple,
+    experiment.num_labels,
+    label_multiple=experiment.label_multiple,
     scale_free=scale_free,
   )
   graphdef, params = nnx.split(heads)
@@ -148,10 +150,10 @@ def train_heads(
   m = len(rlp_labels)
   batch_size = min(batch_size, m)
   spe = m // batch_size
-  tx = optimizers.make(exp.config.rlp.optimizer, steps_per_epoch=spe, total_steps=spe * num_epochs)
+  tx = optimizers.make(experiment.config.rlp.optimizer, steps_per_epoch=spe, total_steps=spe * num_epochs)
   opt_state = tx.init(params)
 
-  chunk = exp.config.rlp.label_chunk
+  chunk = experiment.config.rlp.label_chunk
 
   def loss_fn(p, feats, y):
     stats = _stats_by_layer(graphdef, p, feats, y, chunk).values()
@@ -173,25 +175,27 @@ def train_heads(
   feats = {k: jnp.asarray(v) for k, v in features.items()}
   y = jnp.asarray(rlp_labels)
   for epoch in range(num_epochs):
-    order = np.random.default_rng([exp.config.seed, epoch]).permutation(m)[: spe * batch_size]
+    order = np.random.default_rng([experiment.config.seed, epoch]).permutation(m)[: spe * batch_size]
     params, opt_state = epoch_fn(params, opt_state, feats, y, order.reshape(spe, batch_size))
 
   return graphdef, params
 
 
-def offline_accuracy(exp, model_params, batch_stats, layers=None) -> dict[str, np.ndarray]:
+def offline_accuracy(experiment, model_params, batch_stats, layers=None) -> dict[str, np.ndarray]:
   """Random-label accuracy (per layer, per head) of offline heads on a frozen network.
 
   The heads read standardized features with ``offline.standardize``.
   """
-  layers = list(layers or exp.rlp_layers)
-  cfg = exp.config.offline
-  feats, y = extract_features(exp, model_params, batch_stats, layers, limit=cfg.train_examples)
+  layers = list(layers or experiment.rlp_layers)
+  cfg = experiment.config.offline
+  feats, y = extract_features(experiment, model_params, batch_stats, layers, limit=cfg.train_examples)
   feats = standardized(feats) if cfg.standardize else feats
-  return fit_heads(exp, feats, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size)
+  return fit_heads(experiment, feats, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size)
 
 
-def init_controls(exp, model_params, batch_stats, *, scale_free: bool) -> dict[str, dict[str, np.ndarray]]:
+def init_controls(
+  experiment, model_params, batch_stats, *, scale_free: bool
+) -> dict[str, dict[str, np.ndarray]]:
   """The end-of-run table's controls on the network at initialization, from one feature extraction.
 
   ``offline_at_init`` (heads of the online heads' variant), with ``scale_free`` ``offline_at_init_scale_free``
@@ -199,26 +203,30 @@ def init_controls(exp, model_params, batch_stats, *, scale_free: bool) -> dict[s
   probe). The pooled features grow ~15x in norm during training on digits, and a head's reach in a fixed
   budget grows with them; the probe is blind to both scale and budget (docs/design.md §4).
   """
-  cfg = exp.config.offline
-  feats, y = extract_features(exp, model_params, batch_stats, list(exp.rlp_layers), limit=cfg.train_examples)
+  cfg = experiment.config.offline
+  feats, y = extract_features(
+    experiment, model_params, batch_stats, list(experiment.rlp_layers), limit=cfg.train_examples
+  )
   fitted = standardized(feats) if cfg.standardize else feats
   fit = lambda sf: fit_heads(  # noqa: E731
-    exp, fitted, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size, scale_free=sf
+    experiment, fitted, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size, scale_free=sf
   )
   out = {"offline_at_init": fit(False)}
   if scale_free:
     out["offline_at_init_scale_free"] = fit(True)
   if cfg.ridge_probe:
-    out["probe_at_init"] = probe_accuracy(exp, feats, y)
+    out["probe_at_init"] = probe_accuracy(experiment, feats, y)
   return out
 
 
-def frozen_probe(exp, model_params, batch_stats, layers=None) -> dict[str, np.ndarray]:
+def frozen_probe(experiment, model_params, batch_stats, layers=None) -> dict[str, np.ndarray]:
   """The converged probe's random-label accuracy (per layer, per head) on a frozen network.
 
   It is the loop's ``probe_trained`` column beside ``probe_at_init``, and the offline command's ``probe/``
   curve.
   """
-  layers = list(layers or exp.rlp_layers)
-  feats, y = extract_features(exp, model_params, batch_stats, layers, limit=exp.config.offline.train_examples)
-  return probe_accuracy(exp, feats, y)
+  layers = list(layers or experiment.rlp_layers)
+  feats, y = extract_features(
+    experiment, model_params, batch_stats, layers, limit=experiment.config.offline.train_examples
+  )
+  return probe_accuracy(experiment, feats, y)

@@ -21,10 +21,10 @@ from rlp_jax.infra import streams
 from rlp_jax.training.experiment import Experiment, TrainState
 
 
-def _losses(exp: Experiment, params, batch_stats, batch, *, train: bool, dropout_key=None):
-  cfg = exp.config
+def _losses(experiment: Experiment, params, batch_stats, batch, *, train: bool, dropout_key=None):
+  cfg = experiment.config
   logits, features, new_stats = models.apply(
-    exp.model_def, params["model"], batch_stats, batch["image"], train=train, dropout_key=dropout_key
+    experiment.model_def, params["model"], batch_stats, batch["image"], train=train, dropout_key=dropout_key
   )
   total, parts = routing.routed_losses(
     class_logits=logits,
@@ -32,13 +32,15 @@ def _losses(exp: Experiment, params, batch_stats, batch, *, train: bool, dropout
     labels=batch["label"],
     rlp_labels=batch.get("rlp_labels"),
     # Test batches carry no random labels (they are defined on training examples only).
-    heads=nnx.merge(exp.heads_def, params["rlp"]) if exp.heads_def and "rlp_labels" in batch else None,
-    probes=nnx.merge(exp.probes_def, params["probes"]) if exp.probes_def else None,
-    reg_layers=exp.reg_layers,
+    heads=nnx.merge(experiment.heads_def, params["rlp"])
+    if experiment.heads_def and "rlp_labels" in batch
+    else None,
+    probes=nnx.merge(experiment.probes_def, params["probes"]) if experiment.probes_def else None,
+    reg_layers=experiment.reg_layers,
     reg_lambda=cfg.rlp.reg_lambda if train else 0.0,
     label_smoothing=cfg.label_smoothing,
-    pool=exp.pool,
-    mesh=exp.mesh,
+    pool=experiment.pool,
+    mesh=experiment.mesh,
     label_chunk=cfg.rlp.label_chunk,
     loss_kernel=cfg.rlp.loss_kernel,
     reg_normalization=cfg.rlp.reg_normalization,
@@ -46,17 +48,17 @@ def _losses(exp: Experiment, params, batch_stats, batch, *, train: bool, dropout
   return total, (parts, logits, new_stats)
 
 
-def make_train_step(exp: Experiment):
-  dropout_base = streams.key(exp.config.seed, streams.DROPOUT)
+def make_train_step(experiment: Experiment):
+  dropout_base = streams.key(experiment.config.seed, streams.DROPOUT)
 
   def train_step(state: TrainState, batch) -> TrainState:
     # The dropout key is a function of (seed, step) only: resumption replays the same masks.
     key = jax.random.fold_in(dropout_base, state.step)
     grad_fn = jax.value_and_grad(
-      lambda p: _losses(exp, p, state.batch_stats, batch, train=True, dropout_key=key), has_aux=True
+      lambda p: _losses(experiment, p, state.batch_stats, batch, train=True, dropout_key=key), has_aux=True
     )
     (_, (parts, _, new_stats)), grads = grad_fn(state.params)
-    updates, opt_state = exp.tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = experiment.tx.update(grads, state.opt_state, state.params)
     sums = {k: state.loss_sums[k] + parts[k] for k in state.loss_sums}
     return state.replace(
       step=state.step + 1,
@@ -66,10 +68,10 @@ def make_train_step(exp: Experiment):
       loss_sums=sums,
     )
 
-  batch_sharding = exp.data_sharding
+  batch_sharding = experiment.data_sharding
   return jax.jit(
     train_step,
-    in_shardings=(exp.state_sharding, batch_sharding),
-    out_shardings=exp.state_sharding,
+    in_shardings=(experiment.state_sharding, batch_sharding),
+    out_shardings=experiment.state_sharding,
     donate_argnums=0,
   )
