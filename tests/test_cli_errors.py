@@ -143,6 +143,7 @@ CASES = [
   ("reproduce", ["--workdir=NEW"], "--config is required"),
   ("reproduce", ["--config=configs/nope.py", "--workdir=NEW"], "configs/nope.py"),
   ("reproduce", ["--config=configs/paper_digits.py:foo", "--workdir=NEW"], "unknown arg(s) ['foo']"),
+  ("reproduce", ["--config=configs/digits.py", "--workdir=NEW"], "defines no get_studies"),
 ]
 
 

@@ -1,5 +1,8 @@
-"""The digits reproduction's aggregation (analysis/paper_results.py) on synthetic sweep logs: the runs sorted
-by experiment, seeds pooled into a mean with its t-interval, the paired label-noise difference, figures."""
+"""analysis/paper_results.py and infra/studies.py on synthetic sweep logs.
+
+A study's points name each run once; its runs pooled over seeds with t-intervals; the paired differences
+seed by seed; the epoch by which the labels are fitted; the figures.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +14,35 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rlp_jax.analysis import paper_results
+import configs.digits
+from rlp_jax.analysis import paper_results, sweep
+from rlp_jax.infra import studies
+from rlp_jax.infra.studies import LAMBDA, Study
 from tests.test_report import write_synthetic_run
 
+STUDIES = (
+  Study("lam", "Figs. 4/5", LAMBDA, (0.0, 10.0), seeds=(0, 1)),
+  Study("noise", "Fig. 7C", "label_noise", (0.0, 0.2), (0.0, 10.0), seeds=(0, 1)),
+  Study("wd", "Fig. 3B", "optimizer.weight_decay", (0.0, 1e-3), seeds=(0, 1), fixed=(("model.width", 8),)),
+)
 
-def _run(root, name, *, lam=0.0, seed=0, width=32, **config):
-  """A synthetic run (test_report's logs) whose config.json holds the reproduction's keys."""
-  workdir = write_synthetic_run(os.path.join(root, name), lam=lam, width=width, seed=seed + 10 * width)
+
+def _config():
+  return configs.digits.get_config("tiny")
+
+
+def _write(root, point):
+  """A synthetic run (test_report's logs) at ``point``, its config.json holding the point's values."""
+  name = sweep.run_name(point)
+  config = sweep.apply_point(_config(), point)
+  seed = int(config.seed) + 7 * int(config.label_noise * 10) + int(config.optimizer.weight_decay * 1e4)
+  workdir = write_synthetic_run(os.path.join(root, name), lam=config.rlp.reg_lambda, seed=seed)
   path = os.path.join(workdir, "config.json")
   with open(path) as f:
     saved = json.load(f)
-  saved["seed"] = seed
-  saved["label_noise"] = config.get("label_noise", 0.0)
-  saved["rlp"]["label_mode"] = config.get("label_mode", "fixed")
+  saved["seed"], saved["label_noise"] = int(config.seed), float(config.label_noise)
+  saved["optimizer"]["weight_decay"] = float(config.optimizer.weight_decay)
+  saved["model"]["width"] = int(config.model.width)
   with open(path, "w") as f:
     json.dump(saved, f)
   return workdir
@@ -41,41 +60,46 @@ def test_mean_ci_by_hand():
   assert paper_results.mean_ci([0.5])[0] == 0.5 and math.isnan(paper_results.mean_ci([0.5])[1])
 
 
-def test_runs_are_sorted_by_experiment_and_pooled_over_seeds(tmp_path):
+def test_studies_name_each_run_once_and_leave_out_the_configs_own_values():
+  points = studies.points(_config(), STUDIES)
+  # λ study: 2 λ × 2 seeds; noise: its label_noise = 0 runs are the λ study's (and λ = 10 adds none new
+  # at noise 0 either); weight decay: its own runs, all at width 8 (wd 0 at width 8 is not the base run).
+  assert len(points) == 4 + 4 + 4
+  assert {LAMBDA: 0.0, "seed": 1} in points and {"label_noise": 0.2, LAMBDA: 10.0, "seed": 0} in points
+  assert {"model.width": 8, LAMBDA: 0.0, "seed": 0} in points  # wd = 0 is the config's own: left out
+  assert {"optimizer.weight_decay": 1e-3, "model.width": 8, LAMBDA: 0.0, "seed": 0} in points
+  assert len({sweep.run_name(p) for p in points}) == len(points)
+
+
+def test_cells_pool_seeds_and_the_paired_differences_are_per_seed(tmp_path):
   root = str(tmp_path / "sweep")
-  lam_runs = {
-    (lam, s): _run(root, f"lam={lam},seed={s}", lam=lam, seed=s) for lam in (0.0, 10.0) for s in (0, 1)
-  }
-  noise = {
-    (lam, s): _run(root, f"noise,lam={lam},seed={s}", lam=lam, seed=s, label_noise=0.2)
+  config = _config()
+  dirs = {sweep.run_name(p): _write(root, p) for p in studies.points(config, STUDIES)}
+  grids = [(s, studies.grid(config, s)) for s in STUDIES]
+  base = [sweep.run_name({LAMBDA: 0.0, "seed": s}) for s in (0, 1)]
+  path = paper_results.write(
+    root, str(tmp_path / "out"), grids=grids, fig2=base, command="CMD", wall_s={"total": 12.0}
+  )
+  md = open(path).read()
+  # The λ = 0 row of the λ study: mean and t-interval of the two seeds' final random-label accuracy.
+  rnd = [_final(dirs[n], "rlp/pre_logits/accuracy") for n in base]
+  m, lo, hi = paper_results.mean_ci(rnd)
+  assert m == pytest.approx(np.mean(rnd)) and lo < m < hi
+  assert "| 0 | 0 | 2 |" in md and f"{m:.4f} [{lo:.4f}, {hi:.4f}]" in md
+  # λ = 10 − λ = 0 under label noise 0.2, seed by seed.
+  noisy = {
+    (lam, s): dirs[sweep.run_name({"label_noise": 0.2, LAMBDA: lam, "seed": s})]
     for lam in (0.0, 10.0)
     for s in (0, 1)
   }
-  _run(root, "shuffled", label_mode="shuffled")
-  _run(root, "width=8", width=8)
-
-  kinds = paper_results.classify(root, base_width=32)
-  names = {k: sorted(r.name for r in v) for k, v in kinds.items()}
-  assert names["lambda"] == sorted(os.path.basename(w) for w in lam_runs.values())
-  assert names["noise"] == sorted(os.path.basename(w) for w in noise.values())
-  assert names["shuffled"] == ["shuffled"] and names["fig2"] == ["lam=0.0,seed=0"]
-  assert names["width"] == ["lam=0.0,seed=0", "width=8"]  # λ = 0, seed 0, fixed labels, no noise
-
-  path = paper_results.write(
-    root, str(tmp_path / "out"), base_width=32, num_train=1437, command="CMD", wall_s={"total": 12.0}
-  )
-  with open(path) as f:
-    md = f.read()
-  # The λ = 0 row: the mean and t-interval of the two seeds' final random-label accuracy.
-  rnd = [_final(lam_runs[(0.0, s)], "rlp/pre_logits/accuracy") for s in (0, 1)]
-  m, lo, hi = paper_results.mean_ci(rnd)
-  assert m == pytest.approx(np.mean(rnd)) and lo < m < hi
-  assert f"| 0 | 2 | {m:.4f} [{lo:.4f}, {hi:.4f}] |" in md
-  # The paired label-noise difference, seed by seed.
   diffs = [
-    _final(noise[(10.0, s)], "test/accuracy") - _final(noise[(0.0, s)], "test/accuracy") for s in (0, 1)
+    _final(noisy[(10.0, s)], "test/accuracy") - _final(noisy[(0.0, s)], "test/accuracy") for s in (0, 1)
   ]
-  assert f"(per seed: {diffs[0]:+.3f}, {diffs[1]:+.3f})" in md
-  for name in ("fig2.png", "lambda.png", "controls.png"):
+  assert "λ=10 − λ=0 at label_noise=0.2, Δ test acc.: " in md
+  assert f"(per seed {diffs[0]:+.3f}, {diffs[1]:+.3f})" in md
+  # The synthetic train accuracy (1 - 0.5 e^{-e/3}) stays below 0.99 for its 6 epochs: no row is fitted.
+  assert "| not fitted |" in md
+  for name in ("fig2.png", "lam.png", "noise.png", "wd.png"):
     assert os.path.getsize(tmp_path / "out" / name) > 5000, name
-  assert "| total | 12 |" in md and md.startswith("# Reproduction tables (generated by `CMD`)")
+  assert "## Fig. 2A/2B" in md and "| total | 12 |" in md
+  assert md.startswith("# Reproduction tables (generated by `CMD`)")

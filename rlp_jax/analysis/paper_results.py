@@ -1,11 +1,11 @@
 """The tables and figures of a small reproduction of the paper (configs/paper_<dataset>.py, docs/results.md).
 
-The sweep's runs sorted by experiment, aggregated over seeds with intervals, drawn and tabulated.
-
-``write(root, out)`` reads only logs (metrics.jsonl, offline.jsonl, memorization.json; analysis/run_logs.py)
-and writes ``out/*.png`` and ``out/tables.md``. Per-run figures are the report's own (analysis/figures.py);
-what is new here is what the report does not do: seeds pooled into a mean with a 95% t-interval, the paired
-label-noise comparison, the width and shuffled-label controls side by side, and the noisy-vs-clean AUCs.
+``write`` reads only logs (metrics.jsonl, offline.jsonl, memorization.json; analysis/run_logs.py) and
+writes ``out/<study>.png`` and ``out/tables.md``. For every study of the config (infra/studies.py): each
+(value, λ) cell pooled over seeds into a mean with its 95% t-interval, the epoch by which the training
+labels are fitted, and the paired differences (same seed) that decide a verdict: each value against the
+study's first, and each λ against λ = 0. Then Fig. 2A/2B over the seeds of the base run (online head,
+offline heads and converged probe on every snapshot) and the noisy-vs-clean AUCs of per-example scores.
 """
 
 from __future__ import annotations
@@ -13,45 +13,23 @@ from __future__ import annotations
 import collections
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 
-from rlp_jax.analysis import figures, figures_across_runs
+from rlp_jax.analysis import figures, figures_across_runs, sweep
 from rlp_jax.analysis.run_logs import LAMBDA, RunLogs, find_runs
 from rlp_jax.infra import rundir
+from rlp_jax.infra.studies import Study
 
 LAYER = "pre_logits"
 RANDOM = f"rlp/{LAYER}/accuracy"
+FITTED = 0.99  # train accuracy at which the training labels (noisy ones included) count as fitted
+METRICS = (RANDOM, "train/accuracy", "test/accuracy")
 
-
-def _get(run: RunLogs, key: str, default=None):
-  return run.config.get(key, default)
-
-
-def classify(root: str, base_width: int) -> dict[str, list[RunLogs]]:
-  """The sweep's runs by experiment: ``lambda``, ``noise``, ``shuffled``, ``width`` and ``fig2``.
-
-  ``lambda`` (Figs. 4/5), ``noise`` (Fig. 7C), ``shuffled`` (A.2), ``width`` (A.9, λ = 0 and seed 0, the
-  base width included) and ``fig2`` (the λ = 0, seed 0 run of the base width: the reproduction config's
-  ``model.width``).
-  """
-  out: dict[str, list[RunLogs]] = collections.defaultdict(list)
-  for run in find_runs([root]):
-    plain = _get(run, "rlp.label_mode") == "fixed" and not _get(run, "label_noise")
-    base = plain and _get(run, LAMBDA) == 0 and _get(run, "seed") == 0
-    if _get(run, "rlp.label_mode") == "shuffled":
-      out["shuffled"].append(run)
-    elif _get(run, "label_noise"):
-      out["noise"].append(run)
-    elif plain and _get(run, "model.width") == base_width:
-      out["lambda"].append(run)
-    if base:
-      out["width"].append(run)
-    if base and _get(run, "model.width") == base_width:
-      out["fig2"].append(run)
-  return dict(out)
+# (value, λ) -> {seed: run}
+Cells = Mapping[tuple, Mapping[int, RunLogs]]
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -63,112 +41,177 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
   return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
-def _fmt(m: float, lo: float, hi: float, digits: int = 3) -> str:
+def _fmt(m: float, lo: float, hi: float, digits: int = 3, sign: str = "") -> str:
   if math.isnan(lo):
-    return f"{m:.{digits}f}"
-  return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return f"{m:{sign}.{digits}f}"
+  return f"{m:{sign}.{digits}f} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
 
 
-def _by_lambda(runs: Sequence[RunLogs]) -> dict[float, list[RunLogs]]:
-  groups: dict[float, list[RunLogs]] = collections.defaultdict(list)
-  for r in sorted(runs, key=lambda r: (_get(r, LAMBDA), _get(r, "seed"))):
-    if r.final:
-      groups[float(_get(r, LAMBDA))].append(r)
-  return dict(groups)
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+
+
+def _value(v) -> str:
+  return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Figures
+# Runs by study
 # ----------------------------------------------------------------------------------------------------
 
 
-def plot_lambda_seeds(axes, runs: Sequence[RunLogs]) -> dict:
-  """Figs. 4/5 with seeds: final random-label, train and test accuracy vs λ.
+def cells(grid: Sequence[tuple], runs: Mapping[str, RunLogs]) -> Cells:
+  """The study's finished runs as {(value, λ): {seed: run}} (``grid``: infra/studies.grid's tuples)."""
+  out: dict[tuple, dict[int, RunLogs]] = collections.defaultdict(dict)
+  for value, lam, seed, point in grid:
+    run = runs.get(sweep.run_name(point))
+    if run is not None and run.final:
+      out[(value, lam)][seed] = run
+  return dict(out)
 
-  Each seed is a dot, the mean with its 95% t-interval an error bar.
-  """
-  groups = _by_lambda(runs)
-  lams = np.array(sorted(groups))
-  x, _ = figures_across_runs.lambda_positions(lams)
+
+def fitted_epoch(run: RunLogs) -> float | None:
+  """The first evaluated epoch whose train accuracy (on the trained-on labels) reaches ``FITTED``."""
+  for r in run.metrics:
+    if r.get("train/accuracy", 0.0) >= FITTED:
+      return float(r["epoch"])
+  return None
+
+
+def paired(a: Mapping[int, RunLogs], b: Mapping[int, RunLogs], key: str) -> list[float]:
+  """Per seed present in both: b's final ``key`` minus a's."""
+  return [b[s].final[key] - a[s].final[key] for s in sorted(set(a) & set(b)) if key in a[s].final]
+
+
+def study_table(study: Study, by_cell: Cells) -> list[str]:
+  """One row per (value, λ): seeds, random-label accuracy of both layers, train and test accuracy."""
+  rows = []
+  for (value, lam), seeds in by_cell.items():
+    runs = list(seeds.values())
+    acc = [
+      _fmt(*mean_ci([r.final.get(k) for r in runs]), 4 if k.startswith("rlp/") else 3)
+      for k in ("rlp/block_1/accuracy", RANDOM, "train/accuracy", "test/accuracy")
+    ]
+    epochs = [fitted_epoch(r) for r in runs]
+    fit = "not fitted" if None in epochs else f"{max(epochs):g}"
+    rows.append([_value(value), f"{lam:g}", len(runs), *acc, fit])
+  header = [study.axis, "λ", "seeds", "rnd acc. block_1", f"rnd acc. {LAYER}", "train acc.", "test acc."]
+  return _table([*header, f"train ≥ {FITTED} by epoch"], rows)
+
+
+def effects(study: Study, by_cell: Cells) -> list[str]:
+  """Paired differences (mean [95% t-interval] and per seed): each value vs the first, each λ vs λ = 0."""
+  values = list(dict.fromkeys(v for v, _ in by_cell))
+  lams = sorted({lam for _, lam in by_cell})
+  axis = study.axis
+  if axis == LAMBDA:
+    pairs = [(f"λ={v:g} − λ=0", (0.0, 0.0), (v, v)) for v in values if v]
+  else:
+    first = _value(values[0])
+    pairs = [
+      (f"{axis}={_value(v)} − {first} at λ={lam:g}", (values[0], lam), (v, lam))
+      for lam in lams
+      for v in values[1:]
+    ]
+    pairs += [
+      (f"λ={lam:g} − λ=0 at {axis}={_value(v)}", (v, 0.0), (v, lam)) for v in values for lam in lams if lam
+    ]
+  lines = []
+  for what, a, b in pairs:
+    if a not in by_cell or b not in by_cell:
+      continue
+    for key, name in ((RANDOM, f"rnd acc. {LAYER}"), ("test/accuracy", "test acc.")):
+      d = paired(by_cell[a], by_cell[b], key)
+      if d:
+        per_seed = ", ".join(f"{x:+.3f}" for x in d)
+        lines.append(f"- {what}, Δ {name}: {_fmt(*mean_ci(d), sign='+')} (per seed {per_seed})")
+  return [*lines, ""] if lines else []
+
+
+def plot_study(axes, study: Study, by_cell: Cells) -> dict:
+  """Random-label, train and test accuracy against the study's values, one line per λ (seeds as dots)."""
+  values = list(dict.fromkeys(v for v, _ in by_cell))
+  lams = sorted({lam for _, lam in by_cell})
+  if study.axis == LAMBDA:
+    x_of = dict(zip(values, figures_across_runs.lambda_positions(values)[0]))
+    lines = {"": [(v, (v, v)) for v in values]}
+  else:
+    x_of = {v: float(i) for i, v in enumerate(values)}
+    lines = {f"λ={lam:g}": [(v, (v, lam)) for v in values if (v, lam) in by_cell] for lam in lams}
+  every = [r for cell in by_cell.values() for r in cell.values()]
   data = {}
   for ax, (key, title, ylabel) in zip(axes, figures_across_runs.accuracy_panels(LAYER)):
-    cis = np.array([mean_ci([r.final.get(key) for r in groups[v]]) for v in lams])
-    for xi, v in zip(x, lams):
-      ys = [r.final.get(key, np.nan) for r in groups[v]]
-      ax.plot([xi] * len(ys), ys, "o", color="C0", alpha=0.35, ms=4)
-    # An accuracy lies in [0, 1]: a t-interval of 3 seeds may not, and is drawn clipped.
-    err = np.abs(np.clip(cis[:, 1:], 0.0, 1.0) - cis[:, :1]).T
-    ax.errorbar(x, cis[:, 0], yerr=np.nan_to_num(err), fmt="-s", color="C0", capsize=4, label="mean, 95% CI")
-    data[key] = (lams, cis)
-    chance = runs[0].chance(LAYER) if key.startswith("rlp/") else None
+    for c, (label, members) in zip(figures.palette(len(lines), "tab10"), lines.items()):
+      xs = np.array([x_of[v] for v, _ in members])
+      cis = np.array([mean_ci([r.final.get(key) for r in by_cell[cell].values()]) for _, cell in members])
+      for xi, (_, cell) in zip(xs, members):
+        ys = [r.final.get(key, np.nan) for r in by_cell[cell].values()]
+        ax.plot([xi] * len(ys), ys, "o", color=c, alpha=0.35, ms=4)
+      # An accuracy lies in [0, 1]: a t-interval of 3 seeds may not, and is drawn clipped.
+      err = np.abs(np.clip(cis[:, 1:], 0.0, 1.0) - cis[:, :1]).T
+      ax.errorbar(xs, cis[:, 0], yerr=np.nan_to_num(err), fmt="-s", color=c, capsize=4, label=label or None)
+      data[f"{key} {label}".strip()] = (xs, cis)
+    if study.axis == LAMBDA:
+      figures_across_runs.lambda_axis(ax, values)
+    else:
+      ax.set_xticks(list(x_of.values()))
+      ax.set_xticklabels([_value(v) for v in values])
+      ax.set_xlim(-0.4, len(values) - 0.6)
+    chance = every[0].chance(LAYER) if key == RANDOM else None
     figures.chance_line(ax, chance)
-    figures_across_runs.lambda_axis(ax, list(lams))
-    figures.finish(ax, ax.get_xlabel(), ylabel, title)
+    figures.finish(ax, "λ" if study.axis == LAMBDA else study.axis, ylabel, title, legend=len(lines) > 1)
     figures.show_chance(ax, chance)
-  seeds = sorted({_get(r, "seed") for g in groups.values() for r in g})
-  figures.suptitle(axes, f"Final accuracy vs λ ({len(seeds)} seeds: dots; mean and 95% t-interval)", runs)
+  seeds = sorted({s for cell in by_cell.values() for s in cell})
+  figures.suptitle(axes, f"{study.title} ({len(seeds)} seeds: dots; mean and 95% t-interval)", every)
   return data
 
 
-def plot_controls(axes, runs: dict[str, list[RunLogs]], base_width: int, num_train: int):
-  """The controls: Fig. 7C (label noise), A.9 (width) and A.2 (shuffled labels).
-
-  Fig. 7C: test accuracy per seed, λ = 0 vs the largest λ, label noise; A.9: random-label accuracy vs width;
-  A.2: shuffled vs fixed labels over training (``num_train`` bounds the examples scored).
-  """
-  noise, width, shuffled = runs.get("noise", []), runs.get("width", []), runs.get("shuffled", [])
-  data = {}
-  ax = axes[0]
-  groups = _by_lambda(noise)
-  lams = sorted(groups)
-  for seed in sorted({_get(r, "seed") for r in noise}):
-    ys = [
-      next((r.final["test/accuracy"] for r in groups[v] if _get(r, "seed") == seed), np.nan) for v in lams
-    ]
-    ax.plot(range(len(lams)), ys, "-o", alpha=0.6, label=f"seed {seed}")
-    data[f"noise seed {seed}"] = (lams, ys)
-  ax.set_xticks(range(len(lams)))
-  ax.set_xticklabels([f"λ={v:g}" for v in lams])
-  ax.set_xlim(-0.4, len(lams) - 0.6)
-  p = _get(noise[0], "label_noise") if noise else 0
-  figures.finish(ax, "", "test accuracy", f"Fig. 7C: label noise {p:g}, test accuracy per seed")
-  ax = axes[1]
-  width = sorted((r for r in width if r.final), key=lambda r: _get(r, "model.width"))
-  ws = [_get(r, "model.width") for r in width]
-  for layer, c in (("pre_logits", "C3"), ("block_1", "C1")):
-    ys = [r.final.get(f"rlp/{layer}/accuracy", np.nan) for r in width]
-    ax.plot(ws, ys, "-o", color=c, label=f"{layer} head")
-    data[f"width {layer}"] = (ws, ys)
-  ax.set_xscale("log", base=2)
-  ax.set_xticks(ws)
-  ax.set_xticklabels([str(w) for w in ws])
-  chance = width[0].chance(LAYER) if width else None
-  figures.chance_line(ax, chance)
-  figures.finish(ax, "CNN width (channels)", figures.RANDOM_LABELS, "A.9: width, λ = 0, seed 0")
-  figures.show_chance(ax, chance)
-  ax, chance = axes[2], None
-  fixed = [r for r in width if _get(r, "model.width") == base_width]
-  for run, label, c in [(r, "fixed labels", "C3") for r in fixed] + [
-    (r, "shuffled labels", "C0") for r in shuffled
-  ]:
-    x, y = run.series(RANDOM)
-    ax.plot(x, y, "-", color=c, label=f"{label} ({LAYER})")
-    data[label] = (x, y)
-  if shuffled:
-    chance = shuffled[0].chance(LAYER)
-    m = _scored(shuffled[0], num_train)
-    sd = math.sqrt(chance * (1 - chance) / m)
-    ax.axhspan(max(chance - 2.5 * sd, 1e-4), chance + 2.5 * sd, color="0.85", label="chance ± 2.5 sd")
-    figures.chance_line(ax, chance)
-  figures.finish(ax, "epoch", figures.RANDOM_LABELS, "A.2: shuffled labels, scored on an unseen draw")
-  figures.show_chance(ax, chance)
-  return data
+# ----------------------------------------------------------------------------------------------------
+# Fig. 2A/2B over seeds, and the per-example scores
+# ----------------------------------------------------------------------------------------------------
 
 
-def _scored(run: RunLogs, num_train: int) -> int:
-  """How many training examples the run's random-label accuracy averages over."""
-  subset = _get(run, "eval.train_examples")
-  return num_train if subset is None or subset < 0 else min(subset, num_train)
+def fig2_table(runs: Sequence[RunLogs]) -> list[str]:
+  """Per snapshot epoch, over the runs' seeds: the online head, offline heads and the converged probe."""
+  by_epoch: dict[float, list[dict]] = collections.defaultdict(list)
+  for run in runs:
+    for rec in run.offline:
+      by_epoch[float(rec["epoch"])].append(rec)
+  layers = runs[0].layers("offline") if runs else []
+  rows = []
+  for epoch in sorted(by_epoch):
+    recs = by_epoch[epoch]
+    cells_ = []
+    for layer in layers:
+      for kind in ("online", "offline", "probe"):
+        vals = [r.get(f"{kind}/{layer}/accuracy") for r in recs]
+        cells_.append(_fmt(*mean_ci(vals), 4) if any(v is not None for v in vals) else "–")
+    rows.append([f"{epoch:g}", len(recs), *cells_])
+  header = [f"{layer}: {kind}" for layer in layers for kind in ("online", "offline", "probe")]
+  return _table(["epoch", "seeds", *header], rows)
+
+
+def auc_table(runs: Sequence[RunLogs]) -> list[str]:
+  """Noisy-vs-clean ROC AUC per score at each scored checkpoint, over the seeds of each (noise, λ)."""
+  groups: dict[tuple, list[dict]] = collections.defaultdict(list)
+  for r in runs:
+    mem = r.memorization or {}
+    for row in mem.get("noisy_vs_clean", []):
+      key = (
+        r.config.get("label_noise"),
+        r.config.get(LAMBDA),
+        row["epoch"],
+        row["score"],
+        row["layer"] or "",
+      )
+      groups[key + (row["heads"],)].append(row)
+  rows = [
+    [f"{p:g}", f"{lam:g}", f"{ep:g}", score, layer, heads, len(rs), _fmt(*mean_ci([x["auc"] for x in rs]))]
+    for (p, lam, ep, score, layer, heads), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0])))
+  ]
+  header = ["label noise", "λ", "epoch", "score", "layer", "heads", "seeds", "AUC (noisy = positive)"]
+  return _table(header, rows) if rows else []
 
 
 def _save(out: str, name: str, ncols: int, draw, width=4.6, height=4.0) -> str:
@@ -178,159 +221,40 @@ def _save(out: str, name: str, ncols: int, draw, width=4.6, height=4.0) -> str:
   return figures.save_figure(fig, os.path.join(out, name))
 
 
-# ----------------------------------------------------------------------------------------------------
-# Tables
-# ----------------------------------------------------------------------------------------------------
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
-
-
-def lambda_table(runs: Sequence[RunLogs]) -> list[str]:
-  rows = []
-  for lam, group in _by_lambda(runs).items():
-    cells = [
-      _fmt(*mean_ci([r.final.get(k) for r in group]), 4 if k == RANDOM else 3)
-      for k in (RANDOM, "train/accuracy", "test/accuracy")
-    ]
-    rows.append([f"{lam:g}", len(group), *cells])
-  return _table(["λ", "seeds", f"random-label acc. ({LAYER})", "train acc.", "test acc."], rows)
-
-
-def noise_table(runs: Sequence[RunLogs]) -> list[str]:
-  groups = _by_lambda(runs)
-  lams = sorted(groups)
-  seeds = sorted({_get(r, "seed") for r in runs})
-  test = {(v, _get(r, "seed")): r.final["test/accuracy"] for v in lams for r in groups[v]}
-  rows = [[s, *[f"{test.get((v, s), math.nan):.3f}" for v in lams]] for s in seeds]
-  diffs = [
-    test[(lams[-1], s)] - test[(lams[0], s)] for s in seeds if (lams[-1], s) in test and (lams[0], s) in test
-  ]
-  rows.append(["mean [95% CI]", *[_fmt(*mean_ci([test.get((v, s)) for s in seeds])) for v in lams]])
-  lines = _table(["seed", *[f"test acc. λ={v:g}" for v in lams]], rows) + lambda_table(runs)
-  m, lo, hi = mean_ci(diffs)
-  return lines + [
-    f"Paired difference λ={lams[-1]:g} − λ={lams[0]:g}: {_fmt(m, lo, hi)} (per seed: "
-    + ", ".join(f"{d:+.3f}" for d in diffs)
-    + ").",
-    "",
-  ]
-
-
-def auc_table(runs: Sequence[RunLogs]) -> list[str]:
-  """Noisy-vs-clean AUC per score at the last checkpoint, and the best (score, checkpoint) of each run.
-
-  The AUC per score is the mean over the runs of each λ, with the range of the runs' bootstrap intervals.
-  """
-  rows, best = [], []
-  for lam, group in _by_lambda(runs).items():
-    mems = [r.memorization for r in group if r.memorization and "noisy_vs_clean" in r.memorization]
-    if not mems:
-      continue
-    last = collections.defaultdict(list)
-    for mem in mems:
-      for row in mem["noisy_vs_clean"]:
-        if row["step"] == mem["step"]:
-          last[(row["score"], row["layer"] or "", row["heads"])].append(row)
-      b = mem["noisy_vs_clean_best"]
-      what = " ".join(x for x in (b["score"], b["layer"], b["heads"]) if x)
-      best.append(
-        f"λ={lam:g}: {what} at epoch {b['epoch']:g}: {b['auc']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]"
-      )
-    for (score, layer, heads), rs in last.items():
-      aucs = [r["auc"] for r in rs]
-      ci = f"[{min(r['ci_low'] for r in rs):.3f}, {max(r['ci_high'] for r in rs):.3f}]"
-      rows.append(
-        [
-          f"{lam:g}",
-          score,
-          layer,
-          heads,
-          len(rs),
-          f"{np.mean(aucs):.3f}",
-          ", ".join(f"{a:.3f}" for a in aucs),
-          ci,
-        ]
-      )
-  lines = _table(["λ", "score", "layer", "heads", "runs", "mean AUC", "per run", "widest 95% CI"], rows)
-  return (
-    lines
-    + ["Best score of each run (over every score and checkpoint):", ""]
-    + [f"- {b}" for b in best]
-    + [""]
-  )
-
-
 def write(
-  root: str, out: str, *, base_width: int, num_train: int, command: str, wall_s: dict | None = None
+  root: str,
+  out: str,
+  *,
+  grids: Sequence[tuple[Study, Sequence[tuple]]],
+  fig2: Sequence[str],
+  command: str,
+  wall_s: dict | None = None,
 ) -> str:
   """Figures and ``tables.md`` in ``out`` from the runs under ``root``; returns the tables' path.
 
-  ``base_width``: the reproduction config's model width (its Fig. 2 and λ runs); ``num_train``: the
-  dataset's training examples; ``command``: what regenerates them, for the tables' heading.
+  ``grids``: each study with its (value, λ, seed, point) tuples; ``fig2``: the names of the runs whose
+  offline heads draw Fig. 2B; ``command``: what regenerates them, for the tables' heading.
   """
   os.makedirs(out, exist_ok=True)
-  runs = classify(root, base_width)
+  runs = {r.name: r for r in find_runs([root])}
   md = [f"# Reproduction tables (generated by `{command}`)", ""]
-  if runs.get("fig2"):
-    run = runs["fig2"][0]
-    _save(
-      out,
-      "fig2.png",
-      2,
-      lambda a: (figures.plot_accuracy(a[0], run), figures.plot_online_offline(a[1], run)),
-      5.6,
-      4.4,
-    )
-    md += ["## Fig. 2A/2B (λ = 0, seed 0)", ""]
-    layers = run.layers("offline")
-
-    def pair(r, k):  # the online head has no evaluation at step 0
-      online = f"{r[f'online/{k}/accuracy']:.4f}" if f"online/{k}/accuracy" in r else "–"
-      return f"{online} / {r[f'offline/{k}/accuracy']:.4f}"
-
-    rows = [[f"{r['epoch']:g}", *[pair(r, k) for k in layers]] for r in run.offline]
-    md += _table(["epoch", *[f"{k}: online / offline" for k in layers]], rows)
-  if runs.get("lambda"):
-    _save(out, "lambda.png", 3, lambda a: plot_lambda_seeds(a, runs["lambda"]))
-    md += ["## Figs. 4/5: λ sweep (mean [95% t-interval] over seeds)", ""] + lambda_table(runs["lambda"])
-  _save(
-    out,
-    "controls.png",
-    3,
-    lambda a: plot_controls(a, runs, base_width, num_train),
-  )
-  if runs.get("noise"):
-    md += [f"## Fig. 7C: label noise {_get(runs['noise'][0], 'label_noise'):g}", ""] + noise_table(
-      runs["noise"]
-    )
-    md += ["## Noisy vs clean: ROC AUC of per-example scores (last checkpoint)", ""] + auc_table(
-      runs["noise"]
-    )
-  if runs.get("shuffled"):
-    r = runs["shuffled"][0]
-    chance, m = r.chance(LAYER), _scored(r, num_train)
-    acc = r.final.get(RANDOM, math.nan)
-    z = (acc - chance) / math.sqrt(chance * (1 - chance) / m)
-    md += [
-      "## A.2: shuffled labels",
-      "",
-      f"Final {LAYER} random-label accuracy on the held-out draw: {acc:.4f} "
-      f"(chance {chance:.4f}; {z:+.1f} binomial sd over {m} examples).",
-      "",
-    ]
-  if runs.get("width"):
-    rows = [
-      [
-        _get(r, "model.width"),
-        *[f"{r.final.get(f'rlp/{k}/accuracy', math.nan):.4f}" for k in ("block_1", LAYER)],
-        f"{r.final.get('test/accuracy', math.nan):.3f}",
-      ]
-      for r in sorted(runs["width"], key=lambda r: _get(r, "model.width"))
-    ]
-    md += ["## A.9: width (λ = 0, seed 0)", ""] + _table(["width", "block_1", LAYER, "test acc."], rows)
+  fig2_runs = [runs[n] for n in fig2 if n in runs and runs[n].offline]
+  if fig2_runs:
+    first = fig2_runs[0]
+    draw = lambda a: (figures.plot_accuracy(a[0], first), figures.plot_online_offline(a[1], first))
+    _save(out, "fig2.png", 2, draw, 5.6, 4.4)
+    md += ["## Fig. 2A/2B: online head, offline heads and the converged probe per snapshot", ""]
+    md += fig2_table(fig2_runs)
+  for study, grid in grids:
+    by_cell = cells(grid, runs)
+    if not by_cell:
+      continue
+    _save(out, f"{study.name}.png", 3, lambda a, s=study, c=by_cell: plot_study(a, s, c))
+    md += [f"## {study.title}", "", f"![{study.name}]({study.name}.png)", ""]
+    md += study_table(study, by_cell) + effects(study, by_cell)
+  noisy = [r for r in runs.values() if r.config.get("label_noise") and r.memorization]
+  if noisy:
+    md += ["## Noisy vs clean: ROC AUC of per-example scores", ""] + auc_table(noisy)
   if wall_s:
     md += ["## Wall time", ""] + _table(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in wall_s.items()])
   path = os.path.join(out, "tables.md")
