@@ -37,7 +37,7 @@ print(rlp_jax.__file__)
 def test_config_files_load_from_outside_the_repository(tmp_path, package_only_env):
   # cwd and sys.path hold neither configs/ nor the repository root: a config importing anything but
   # rlp_jax (e.g. `from configs import ...`) fails here.
-  quick = {"digits.py": ":tiny", "paper_digits.py": ":quick"}
+  quick = {"digits.py": ":tiny", "paper_digits.py": ":quick", "paper_mnist1d.py": ":quick"}
   args = [p + quick.get(pathlib.Path(p).name, "") for p in CONFIGS]
   out = subprocess.run(
     [sys.executable, "-c", _LOAD, *args], cwd=tmp_path, env=package_only_env, capture_output=True, text=True
@@ -47,6 +47,7 @@ def test_config_files_load_from_outside_the_repository(tmp_path, package_only_en
   expected = {
     "digits.py": ["digits", "mlp", "2"],  # :tiny
     "paper_digits.py": ["digits", "cnn", "2"],  # :quick
+    "paper_mnist1d.py": ["mnist1d/4k", "mlp", "2"],  # :quick
     "vit_cifar100.py": ["cifar100", "vit", "200"],
     "vit_imagenet.py": ["imagenet2012", "vit", "90"],
     "wrn_cifar100.py": ["cifar100", "wrn", "200"],

@@ -81,7 +81,8 @@ def fitted_epoch(run: RunLogs) -> float | None:
 
 def paired(a: Mapping[int, RunLogs], b: Mapping[int, RunLogs], key: str) -> list[float]:
   """Per seed present in both: b's final ``key`` minus a's."""
-  return [b[s].final[key] - a[s].final[key] for s in sorted(set(a) & set(b)) if key in a[s].final]
+  both = sorted(s for s in set(a) & set(b) if key in a[s].final and key in b[s].final)
+  return [b[s].final[key] - a[s].final[key] for s in both]
 
 
 def study_table(study: Study, by_cell: Cells) -> list[str]:
@@ -100,11 +101,22 @@ def study_table(study: Study, by_cell: Cells) -> list[str]:
   return _table([*header, f"train ≥ {FITTED} by epoch"], rows)
 
 
+def _chances(by_cell: Cells) -> int:
+  """How many chance levels (1/n) the study's runs have."""
+  return len({r.chance(LAYER) for cell in by_cell.values() for r in cell.values()})
+
+
+def key_name(key: str) -> str:
+  return LAYER + (", chance-corrected" if key.endswith("chance_corrected") else "")
+
+
 def effects(study: Study, by_cell: Cells) -> list[str]:
   """Paired differences (mean [95% t-interval] and per seed): each value vs the first, each λ vs λ = 0."""
-  values = list(dict.fromkeys(v for v, _ in by_cell))
+  values = list(study.values)
   lams = sorted({lam for _, lam in by_cell})
   axis = study.axis
+  # Across n, raw accuracies differ by their chance 1/n: compare the chance-corrected values there.
+  rnd = RANDOM.replace("/accuracy", "/chance_corrected") if _chances(by_cell) > 1 else RANDOM
   if axis == LAMBDA:
     pairs = [(f"λ={v:g} − λ=0", (0.0, 0.0), (v, v)) for v in values if v]
   else:
@@ -121,7 +133,7 @@ def effects(study: Study, by_cell: Cells) -> list[str]:
   for what, a, b in pairs:
     if a not in by_cell or b not in by_cell:
       continue
-    for key, name in ((RANDOM, f"rnd acc. {LAYER}"), ("test/accuracy", "test acc.")):
+    for key, name in ((rnd, "rnd acc. " + key_name(rnd)), ("test/accuracy", "test acc.")):
       d = paired(by_cell[a], by_cell[b], key)
       if d:
         per_seed = ", ".join(f"{x:+.3f}" for x in d)
@@ -158,7 +170,8 @@ def plot_study(axes, study: Study, by_cell: Cells) -> dict:
       ax.set_xticks(list(x_of.values()))
       ax.set_xticklabels([_value(v) for v in values])
       ax.set_xlim(-0.4, len(values) - 0.6)
-    chance = every[0].chance(LAYER) if key == RANDOM else None
+    # One chance line when the runs share n; across n (A.3) each point has its own 1/n.
+    chance = every[0].chance(LAYER) if key == RANDOM and _chances(by_cell) == 1 else None
     figures.chance_line(ax, chance)
     figures.finish(ax, "λ" if study.axis == LAMBDA else study.axis, ylabel, title, legend=len(lines) > 1)
     figures.show_chance(ax, chance)
@@ -173,7 +186,10 @@ def plot_study(axes, study: Study, by_cell: Cells) -> dict:
 
 
 def fig2_table(runs: Sequence[RunLogs]) -> list[str]:
-  """Per snapshot epoch, over the runs' seeds: the online head, offline heads and the converged probe."""
+  """Per snapshot epoch, over the runs' seeds: the online head, offline heads and the converged probe.
+
+  (fig2.png draws the first seed's run; this table pools them all.)
+  """
   by_epoch: dict[float, list[dict]] = collections.defaultdict(list)
   for run in runs:
     for rec in run.offline:
@@ -208,10 +224,15 @@ def auc_table(runs: Sequence[RunLogs]) -> list[str]:
       groups[key + (row["heads"],)].append(row)
   rows = [
     [f"{p:g}", f"{lam:g}", f"{ep:g}", score, layer, heads, len(rs), _fmt(*mean_ci([x["auc"] for x in rs]))]
-    for (p, lam, ep, score, layer, heads), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0])))
+    for (p, lam, ep, score, layer, heads), rs in sorted(groups.items(), key=lambda kv: _sortable(kv[0]))
   ]
   header = ["label noise", "λ", "epoch", "score", "layer", "heads", "seeds", "AUC (noisy = positive)"]
   return _table(header, rows) if rows else []
+
+
+def _sortable(key: tuple) -> tuple:
+  """Numbers first and in numeric order, then text; None as the smallest."""
+  return tuple((0, x, "") if isinstance(x, int | float) else (1, 0, "" if x is None else str(x)) for x in key)
 
 
 def _save(out: str, name: str, ncols: int, draw, width=4.6, height=4.0) -> str:
@@ -252,7 +273,7 @@ def write(
     _save(out, f"{study.name}.png", 3, lambda a, s=study, c=by_cell: plot_study(a, s, c))
     md += [f"## {study.title}", "", f"![{study.name}]({study.name}.png)", ""]
     md += study_table(study, by_cell) + effects(study, by_cell)
-  noisy = [r for r in runs.values() if r.config.get("label_noise") and r.memorization]
+  noisy = [r for r in runs.values() if r.config.get("label_noise") and r.memorization and r.final]
   if noisy:
     md += ["## Noisy vs clean: ROC AUC of per-example scores", ""] + auc_table(noisy)
   if wall_s:

@@ -27,7 +27,10 @@ from rlp_jax.infra.errors import UserError
 def reproduce(
   config_arg: str, root: str, out: str, *, data_dir: str = "", command: str = "", log: Callable = print
 ) -> str:
-  """Everything above for ``config_arg`` (``path[:arg]``); returns the path of the written tables.md."""
+  """Trains the config's studies, then offline heads, scores, figures and tables; returns tables.md's path.
+
+  ``config_arg`` is ``path[:arg]`` of a config file that defines ``get_studies``.
+  """
   path, _, arg = config_arg.partition(":")
   config = config_args.from_file(config_arg)
   if data_dir:
@@ -43,15 +46,16 @@ def reproduce(
   sweep.run_local(runs, log=log)
   sweep.write_summary(root, runs)
   wall[f"train {len(runs)} runs"] = time.time() - start
+  done = [r for r in runs if sweep.status(r) == "done"]  # a diverged run has no analyses
   # Fig. 2B: the base runs (λ = 0, nothing else changed), one per seed.
-  fig2 = [r for r in runs if set(r.point) == {studies.LAMBDA, studies.SEED} and not r.point[studies.LAMBDA]]
+  fig2 = [r for r in done if set(r.point) == {studies.LAMBDA, studies.SEED} and not r.point[studies.LAMBDA]]
   t = time.time()
   for run in fig2:
     offline.run_offline(run.workdir, run.config, log=log)
   wall[f"offline heads and probes (Fig. 2B, {len(fig2)} runs)"] = time.time() - t
 
   t = time.time()
-  noisy = [r for r in runs if r.config.label_noise]
+  noisy = [r for r in done if r.config.label_noise]
   for run in noisy:
     log(f"scores: {run.name}")
     # Two checkpoints: the first snapshot after initialization (early: a network fits clean labels before

@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from rlp_jax.infra.errors import UserError
+
 LAMBDA = "rlp.reg_lambda"
 SEED = "seed"
 
@@ -29,32 +31,48 @@ class Study:
   seeds: tuple = (0, 1, 2)
   fixed: tuple[tuple[str, Any], ...] = ()  # (key, value) pairs held at these values in every run
 
+  def __post_init__(self):
+    if self.axis in dict(self.fixed):
+      raise UserError(f"study {self.name!r}: its axis {self.axis!r} is also among its fixed keys.")
+    if self.axis == LAMBDA and self.lambdas != (0.0,):
+      raise UserError(f"study {self.name!r}: a λ study takes its λs as values, not as lambdas.")
+
 
 def _get(config, key: str):
   node = config
   for part in key.split("."):
-    node = node[part]
+    try:
+      node = node[part]
+    except KeyError:
+      raise UserError(f"study key {key!r}: the config has no key {key!r}.") from None
   return node
 
 
 def grid(config, study: Study) -> list[tuple[Any, float, int, dict[str, Any]]]:
   """``(value, λ, seed, point)`` of every run of the study.
 
-  The point is named axis first; a key at the config's own value is left out (λ and the seed stay in).
+  A key at the config's own value is left out of the point (λ and the seed always stay in).
   """
   out = []
   for value in study.values:
     # A λ study's values are its λs; any other study runs each value at each of ``lambdas``.
     for lam in (value,) if study.axis == LAMBDA else study.lambdas:
       for seed in study.seeds:
-        point = {study.axis: value, **dict(study.fixed), LAMBDA: lam, SEED: seed}
-        kept = {k: v for k, v in point.items() if k in (LAMBDA, SEED) or v != _get(config, k)}
-        out.append((value, lam, seed, kept))
+        # Keys in one order (sorted, then λ and the seed) whichever study names the point, so that a run
+        # two studies share has one name.
+        varied = {
+          k: v for k, v in {study.axis: value, **dict(study.fixed)}.items() if k not in (LAMBDA, SEED)
+        }
+        kept = {k: varied[k] for k in sorted(varied) if varied[k] != _get(config, k)}
+        out.append((value, lam, seed, {**kept, LAMBDA: lam, SEED: seed}))
   return out
 
 
 def points(config, studies: Sequence[Study]) -> list[dict[str, Any]]:
-  """Every study's points, each distinct point once, in the studies' order."""
+  """Every study's points, each distinct point once, in the studies' order.
+
+  Points are built in one key order (``grid``), so equal points are also equal run names.
+  """
   out: list[dict[str, Any]] = []
   for study in studies:
     out += [p for *_, p in grid(config, study) if p not in out]
