@@ -17,12 +17,16 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, package_only_env, data_dir) -> dict[str, tuple[subprocess.Popen, pathlib.Path]]:
-  """Both examples, started together: each is one process of imports and compilations that uses about
-  one core, so on 2 cores this file takes as long as the slower one. Each test waits for its own."""
+  """The examples, started together.
+
+  Each is one process of imports and compilations that uses about one core, so on 2 cores this file takes
+  about as long as the slowest. Each test waits for its own.
+  """
   cwd = tmp_path_factory.mktemp("examples_cwd")
   workdir = cwd / "run"
   commands = {
     "own_train_step.py": ["--steps=300", "--reg_lambda=0.3"],
+    "own_model.py": ["--epochs=8"],
     "train_from_python.py": [f"--workdir={workdir}", "--steps=10", "--epochs=1", f"--data_dir={data_dir}"],
   }
   procs = {
@@ -36,7 +40,7 @@ def runs(tmp_path_factory, package_only_env, data_dir) -> dict[str, tuple[subpro
     )
     for name, args in commands.items()
   }
-  yield {name: (proc, workdir) for name, proc in procs.items()}
+  yield {name: (proc, workdir) for name, proc in procs.items()}  # _result adds the stderr it read
   for proc in procs.values():
     proc.kill()
     proc.communicate()
@@ -47,6 +51,7 @@ def _result(runs, name: str) -> tuple[str, dict, pathlib.Path]:
   stdout, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 0, stderr[-3000:]
   *lines, last = stdout.strip().splitlines()
+  runs[name] = (proc, workdir, stderr)
   return "\n".join(lines), json.loads(last), workdir
 
 
@@ -81,3 +86,27 @@ def test_train_from_python_writes_a_run_directory(runs):
   assert [r["step"] for r in records] == [10]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
   assert (workdir / "summary.json").exists() and (workdir / "checkpoints").is_dir()
+  # Called from Python, the run logs as the commands do: its epoch line on the console, the libraries'
+  # narration (Orbax, tfds: about 200 lines) in WORKDIR/logs/train.log only.
+  console = runs["train_from_python.py"][2].strip().splitlines()
+  assert len(console) <= 3 and any("epoch 1:" in line for line in console), console
+  assert (
+    "Orbax" in (workdir / "logs" / "train.log").read_text()
+    or "orbax" in (workdir / "logs" / "train.log").read_text()
+  )
+
+
+def test_own_model_with_batchnorm_and_dropout_trains_and_reports_its_controls(runs):
+  text, s, _ = _result(runs, "own_model.py")
+  assert "probe_at_init" in text and "offline_trained" in text
+  # BatchNorm's running statistics move; Dropout's stream draws one key per step (carried, not trained).
+  assert s["batch_stats_moved"] > 0.01, s
+  assert s["rng_count"] == s["steps"] == 8 * (1797 // 128), s
+  # The documented shapes: scalar losses and class accuracy, (heads,) random-label accuracy per layer.
+  shapes = s["metric_shapes"]
+  assert shapes["rlp/features/accuracy"] == [1], shapes
+  assert all(shapes[k] == [] for k in ("loss/class", "loss/rnd", "loss/reg", "loss/total", "class_accuracy"))
+  ev = s["evaluate"]
+  assert ev["accuracy"] > 0.9 and ev["rlp/features/chance"] == 0.01, ev
+  assert ev["rlp/features/accuracy"] > ev["rlp/features/chance"] + 0.01, ev
+  assert all(0.0 <= v <= 1.0 for v in s["controls"].values()), s["controls"]

@@ -97,6 +97,12 @@ def log_file(path: str, *, enabled: bool = True):
   handler = _QuietFileHandler(path)
   handler.setFormatter(pylogging.Formatter(_FILE_FORMAT))
   root = pylogging.getLogger()
+  # Called from Python rather than a command, the console is whatever handler the process has (often a
+  # basicConfig stderr handler): it gets the commands' policy too while the root logs at INFO, so the
+  # libraries' narration goes to the file only (issue 22: 196 lines of Orbax and tfds otherwise).
+  quieted = [h for h in root.handlers if _quiet not in h.filters]
+  for h in quieted:
+    h.addFilter(_quiet)
   root.addHandler(handler)
   level = root.level
   root.setLevel(min(level, pylogging.INFO))
@@ -105,6 +111,8 @@ def log_file(path: str, *, enabled: bool = True):
   finally:
     root.removeHandler(handler)
     root.setLevel(level)
+    for h in quieted:
+      h.removeFilter(_quiet)
     handler.close()
 
 

@@ -101,11 +101,15 @@ def fit_heads(
   graphdef, params = train_heads(
     experiment, features, rlp_labels, num_epochs=num_epochs, batch_size=batch_size, scale_free=scale_free
   )
-  chunk = experiment.config.rlp.label_chunk
+  return heads_accuracy(graphdef, params, features, rlp_labels, label_chunk=experiment.config.rlp.label_chunk)
+
+
+def heads_accuracy(graphdef, params, features, rlp_labels, *, label_chunk: int = 0) -> dict[str, np.ndarray]:
+  """Per layer, the share of ``rlp_labels`` each head predicts from ``features``, (H,)."""
 
   @jax.jit
   def correct(p, feats, y):
-    return {k: st.correct.mean(0) for k, st in _stats_by_layer(graphdef, p, feats, y, chunk).items()}
+    return {k: st.correct.mean(0) for k, st in _stats_by_layer(graphdef, p, feats, y, label_chunk).items()}
 
   out = correct(params, {k: jnp.asarray(v) for k, v in features.items()}, jnp.asarray(rlp_labels))
   return {k: np.asarray(v) for k, v in out.items()}
@@ -146,17 +150,45 @@ def train_heads(
     scale_free=scale_free,
   )
   graphdef, params = nnx.split(heads)
-  params = params.to_pure_dict()
+  m = len(rlp_labels)
+  spe = m // min(batch_size, m)
+  tx = optimizers.make(experiment.config.rlp.optimizer, steps_per_epoch=spe, total_steps=spe * num_epochs)
+  return fit_fresh(
+    graphdef,
+    params.to_pure_dict(),
+    tx,
+    features,
+    rlp_labels,
+    num_epochs=num_epochs,
+    batch_size=batch_size,
+    seed=experiment.config.seed,
+    label_chunk=experiment.config.rlp.label_chunk,
+  )
+
+
+def fit_fresh(
+  graphdef,
+  params,
+  tx: optax.GradientTransformation,
+  features: Mapping[str, np.ndarray],
+  rlp_labels: np.ndarray,
+  *,
+  num_epochs: int,
+  batch_size: int,
+  seed: int,
+  label_chunk: int = 0,
+):
+  """Heads ``(graphdef, params)`` trained by ``tx`` on fixed features for ``num_epochs``; returns the same.
+
+  Minibatches in a seeded order; the loss is the online heads' L_rnd, computed as they compute it.
+  """
   m = len(rlp_labels)
   batch_size = min(batch_size, m)
   spe = m // batch_size
-  tx = optimizers.make(experiment.config.rlp.optimizer, steps_per_epoch=spe, total_steps=spe * num_epochs)
   opt_state = tx.init(params)
 
-  chunk = experiment.config.rlp.label_chunk
-
   def loss_fn(p, feats, y):
-    stats = _stats_by_layer(graphdef, p, feats, y, chunk).values()
+    stats = _stats_by_layer(graphdef, p, feats, y, label_chunk).values()
     return jnp.mean(jnp.stack([st.ce.mean() for st in stats]))
 
   @jax.jit
@@ -175,7 +207,7 @@ def train_heads(
   feats = {k: jnp.asarray(v) for k, v in features.items()}
   y = jnp.asarray(rlp_labels)
   for epoch in range(num_epochs):
-    order = np.random.default_rng([experiment.config.seed, epoch]).permutation(m)[: spe * batch_size]
+    order = np.random.default_rng([seed, epoch]).permutation(m)[: spe * batch_size]
     params, opt_state = epoch_fn(params, opt_state, feats, y, order.reshape(spe, batch_size))
 
   return graphdef, params
