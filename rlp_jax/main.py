@@ -6,8 +6,7 @@ Re-running the same command resumes from the latest checkpoint in DIR.
 from absl import app, flags
 from ml_collections import config_flags
 
-from rlp_jax.infra import console, errors, multihost
-from rlp_jax.training import loop, summary
+from rlp_jax.infra import console, errors
 
 FLAGS = flags.FLAGS
 
@@ -15,7 +14,11 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """Defined when run as a command, not on import: every command module can be imported in one process."""
   config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True
+    "config",
+    None,
+    "Experiment config file (configs/*.py[:arg]). Override any key with --config.KEY=VALUE: every key, "
+    "its default and what it does is in rlp_jax/infra/configuration.py (base_config).",
+    lock_config=True,
   )
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config of this run.")
   flags.mark_flags_as_required(["config", "workdir"])
@@ -26,6 +29,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS.workdir.strip():
     raise errors.UserError("--workdir is empty: name the directory for this run's checkpoints and logs.")
+  # Imported here, not at the top: --help answers before JAX, TensorFlow and the models are loaded.
+  from rlp_jax.infra import multihost
+  from rlp_jax.training import loop, summary
+
   console.setup()  # our lines on the console; every library line in WORKDIR/logs/train.log
   multihost.initialize()
   result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)

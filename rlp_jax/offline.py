@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from rlp_jax.analysis import offline
-from rlp_jax.infra import config_args, configuration, console, errors, multihost, rundir
+from rlp_jax.infra import config_args, configuration, console, errors, rundir
+
+_HELP = ("--help", "-h", "--helpshort", "-?")
 
 
 def define_flags(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -25,7 +27,7 @@ def define_flags(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> Non
   """
   flags.DEFINE_string("workdir", None, "Directory of a run trained by rlp_jax.main.", flag_values=fv)
   flags.DEFINE_string(
-    "output", offline.OFFLINE_FILE, "File name (in the workdir) of the offline curve.", flag_values=fv
+    "output", rundir.OFFLINE_FILE, "File name (in the workdir) of the offline curve.", flag_values=fv
   )
   flags.DEFINE_list("steps", None, "Only these checkpoint steps (step 0 is always included).", flag_values=fv)
   flags.register_validator(
@@ -34,10 +36,13 @@ def define_flags(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> Non
     message="--steps: must be checkpoint step numbers, e.g. --steps=0,220.",
     flag_values=fv,
   )
+  # --help lists this command's flags, not one --config.KEY flag per key of the config.
+  helping = any(a in _HELP for a in argv)
   config_flags.DEFINE_config_dict(
     "config",
-    _saved_config(argv),
-    "The run's saved config; --config.KEY=VALUE changes offline.*, rlp.* or data_dir.",
+    ml_collections.ConfigDict() if helping else _saved_config(argv),
+    "The run's saved config; --config.KEY=VALUE changes offline.*, rlp.* or data_dir (every key: "
+    "rlp_jax/infra/configuration.py).",
     flag_values=fv,
     sys_argv=list(argv),
   )
@@ -69,6 +74,9 @@ def _arguments(fv: flags.FlagValues):
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from rlp_jax.analysis import offline  # here: --help answers without loading JAX
+  from rlp_jax.infra import multihost
+
   console.setup()
   workdir, config, output, steps = _arguments(flags.FLAGS)
   multihost.initialize()  # on a pod: every host extracts its slice's features, all fit the same heads
@@ -76,6 +84,8 @@ def main(argv: Sequence[str]) -> None:
     workdir, config, output=output, steps=steps, log=lambda s: print(s, flush=True)
   )
   print(f"{len(records)} checkpoints in {workdir}/{output}", flush=True)
+  # The report's Fig. 2B and its table read offline.jsonl: they show these controls once it is redrawn.
+  print(f"next: python -m rlp_jax.report --workdir={workdir} (Fig. 2B with these offline heads)", flush=True)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ def test_every_peak_flops_entry_is_reachable():
     assert benchmark.peak_flops(dev(key)) == peak, key
     assert benchmark.peak_flops(dev(f"NVIDIA {key.lower()} 80GB")) == peak, key
   assert benchmark.peak_flops(dev("cpu")) is None and benchmark.peak_flops(object()) is None
+  # Short names on the command line (plan --device_kind=v5p) mean the same devices.
+  for short, long in (("v5p", "TPU v5p"), ("v5e", "TPU v5e"), ("h100", "H100"), ("tpu-v4", "TPU v4")):
+    assert benchmark.peak_flops(short) == benchmark.peak_flops(long) is not None, short
 
 
 def test_input_pipeline_throughput_and_label_share(tiny_config):

@@ -23,7 +23,7 @@ from rlp_jax.infra.errors import UserError
 from rlp_jax.training import checkpointing, offline_heads
 from rlp_jax.training import experiment as experiment_lib
 
-OFFLINE_FILE = "offline.jsonl"
+OFFLINE_FILE = rundir.OFFLINE_FILE
 
 
 def offline_record(

@@ -29,6 +29,7 @@ from rlp_jax.infra.errors import UserError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+OFFLINE_FILE = "offline.jsonl"  # the offline heads' curve (analysis/offline.py)
 SUMMARY_FILE = "summary.json"
 
 

@@ -52,10 +52,15 @@ KNOWN_DATASETS = {
 }
 
 
+def _kind_key(kind: str) -> str:
+  """'TPU v5p', 'v5p' and 'tpu-v5p' alike: lower case without 'tpu', spaces and dashes."""
+  return kind.lower().replace("tpu", "").replace(" ", "").replace("-", "")
+
+
 def peak_flops(device) -> float | None:
-  """Dense bf16 peak FLOP/s of a device, or of a device kind given as a string (e.g. 'H100')."""
-  kind = device if isinstance(device, str) else getattr(device, "device_kind", "")
-  return next((peak for key, peak in PEAK_FLOPS if key.lower() in kind.lower()), None)
+  """Dense bf16 peak FLOP/s of a device, or of a device kind given as a string ('H100', 'v5p')."""
+  kind = _kind_key(device if isinstance(device, str) else getattr(device, "device_kind", ""))
+  return next((peak for key, peak in PEAK_FLOPS if kind and _kind_key(key) in kind), None)
 
 
 def data_info(config) -> input_pipeline.DataInfo:
