@@ -54,7 +54,9 @@ def main(argv) -> None:
     if peak is None:
       known = ", ".join(k for k, _ in benchmark.PEAK_FLOPS)
       raise app.UsageError(f"--device_kind={FLAGS.device_kind!r} is not one of {known}; use --peak_tflops.")
-  result = plan.plan(FLAGS.config, devices=devices, peak_flops=peak, mfu=FLAGS.mfu)
+  result = plan.plan(
+    FLAGS.config, devices=devices, peak_flops=peak, mfu=FLAGS.mfu, device_kind=FLAGS.device_kind
+  )
   print(plan.format_plan(FLAGS.config, result), flush=True)
   if FLAGS.json:
     rundir.atomic_write(FLAGS.json, json.dumps(result, indent=2))

@@ -52,6 +52,21 @@ KNOWN_DATASETS = {
 }
 
 
+# Memory per chip (HBM), by the same keys; A100 taken as its 80 GB model.
+HBM_BYTES = (
+  ("TPU v4", 32e9),
+  ("TPU v5 lite", 16e9),
+  ("TPU v5e", 16e9),
+  ("TPU v5p", 95e9),
+  ("TPU v5", 95e9),
+  ("TPU v6 lite", 32e9),
+  ("TPU v6e", 32e9),
+  ("A100", 80e9),
+  ("H100", 80e9),
+  ("H200", 141e9),
+)
+
+
 def _kind_key(kind: str) -> str:
   """'TPU v5p', 'v5p' and 'tpu-v5p' alike: lower case without 'tpu', spaces and dashes."""
   return kind.lower().replace("tpu", "").replace(" ", "").replace("-", "")
@@ -59,8 +74,17 @@ def _kind_key(kind: str) -> str:
 
 def peak_flops(device) -> float | None:
   """Dense bf16 peak FLOP/s of a device, or of a device kind given as a string ('H100', 'v5p')."""
+  return _lookup(PEAK_FLOPS, device)
+
+
+def hbm_bytes(device) -> float | None:
+  """Memory (HBM) of one chip, by device or kind as ``peak_flops`` takes them."""
+  return _lookup(HBM_BYTES, device)
+
+
+def _lookup(table, device) -> float | None:
   kind = _kind_key(device if isinstance(device, str) else getattr(device, "device_kind", ""))
-  return next((peak for key, peak in PEAK_FLOPS if kind and _kind_key(key) in kind), None)
+  return next((value for key, value in table if kind and _kind_key(key) in kind), None)
 
 
 def data_info(config) -> input_pipeline.DataInfo:

@@ -39,8 +39,13 @@ def tree_size(tree) -> int:
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def plan(config, *, devices=None, peak_flops: float | None = None, mfu: float = 0.4) -> dict[str, Any]:
-  """The plan of the run ``config`` describes, on ``devices`` (default: all)."""
+def plan(
+  config, *, devices=None, peak_flops: float | None = None, mfu: float = 0.4, device_kind: str = ""
+) -> dict[str, Any]:
+  """The plan of the run ``config`` describes, on ``devices`` (default: all).
+
+  ``device_kind`` (e.g. 'H100', 'v5p') is the target: its memory is compared with the compiled step's.
+  """
   info = benchmark.data_info(config)
   experiment, state = experiment_lib.build(config, info, devices, abstract=True)
   batch = benchmark.synthetic_batch(experiment, abstract=True)
@@ -59,6 +64,9 @@ def plan(config, *, devices=None, peak_flops: float | None = None, mfu: float = 
     "device_kind": getattr(experiment.mesh.devices.flat[0], "device_kind", ""),
     "params": {g: tree_size(state.params[g]) for g in ("model", "rlp", "probes")},
     "device_memory_bytes": costs.get("device_memory_bytes"),
+    "compiled_for": jax.default_backend(),  # the backend whose compiler sized that memory
+    "target_kind": device_kind,
+    "target_hbm_bytes": benchmark.hbm_bytes(device_kind) if device_kind else None,
     "flops_per_step": step_flops,
     "steps": experiment.total_steps,
     "flops_per_run": step_flops * experiment.total_steps,
@@ -82,19 +90,34 @@ def _gb(x) -> str:
   return "-" if x is None else f"{x / 1e9:,.2f} GB"
 
 
+def _fits(p: dict[str, Any]) -> list[str]:
+  """The memory line against the target's HBM, when a target is named and the memory is known."""
+  hbm, need = p.get("target_hbm_bytes"), p.get("device_memory_bytes")
+  if not hbm or need is None:
+    return []
+  kind = p["target_kind"]
+  if need > hbm:
+    return [f"  WARNING           does not fit: {_gb(need)} per device > {_gb(hbm)} HBM of a {kind}"]
+  return [f"                    fits a {kind}'s {_gb(hbm)} HBM ({need / hbm:.0%} of it)"]
+
+
 def format_plan(config, p: dict[str, Any]) -> str:
   n = p["params"]
   lines = [
     f"{config.model.name} on {config.dataset}: {p['steps']:,} steps ({config.num_epochs} epochs, batch "
     f"{config.batch_size}); mesh {p['mesh']} of {p['devices']} x {p['device_kind'] or 'device'}",
     f"  parameters        backbone {n['model']:,}  RLP heads {n['rlp']:,}  probes {n['probes']:,}",
-    f"  device memory     {_gb(p['device_memory_bytes'])} per device (compiled train step)",
+    f"  device memory     {_gb(p['device_memory_bytes'])} per device: the train step as XLA compiles it "
+    f"for {p['compiled_for']} here (the target's compiler fuses and lays out differently: an estimate)",
+    *_fits(p),
     f"  FLOPs             {p['flops_per_step'] / 1e12:,.2f} TFLOP per step, "
     f"{p['flops_per_run'] / 1e18:,.3f} EFLOP per run (training steps)",
     f"  resume checkpoint {_gb(p['resume_checkpoint_bytes'])} each, last {p['resume_checkpoints_kept']} kept",
     f"  analysis snapshot {_gb(p['snapshot_bytes'])} each, {p['snapshots']} kept",
-    f"  storage           {_gb(p['storage_bytes'])} for the run "
-    f"(every checkpoint a full, kept state: {_gb(p['storage_bytes_all_full'])})",
+    f"  storage           resume states {p['resume_checkpoints_kept']} x "
+    f"{_gb(p['resume_checkpoint_bytes'])} + snapshots {p['snapshots']} x {_gb(p['snapshot_bytes'])} "
+    f"= {_gb(p['storage_bytes'])} "
+    f"(keeping every checkpoint as a full resume state would take {_gb(p['storage_bytes_all_full'])})",
   ]
   if "device_hours" in p:
     lines.append(
