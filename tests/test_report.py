@@ -494,3 +494,21 @@ def test_per_layer_profile_has_a_gap_where_a_run_has_no_head(tmp_path):
   assert data["rlp/accuracy λ=0"][0] == list(rlp_layers)
   assert all(np.isfinite(np.asarray(line.get_ydata(), float)).all() for line in axes[1].lines[:2])
   figures._plt().close("all")
+
+
+def test_the_controls_stand_beside_the_online_heads_in_the_table_and_on_fig_2b(tmp_path):
+  # A run as the demo leaves it: no offline.jsonl, the end-of-run controls in summary.json.
+  run = write_synthetic_run(str(tmp_path / "run"), offline=False)
+  accuracies = {"offline_at_init": 0.02, "probe_at_init": 0.42, "probe_trained": 0.18}
+  heads = [{"layer": "pre_logits", "head": 0, **{f"{k}_accuracy": v for k, v in accuracies.items()}}]
+  with open(os.path.join(run, "summary.json"), "w") as f:
+    json.dump({"final_metrics": {}, "rlp_heads": heads}, f)
+  drawn = report.make_report([run])
+  md = open(os.path.join(run, "report", "report.md")).read()
+  assert "control @ init pre_logits | probe @ init pre_logits | probe trained pre_logits" in md
+  assert "| 0.0200 | 0.4200 | 0.1800 |" in md and "blind to their scale" in md
+  data = drawn[os.path.join(run, "report", "online_offline.png")]
+  np.testing.assert_array_equal(data["fresh head on the frozen network (pre_logits)"][1], [0.02])
+  probe = data["converged probe, blind to scale and budget (pre_logits)"]
+  np.testing.assert_array_equal(probe[0], [0.0, 6.0])  # at init and at the last epoch
+  np.testing.assert_array_equal(probe[1], [0.42, 0.18])

@@ -53,7 +53,7 @@ def new_figure(ncols: int = 1, width: float = 6.4, height: float = 4.2):
 def save_figure(fig, path: str) -> str:
   """Writes and closes ``fig`` (a report draws dozens; open figures would pile up); returns ``path``."""
   fig.tight_layout()
-  fig.savefig(path)
+  fig.savefig(path, bbox_inches="tight")
   _plt().close(fig)
   return path
 
@@ -93,13 +93,22 @@ def finish(ax, xlabel: str, ylabel: str, title: str = "", legend: bool = True):
   ax.set_ylabel(ylabel)
   if title:
     ax.set_title(title, fontsize=10)
+  if xlabel.startswith("epoch"):  # whole epochs: no tick at 1.25
+    from matplotlib import ticker
+
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.grid(alpha=0.3)
   if legend and ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=8, framealpha=0.85)
+    below(ax)
 
 
-def suptitle(axes, what: str, runs: Sequence[RunLogs]):
-  axes[0].figure.suptitle(f"{what}\n{setting(runs)}", fontsize=11)
+def below(ax) -> None:
+  """The legend under the axes, never over the curves (save_figure keeps it inside the image)."""
+  ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+
+
+def suptitle(axes, what: str, runs: Sequence[RunLogs], *, with_n: bool = True):
+  axes[0].figure.suptitle(f"{what}\n{setting(runs, with_n=with_n)}", fontsize=11)
 
 
 def palette(n: int, cmap: str = "viridis"):
@@ -154,15 +163,34 @@ def plot_accuracy(ax, run: RunLogs) -> dict:
 
 
 def plot_online_offline(ax, run: RunLogs) -> dict:
-  """Fig. 2B: the online head's random-label accuracy vs a fresh head trained offline on each checkpoint."""
+  """Fig. 2B: the online head's random-label accuracy against its controls.
+
+  A fresh head trained offline on each checkpoint (offline.jsonl; at init alone from the run's own table
+  otherwise) and the converged probe, on each checkpoint or at init and trained (docs/design.md §4).
+  """
   data = {}
-  layers = run.layers("offline")
+  layers = run.layers("offline") or list(run.controls)
   colors = palette(len(layers), "tab10") if len(layers) > 1 else ["C3"]
+  last = run.final.get("epoch")
   for layer, c in zip(layers, colors):
+    controls = run.controls.get(layer, {})
     x, y = run.series(f"offline/{layer}/accuracy", run.offline)
-    label = f"fresh head on the frozen network ({layer})"
-    ax.plot(x, y, "-", marker="o", ms=4, color=c, label=label)
-    data[label] = (x, y)
+    if not len(x) and "offline_at_init" in controls:
+      x, y = np.array([0.0]), np.array([controls["offline_at_init"]])
+    if len(x):
+      label = f"fresh head on the frozen network ({layer})"
+      ax.plot(x, y, "-", marker="o", ms=4, color=c, label=label)
+      data[label] = (x, y)
+    x, y = run.series(f"probe/{layer}/accuracy", run.offline)
+    style = ":"
+    if not len(x) and "probe_at_init" in controls and "probe_trained" in controls and last is not None:
+      # At init and trained only: two markers, no line suggesting what lies between.
+      x, y = np.array([0.0, float(last)]), np.array([controls["probe_at_init"], controls["probe_trained"]])
+      style = "none"
+    if len(x):
+      label = f"converged probe, blind to scale and budget ({layer})"
+      ax.plot(x, y, ls=style, marker="s", ms=5, color=c, label=label)
+      data[label] = (x, y)
     x, y = run.series(f"rlp/{layer}/accuracy")
     if len(x):
       label = f"head trained alongside ({layer})"
@@ -174,7 +202,7 @@ def plot_online_offline(ax, run: RunLogs) -> dict:
     ax,
     "epoch (checkpoint; 0 = initialization)",
     RANDOM_LABELS,
-    f"Random-label accuracy: online head vs a fresh head per checkpoint\n{setting([run])}",
+    f"Random-label accuracy: online head vs its controls\n{setting([run])}",
   )
   show_chance(ax, chance)
   return data
@@ -253,5 +281,5 @@ def plot_probes(axes, run: RunLogs) -> dict:
     chance_line(ax, run.class_chance, "chance 1/classes")
     finish(ax, "epoch", f"class accuracy, {split} set", f"{split} set")
     show_chance(ax, run.class_chance)
-  suptitle(axes, "Class accuracy of a linear probe on each layer's features", [run])
+  suptitle(axes, "Class accuracy of a linear probe on each layer's features", [run], with_n=False)
   return data

@@ -16,6 +16,7 @@ import numpy as np
 
 from rlp_jax.analysis.figures import (
   RANDOM_LABELS,
+  below,
   chance_line,
   finish,
   layer_sort_key,
@@ -57,7 +58,10 @@ def lambda_axis(ax, all_lams: Sequence[float]):
   ax.set_xticklabels(labels)
   if zero_at is not None and len(logs):
     brk = zero_at + 0.5
-    ax.axvline(brk, color="0.6", lw=0.8, ls=(0, (2, 2)))
+    # A white band over every line at the break, so that none (the chance line included) reads as
+    # continuing across it; then the break's own marks.
+    ax.axvspan(brk - 0.08, brk + 0.08, color="white", zorder=2.6)
+    ax.axvline(brk, color="0.6", lw=0.8, ls=(0, (2, 2)), zorder=2.7)
     ax.text(
       brk,
       0.0,
@@ -118,7 +122,7 @@ def plot_lambda(axes, runs: Sequence[RunLogs], layer: str | None = None) -> dict
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=8)
+      below(ax)
     show_chance(ax, chance)
   suptitle(axes, "Final accuracy vs regularization strength λ", runs)
   return data
@@ -185,6 +189,9 @@ def plot_per_layer(axes, runs: Sequence[RunLogs]) -> dict:
       label = run_label(r, keys)
       ax.plot(np.arange(len(layer_order)), y_all, "-o", color=c, label=label)
       data[f"{prefix}/{suffix} {label}"] = (present, y_all[np.isfinite(y_all)])
+      own = r.final.get(f"{suffix.split('_')[0]}/accuracy") if prefix == "probe" else None
+      if own is not None:  # the network's own class head on the same set: what a probe can approach
+        ax.axhline(own, color=c, ls="--", lw=1, alpha=0.7, label=f"{label}: the network's own class head")
     ax.set_xticks(range(len(layer_order)))
     ax.set_xticklabels(layer_order, rotation=30, ha="right")
     chance = _chance(ordered, prefix)

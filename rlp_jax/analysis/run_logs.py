@@ -46,6 +46,9 @@ class RunLogs:
   offline: list[dict]  # offline.jsonl (may be empty)
   memorization: dict | None = None  # memorization.json
   skipped: list[str] = dataclasses.field(default_factory=list)  # lines of the logs that were not JSON
+  # The end-of-run table's controls by layer (summary.json; mean over heads): offline_at_init, probe_at_init,
+  # probe_trained, each present when the run computed it.
+  controls: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
   @classmethod
   def load(cls, workdir: str, name: str | None = None) -> RunLogs:
@@ -62,6 +65,13 @@ class RunLogs:
       metrics = rundir.read_jsonl(os.path.join(workdir, rundir.METRICS_FILE))
       offline = sorted(rundir.read_jsonl(os.path.join(workdir, "offline.jsonl")), key=lambda r: r["step"])
     skipped = [str(w.message) for w in caught]
+    controls = {}
+    summary_path = os.path.join(workdir, rundir.SUMMARY_FILE)
+    if os.path.exists(summary_path):
+      try:
+        controls = _controls(rundir.read_json(summary_path))
+      except UserError as e:  # the figures do not need it: say so, draw the rest
+        warnings.warn(f"{e} Its controls are left out of the report.", stacklevel=2)
     for message in skipped:
       warnings.warn(message, stacklevel=2)
     return cls(
@@ -72,6 +82,7 @@ class RunLogs:
       offline=offline,
       memorization=mem,
       skipped=skipped,
+      controls=controls,
     )
 
   def series(self, key: str, records: Sequence[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +120,20 @@ class RunLogs:
     """1 / number of classes, where the dataset is one NUM_CLASSES knows."""
     classes = NUM_CLASSES.get(str(self.config.get("dataset", "")).split("/")[0].split(":")[0])
     return 1.0 / classes if classes else None
+
+
+CONTROLS = ("offline_at_init", "probe_at_init", "probe_trained")
+
+
+def _controls(summary: dict) -> dict[str, dict[str, float]]:
+  """summary.json's per-head controls as {layer: {control: mean over the layer's heads}}."""
+  by_layer: dict[str, dict[str, list[float]]] = {}
+  for row in summary.get("rlp_heads", []) if isinstance(summary, dict) else []:
+    for name in CONTROLS:
+      value = row.get(f"{name}_accuracy")
+      if value is not None:
+        by_layer.setdefault(row["layer"], {}).setdefault(name, []).append(float(value))
+  return {layer: {k: float(np.mean(v)) for k, v in c.items()} for layer, c in by_layer.items()}
 
 
 def find_runs(paths: Sequence[str]) -> list[RunLogs]:
@@ -150,15 +175,17 @@ def run_label(run: RunLogs, keys: Sequence[str]) -> str:
   return ", ".join(f"{SHORT_NAMES.get(k, k)}={fmt_value(run.config.get(k))}" for k in keys) or run.name
 
 
-def setting(runs: Sequence[RunLogs]) -> str:
+def setting(runs: Sequence[RunLogs], *, with_n: bool = True) -> str:
   """What the runs share, for a figure's title: dataset, model, λ and n where they agree.
+
+  ``with_n=False`` leaves n out (a figure of class probes: the random labels do not enter it).
 
   E.g. 'digits, cnn, λ=0, n=200'; the run's directory name only when there is no config.json to tell.
   """
   if not any(r.config for r in runs):
     return ", ".join(r.name for r in runs)
   parts = []
-  for key in ("dataset", "model.name", LAMBDA, "rlp.num_labels"):
+  for key in ("dataset", "model.name", LAMBDA, *(("rlp.num_labels",) if with_n else ())):
     values = {json.dumps(r.config.get(key)) for r in runs}
     if len(values) == 1 and runs[0].config.get(key) is not None:
       if key == "rlp.num_labels" and runs[0].config.get("rlp.label_mode") == "unique":
