@@ -231,8 +231,14 @@ def auc_table(runs: Sequence[RunLogs]) -> list[str]:
 
 
 def _sortable(key: tuple) -> tuple:
-  """Numbers first and in numeric order, then text; None as the smallest."""
-  return tuple((0, x, "") if isinstance(x, int | float) else (1, 0, "" if x is None else str(x)) for x in key)
+  """Numbers first and in numeric order, then text (None as empty text)."""
+
+  def part(x):
+    if isinstance(x, int | float):
+      return (0, x, "")
+    return (1, 0, "" if x is None else str(x))
+
+  return tuple(part(x) for x in key)
 
 
 def _save(out: str, name: str, ncols: int, draw, width=4.6, height=4.0) -> str:
