@@ -130,3 +130,14 @@ def test_a_study_that_cannot_mean_anything_is_refused():
     Study("x", "", "model.width", (8,), fixed=(("model.width", 16),))
   with pytest.raises(ValueError, match="takes its λs as values"):
     Study("x", "", LAMBDA, (0.0, 1.0), lambdas=(0.0, 10.0))
+
+
+@pytest.mark.parametrize("path", ["configs/paper_digits.py", "configs/paper_mnist1d.py"])
+def test_every_run_of_every_study_is_a_valid_config(path):
+  # The suite trains only the quick subset (test_reproduction.py); every other point is checked here.
+  from rlp_jax.infra import config_args, configuration
+
+  module = config_args.load_module(path)
+  config = module.get_config("")
+  for point in module.get_sweep(""):
+    configuration.validate(sweep.apply_point(config, point))
