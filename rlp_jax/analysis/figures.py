@@ -53,7 +53,10 @@ def new_figure(ncols: int = 1, width: float = 6.4, height: float = 4.2):
 def save_figure(fig, path: str) -> str:
   """Writes and closes ``fig`` (a report draws dozens; open figures would pile up); returns ``path``."""
   fig.tight_layout()
-  fig.savefig(path, bbox_inches="tight")
+  # The legends below the axes are kept out of tight_layout (``below``), and named here so that the image
+  # grows to hold them.
+  legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+  fig.savefig(path, bbox_inches="tight", bbox_extra_artists=[*legends, *fig.axes, *fig.texts])
   _plt().close(fig)
   return path
 
@@ -102,9 +105,15 @@ def finish(ax, xlabel: str, ylabel: str, title: str = "", legend: bool = True):
     below(ax)
 
 
-def below(ax) -> None:
-  """The legend under the axes, never over the curves (save_figure keeps it inside the image)."""
-  ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+def below(ax, offset: float = -0.2) -> None:
+  """The legend under the axes, never over the curves (save_figure keeps it inside the image).
+
+  ``offset`` (in axes heights) clears the x axis' labels: lower it for rotated tick labels.
+  """
+  legend = ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, offset), ncol=2, frameon=False)
+  # Out of tight_layout (which would shrink the axes to make room and pull the axis label into the legend);
+  # save_figure's bbox_inches="tight" widens the image to hold it instead.
+  legend.set_in_layout(False)
 
 
 def suptitle(axes, what: str, runs: Sequence[RunLogs], *, with_n: bool = True):

@@ -194,9 +194,14 @@ def plot_per_layer(axes, runs: Sequence[RunLogs]) -> dict:
         ax.axhline(own, color=c, ls="--", lw=1, alpha=0.7, label=f"{label}: the network's own class head")
     ax.set_xticks(range(len(layer_order)))
     ax.set_xticklabels(layer_order, rotation=30, ha="right")
+    if not any(line.get_label() for line in ax.lines):
+      note = "no class probes in these runs (probes.layers)" if prefix == "probe" else "no RLP heads"
+      ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", color="0.4")
     chance = _chance(ordered, prefix)
     chance_line(ax, chance, "chance 1/n" if prefix == "rlp" else "chance 1/classes")
-    finish(ax, "layer (input → output)", ylabel, title)
+    finish(ax, "layer (input → output)", ylabel, title, legend=False)
+    if ax.get_legend_handles_labels()[0]:
+      below(ax, -0.32)  # under the rotated layer names and the axis label
     show_chance(ax, chance)
   suptitle(axes, "Final accuracy per layer", runs)
   return data
