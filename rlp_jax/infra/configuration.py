@@ -56,6 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset_fraction = 1.0  # train on exactly floor(f * m) examples (Fig. 7A/B)
   c.shuffle_buffer = 50_000
   c.max_steps_per_epoch = 0  # > 0 caps every epoch at this many steps (smoke tests on real data); 0 = all
+  # JAX's persistent compilation cache (infra/compile_cache.py): a resumed or repeated run loads its
+  # compiled steps instead of compiling them again. '' = off.
+  c.compilation_cache_dir = "~/.cache/rlp_jax/xla"
 
   c.model = ml_collections.ConfigDict(dict(name="mlp", width=256, depth=2, dropout=0.0))
   # Each model's own keys with their defaults (infra/model_registry.py), e.g. the MLP's and CNN's
@@ -156,6 +159,7 @@ def base_config() -> ml_collections.ConfigDict:
 # Keys that may change between a run and its resumption without making it a different experiment.
 RESUMABLE_KEYS = (
   "data_dir",
+  "compilation_cache_dir",
   "log_every_steps",
   "checkpoint.every_epochs",
   "checkpoint.keep",

@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 from rlp_jax import models
 from rlp_jax.data import input_pipeline
 from rlp_jax.heads import heads as heads_lib
-from rlp_jax.infra import configuration, streams
+from rlp_jax.infra import compile_cache, configuration, streams
 from rlp_jax.infra import mesh as mesh_lib
 from rlp_jax.infra.errors import UserError
 from rlp_jax.training import optimizers, sharding
@@ -102,6 +102,7 @@ def build(
   step that would not fit here).
   """
   configuration.validate(config)
+  compile_cache.enable(config.compilation_cache_dir)  # before anything compiles
   info = info or input_pipeline.get_info(config)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   _check_divisible(config.batch_size, "batch_size", mesh)
