@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import configs.digits
-from rlp_jax.perf import benchmark, plan
+from rlp_jax.infra import config_args
+from rlp_jax.perf import benchmark, flops, plan
+from rlp_jax.perf.benchmark import synthetic_batch
+from rlp_jax.training import experiment as experiment_lib
+from rlp_jax.training.steps import make_train_step
 
 
 def _plan(memory: float, kind: str) -> dict:
@@ -19,6 +25,10 @@ def _plan(memory: float, kind: str) -> dict:
     "target_hbm_bytes": benchmark.hbm_bytes(kind),
     "flops_per_step": 1e12,
     "flops_per_run": 1e15,
+    "flops_per_eval": 2e12,
+    "eval_train_examples": 10_000,
+    "eval_test_examples": 10_000,
+    "eval_share": 0.024,
     "resume_checkpoint_bytes": 1.98e9,
     "resume_checkpoints_kept": 2,
     "snapshot_bytes": 0.35e9,
@@ -40,3 +50,25 @@ def test_memory_is_checked_against_the_targets_hbm_and_its_source_named():
 def test_storage_is_stated_as_its_sum():
   text = plan.format_plan(configs.digits.get_config("tiny"), _plan(1e9, ""))
   assert "resume states 2 x 1.98 GB + snapshots 91 x 0.35 GB = 35.81 GB" in text
+
+
+def _eval_share(config) -> float:
+  """The planner's evaluation share, from traced FLOPs only (plan() also compiles, for the memory)."""
+  info = benchmark.data_info(config)
+  experiment, state = experiment_lib.build(config, info, abstract=True)
+  step = flops.count(make_train_step(experiment), state, synthetic_batch(experiment, abstract=True))
+  per_eval = plan.eval_flops(experiment, state)["flops_per_eval"]
+  epoch_train = step * experiment.total_steps / config.num_epochs
+  return per_eval / config.eval.every_epochs / (epoch_train + per_eval / config.eval.every_epochs)
+
+
+@pytest.mark.parametrize(
+  "path", ["configs/wrn_cifar100.py", "configs/vit_cifar100.py", "configs/vit_imagenet.py"]
+)
+def test_the_paper_configs_spend_at_most_3_percent_of_their_flops_evaluating(path):
+  config = config_args.from_file(path)
+  share = _eval_share(config)
+  assert 0.005 < share <= 0.03, share
+  if config.eval.every_epochs > 1:  # the default that keeps it there: every epoch would not
+    config.eval.every_epochs = 1
+    assert _eval_share(config) > 0.03

@@ -108,6 +108,7 @@ def shrink_for_runlocal(config) -> None:
   config.shuffle_buffer = 256
   config.eval.batch_size = 8
   config.eval.train_examples = 16
+  config.eval.every_epochs = 1
   config.rlp.num_labels = min(config.rlp.num_labels, 100)
   config.rlp.hidden_dim = min(config.rlp.hidden_dim, 16)
   config.offline.update(num_epochs=1, batch_size=8, train_examples=16)

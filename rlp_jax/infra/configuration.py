@@ -167,6 +167,7 @@ RESUMABLE_KEYS = (
   "checkpoint.snapshot_every_epochs",
   "checkpoint.snapshot_heads",
   "eval.batch_size",
+  "eval.every_epochs",  # how often it is measured, not what is trained (the last epoch always is)
   "shuffle_buffer",
   "offline.at_init",
   "offline.at_init_scale_free",

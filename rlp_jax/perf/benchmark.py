@@ -44,11 +44,11 @@ PEAK_FLOPS = (
   ("H200", 989e12),
 )
 
-# Shapes of datasets that may be absent here (benchmarks need no data): (input shape, classes, m).
+# Shapes of datasets that may be absent here (benchmarks need no data): (input shape, classes, m, test).
 KNOWN_DATASETS = {
-  "cifar100": ((32, 32, 3), 100, 50_000),
-  "cifar10": ((32, 32, 3), 10, 50_000),
-  "imagenet2012": ((224, 224, 3), 1000, 1_281_167),
+  "cifar100": ((32, 32, 3), 100, 50_000, 10_000),
+  "cifar10": ((32, 32, 3), 10, 50_000, 10_000),
+  "imagenet2012": ((224, 224, 3), 1000, 1_281_167, 50_000),
 }
 
 
@@ -91,9 +91,9 @@ def data_info(config) -> input_pipeline.DataInfo:
   """Dataset shapes without reading data where they are known; otherwise from tfds."""
   name = config.dataset.split("/")[0]
   if name in KNOWN_DATASETS:
-    shape, classes, m = KNOWN_DATASETS[name]
+    shape, classes, m, test = KNOWN_DATASETS[name]
     return input_pipeline.DataInfo(
-      config.dataset, m, 0, classes, shape, labels.exact_count(config.dataset_fraction, m)
+      config.dataset, m, test, classes, shape, labels.exact_count(config.dataset_fraction, m)
     )
   return input_pipeline.get_info(config)
 

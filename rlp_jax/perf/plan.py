@@ -8,7 +8,8 @@ seconds on a laptop (simulate the devices with ``--devices=8``). For the run as 
 - per-device memory of the compiled train step (XLA's memory analysis: arguments + outputs - donated +
   temporaries);
 - FLOPs per step (matmuls and convolutions counted in the traced step, perf/flops.py) and per run
-  (training steps only: evaluation and offline heads come on top);
+  (training steps only), and of one evaluation, with its share of an epoch's FLOPs (offline heads come on
+  top);
 - bytes of one resume checkpoint (the whole TrainState) and of one analysis snapshot
   (training/checkpointing.py), how many of each the run keeps, and the storage that makes;
 - device-hours at an assumed MFU, given the device's peak.
@@ -23,10 +24,11 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rlp_jax.perf import benchmark, flops
-from rlp_jax.training import checkpointing
+from rlp_jax.training import checkpointing, evaluators
 from rlp_jax.training import experiment as experiment_lib
 from rlp_jax.training.steps import make_train_step
 
@@ -37,6 +39,36 @@ def tree_bytes(tree) -> int:
 
 def tree_size(tree) -> int:
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def eval_flops(experiment, state) -> dict[str, float]:
+  """FLOPs of one evaluation as the loop runs it (training/evaluators.Evaluator), counted like a step's.
+
+  The train subset (``eval.train_examples``; every example if < 1) goes through the network and the RLP heads
+  and probes; the test set through the network and the probes. Whole batches of ``eval.batch_size``, as the
+  loop pads them.
+  """
+  cfg, info = experiment.config, experiment.info
+  ev = evaluators.Evaluator(experiment)
+  b = cfg.eval.batch_size
+  sds = jax.ShapeDtypeStruct
+  image = sds((b, *info.input_shape), jnp.float32)
+  model_params, stats = state.params["model"], state.batch_stats
+  features = flops.count(ev.features.fn, model_params, stats, image)
+  logits, feats = jax.eval_shape(ev.features.fn, model_params, stats, image)
+  batch = {"mask": sds((b,), jnp.bool_), "label": sds((b,), jnp.int32)}
+  test_sums = flops.count(ev.sums, state.params, logits, feats, batch)
+  if experiment.rlp_layers:
+    batch["rlp_labels"] = sds((b, cfg.rlp.num_heads), jnp.int32)
+  train_sums = flops.count(ev.sums, state.params, logits, feats, batch)
+  subset = cfg.eval.train_examples
+  n_train = info.num_selected if subset is None or subset < 1 else min(subset, info.num_selected)
+  batches_train, batches_test = math.ceil(n_train / b), math.ceil(info.num_test / b)
+  return {
+    "eval_train_examples": n_train,
+    "eval_test_examples": info.num_test,
+    "flops_per_eval": batches_train * (features + train_sums) + batches_test * (features + test_sums),
+  }
 
 
 def plan(
@@ -58,6 +90,9 @@ def plan(
   resume_bytes = tree_bytes(state)
   snapshot_bytes = tree_bytes(checkpointing.snapshot_of(state, heads=config.checkpoint.snapshot_heads))
   kept_resume = min(config.checkpoint.keep, len(resume_epochs))
+  evaluation = eval_flops(experiment, state)
+  epoch_train = step_flops * experiment.total_steps / config.num_epochs
+  epoch_eval = evaluation["flops_per_eval"] / config.eval.every_epochs
   out: dict[str, Any] = {
     "devices": experiment.mesh.size,
     "mesh": dict(experiment.mesh.shape),
@@ -70,6 +105,9 @@ def plan(
     "flops_per_step": step_flops,
     "steps": experiment.total_steps,
     "flops_per_run": step_flops * experiment.total_steps,
+    **evaluation,
+    # The evaluators' share of an epoch's FLOPs (training steps + evaluations, averaged over epochs).
+    "eval_share": epoch_eval / (epoch_train + epoch_eval),
     "resume_checkpoint_bytes": resume_bytes,
     "resume_checkpoints_kept": kept_resume,
     "snapshot_bytes": snapshot_bytes,
@@ -112,6 +150,8 @@ def format_plan(config, p: dict[str, Any]) -> str:
     *_fits(p),
     f"  FLOPs             {p['flops_per_step'] / 1e12:,.2f} TFLOP per step, "
     f"{p['flops_per_run'] / 1e18:,.3f} EFLOP per run (training steps)",
+    f"  evaluation        {p['flops_per_eval'] / 1e12:,.2f} TFLOP each ({p['eval_train_examples']:,} "
+    f"training examples, {p['eval_test_examples']:,} test): {p['eval_share']:.1%} of an epoch's FLOPs",
     f"  resume checkpoint {_gb(p['resume_checkpoint_bytes'])} each, last {p['resume_checkpoints_kept']} kept",
     f"  analysis snapshot {_gb(p['snapshot_bytes'])} each, {p['snapshots']} kept",
     f"  storage           resume states {p['resume_checkpoints_kept']} x "

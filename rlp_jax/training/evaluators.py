@@ -51,10 +51,10 @@ class Features:
       pooled = {k: heads_lib.pool_features(sown[k], pool).astype(jnp.float32) for k in self.layers}
       return logits.astype(jnp.float32), pooled
 
-    self._fn = features
+    self.fn = features
 
   def __call__(self, model_params, batch_stats, image):
-    return self._fn(model_params, batch_stats, image)
+    return self.fn(model_params, batch_stats, image)
 
   def batches(
     self, params, batch_stats, split: str, epoch: int, *, limit: int = -1
@@ -109,7 +109,7 @@ class Evaluator:
   def __init__(self, experiment: Experiment):
     self.experiment = experiment
     self.features = Features(experiment)
-    self._sums = jax.jit(
+    self.sums = jax.jit(
       lambda params, logits, feats, batch: _metric_sums(experiment, params, logits, feats, batch)
     )
 
@@ -133,7 +133,7 @@ class Evaluator:
       ):
         if split == "test":
           batch.pop("rlp_labels", None)  # random labels are defined on training examples only
-        sums = self._sums(params, logits, feats, batch)
+        sums = self.sums(params, logits, feats, batch)
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
       total = jax.tree.map(np.asarray, total)
       count = max(float(total["count"]), 1.0)
