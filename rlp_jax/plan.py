@@ -30,6 +30,17 @@ def define_flags() -> None:
   flags.DEFINE_float(
     "mfu", 0.4, "Assumed model FLOPs utilization for the device-hours.", lower_bound=0.01, upper_bound=1.0
   )
+  flags.DEFINE_integer(
+    "devices_per_host", 8, "Accelerators one host feeds (8: a GPU node; 4: a TPU v5p host).", lower_bound=1
+  )
+  flags.DEFINE_float(
+    "input_rate_per_core",
+    0.0,
+    "Images/s one host CPU core decodes and augments for this config, as measured by "
+    "`python -m rlp_jax.benchmark --config=... --input_batches=N` on the target's host (0 = not given).",
+    lower_bound=0.0,
+  )
+  flags.DEFINE_integer("host_cores", 0, "CPU cores of one host, to flag an input-bound run.", lower_bound=0)
   flags.DEFINE_string("json", "", "Also write the plan to this JSON file.")
   flags.mark_flags_as_required(["config"])
 
@@ -56,6 +67,15 @@ def main(argv) -> None:
       raise app.UsageError(f"--device_kind={FLAGS.device_kind!r} is not one of {known}; use --peak_tflops.")
   result = plan.plan(
     FLAGS.config, devices=devices, peak_flops=peak, mfu=FLAGS.mfu, device_kind=FLAGS.device_kind
+  )
+  result.update(
+    plan.host_input(
+      result,
+      FLAGS.config.batch_size,
+      devices_per_host=FLAGS.devices_per_host,
+      rate_per_core=FLAGS.input_rate_per_core or None,
+      host_cores=FLAGS.host_cores or None,
+    )
   )
   print(plan.format_plan(FLAGS.config, result), flush=True)
   if FLAGS.json:

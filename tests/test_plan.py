@@ -72,3 +72,16 @@ def test_the_paper_configs_spend_at_most_3_percent_of_their_flops_evaluating(pat
   if config.eval.every_epochs > 1:  # the default that keeps it there: every epoch would not
     config.eval.every_epochs = 1
     assert _eval_share(config) > 0.03
+
+
+def test_the_host_line_is_the_batch_over_the_planned_step_time_and_flags_an_input_bound_run():
+  p = {"flops_per_step": 27.17e12, "devices": 16, "peak_flops_per_device": 989e12, "mfu": 0.33}
+  step_s = 27.17e12 / (16 * 989e12 * 0.33)
+  out = plan.host_input(p, 1024, devices_per_host=8, rate_per_core=400.0, host_cores=96)
+  assert out["step_seconds"] == pytest.approx(step_s)
+  assert out["host_images_per_s"] == pytest.approx(1024 / step_s / 2)  # 2 hosts share the batch
+  assert out["host_cores_needed"] == pytest.approx(1024 / step_s / 2 / 400) and out["input_bound"]
+  text = plan._host_lines(out)
+  assert "WARNING           input-bound: more than the host's 96 cores" in text[1]
+  assert "pass --input_rate_per_core" in plan._host_lines(plan.host_input(p, 1024, devices_per_host=8))[0]
+  assert plan.host_input({**p, "peak_flops_per_device": None}, 1024, devices_per_host=8) == {}

@@ -124,6 +124,55 @@ def plan(
   return out
 
 
+def host_input(
+  p: dict[str, Any],
+  batch_size: int,
+  *,
+  devices_per_host: int,
+  rate_per_core: float | None = None,
+  host_cores: int | None = None,
+) -> dict[str, Any]:
+  """What one host's input pipeline must supply to keep its accelerators at the planned step time.
+
+  The step time is the plan's FLOPs per step over the devices' peak at the assumed MFU; the images/s per
+  host are the batch share of ``devices_per_host`` devices over that time. With a measured per-core rate
+  (benchmark --input_batches on the target's host), the cores that takes, and whether the input would bound
+  the run (more cores than ``host_cores``). Empty without a peak: there is no step time to feed.
+  """
+  peak = p.get("peak_flops_per_device")
+  if not peak:
+    return {}
+  step_s = p["flops_per_step"] / (p["devices"] * peak * p["mfu"])
+  per_host = batch_size / step_s * min(devices_per_host, p["devices"]) / p["devices"]
+  out: dict[str, Any] = {
+    "step_seconds": step_s,
+    "devices_per_host": min(devices_per_host, p["devices"]),
+    "host_images_per_s": per_host,
+  }
+  if rate_per_core:
+    out["input_rate_per_core"] = rate_per_core
+    out["host_cores_needed"] = per_host / rate_per_core
+    if host_cores:
+      out["host_cores"] = host_cores
+      out["input_bound"] = out["host_cores_needed"] > host_cores
+  return out
+
+
+def _host_lines(p: dict[str, Any]) -> list[str]:
+  if "host_images_per_s" not in p:
+    return []
+  line = (
+    f"  host input        {p['host_images_per_s']:,.0f} images/s per host ({p['devices_per_host']} devices "
+    f"at {p['step_seconds'] * 1e3:,.1f} ms per step)"
+  )
+  if "host_cores_needed" not in p:
+    return [line + "; pass --input_rate_per_core (benchmark --input_batches) for the cores it takes"]
+  line += f": {p['host_cores_needed']:,.1f} cores at {p['input_rate_per_core']:,.0f} images/s per core"
+  if p.get("input_bound"):
+    return [line, f"  WARNING           input-bound: more than the host's {p['host_cores']} cores"]
+  return [line]
+
+
 def _gb(x) -> str:
   return "-" if x is None else f"{x / 1e9:,.2f} GB"
 
@@ -166,4 +215,4 @@ def format_plan(config, p: dict[str, Any]) -> str:
     )
   else:
     lines.append("  compute           device-hours: pass --device_kind (e.g. H100) or --peak_tflops")
-  return "\n".join(lines)
+  return "\n".join(lines + _host_lines(p))
