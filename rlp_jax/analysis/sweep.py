@@ -55,19 +55,9 @@ DIVERGED_FILE = "diverged.txt"
 # ----------------------------------------------------------------------------------------------------
 
 
-def _get(config: ml_collections.ConfigDict, key: str):
-  node = config
-  for part in key.split("."):
-    try:
-      node = node[part]
-    except KeyError:
-      raise UserError(f"sweep key {key!r}: config has no key {key!r}.") from None
-  return node
-
-
 def parse_value(config: ml_collections.ConfigDict, key: str, text: str):
   """A value from the command line, typed like the key's current value."""
-  current = _get(config, key)
+  current = config_args.lookup(config, key, "sweep")
   text = text.strip()
   try:
     if isinstance(current, bool):
@@ -118,7 +108,7 @@ def points_from(sweep, config: ml_collections.ConfigDict) -> list[dict[str, Any]
     points = [dict(p) for p in sweep]
   for p in points:
     for k in p:
-      _get(config, k)
+      config_args.lookup(config, k, "sweep")
   names = [run_name(p) for p in points]
   dupes = sorted({n for n in names if names.count(n) > 1})
   if dupes:

@@ -64,6 +64,17 @@ def flag_in_argv(argv: Sequence[str], name: str) -> str | None:
   return None
 
 
+def lookup(config, key: str, what: str):
+  """The value at the dotted ``key`` ('rlp.reg_lambda'); a missing key is a UserError naming ``what``."""
+  node = config
+  for part in key.split("."):
+    try:
+      node = node[part]
+    except (KeyError, TypeError):
+      raise UserError(f"{what} key {key!r}: config has no key {key!r}.") from None
+  return node
+
+
 def parse(arg: str, valid: Sequence[str], path: str) -> set[str]:
   """Comma-separated args; an unknown one fails naming the config file and the valid ones."""
   args = {a.strip() for a in arg.split(",") if a.strip()}

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from rlp_jax.infra import config_args
 from rlp_jax.infra.errors import UserError
 
 LAMBDA = "rlp.reg_lambda"
@@ -38,16 +39,6 @@ class Study:
       raise UserError(f"study {self.name!r}: a λ study takes its λs as values, not as lambdas.")
 
 
-def _get(config, key: str):
-  node = config
-  for part in key.split("."):
-    try:
-      node = node[part]
-    except KeyError:
-      raise UserError(f"study key {key!r}: the config has no key {key!r}.") from None
-  return node
-
-
 def grid(config, study: Study) -> list[tuple[Any, float, int, dict[str, Any]]]:
   """``(value, λ, seed, point)`` of every run of the study.
 
@@ -63,7 +54,7 @@ def grid(config, study: Study) -> list[tuple[Any, float, int, dict[str, Any]]]:
         varied = {
           k: v for k, v in {study.axis: value, **dict(study.fixed)}.items() if k not in (LAMBDA, SEED)
         }
-        kept = {k: varied[k] for k in sorted(varied) if varied[k] != _get(config, k)}
+        kept = {k: varied[k] for k in sorted(varied) if varied[k] != config_args.lookup(config, k, "study")}
         out.append((value, lam, seed, {**kept, LAMBDA: lam, SEED: seed}))
   return out
 
