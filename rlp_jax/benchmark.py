@@ -2,6 +2,7 @@ r"""Step-time cost of RLP heads, measured in one process on synthetic data (what
 
 python -m rlp_jax.benchmark --config=configs/digits.py [--config.KEY=VALUE ...] [--steps=20]
 python -m rlp_jax.benchmark --config=configs/wrn_cifar100.py --input_batches=100   # the input pipeline
+python -m rlp_jax.benchmark --config=configs/vit_imagenet.py --input_jpeg=512 --config.batch_size=32  # 1 core
 python -m rlp_jax.benchmark --config=configs/vit_imagenet.py:unique --compile_only  # FLOPs, bytes, memory
 python -m rlp_jax.benchmark --suite=accelerator [--scale=S] [--json=PATH]  # perf/accelerator_suite.py
 """
@@ -32,6 +33,13 @@ def define_flags() -> None:
   )
   flags.DEFINE_integer(
     "input_batches", 0, "If > 0, measure the input pipeline over this many batches instead."
+  )
+  flags.DEFINE_integer(
+    "input_jpeg",
+    0,
+    "If > 0, write this many ImageNet-shaped JPEGs (perf/input_cost.py) and print images/s per core of the "
+    "config's train and eval transforms against the bare decode on the same records.",
+    lower_bound=0,
   )
   flags.DEFINE_bool(
     "compile_only",
@@ -86,6 +94,8 @@ def main(argv):
     if FLAGS.json:
       rundir.atomic_write(FLAGS.json, json.dumps(r, indent=2))
     return
+  if FLAGS.input_jpeg:
+    return _input_jpeg()
   if FLAGS.input_batches:
     r = benchmark.input_throughput(FLAGS.config, num_batches=FLAGS.input_batches)
     print(
@@ -100,6 +110,26 @@ def main(argv):
   print(benchmark.format_results(FLAGS.config, results), flush=True)
   if FLAGS.json:
     rundir.atomic_write(FLAGS.json, json.dumps(results, indent=2))
+
+
+def _input_jpeg() -> None:
+  import tempfile
+
+  from rlp_jax.perf import input_cost
+
+  with tempfile.TemporaryDirectory() as data_dir:
+    n = FLAGS.input_jpeg
+    input_cost.write_jpeg_imagenet(data_dir, num_train=n, num_validation=max(n // 4, 1))
+    rows = input_cost.per_core(FLAGS.config, data_dir, num_batches=FLAGS.steps)
+  print(f"images/s on one core, {FLAGS.config.batch_size} per batch ({n} JPEGs of ImageNet's sizes):")
+  for r in rows:
+    print(
+      f"  {r['transform']:32s} pipeline {r['images_per_s']:7.0f}  bare decode {r['ceiling']:7.0f}  "
+      f"ratio {r['ratio']:.2f}",
+      flush=True,
+    )
+  if FLAGS.json:
+    rundir.atomic_write(FLAGS.json, json.dumps(rows, indent=2))
 
 
 def _suite() -> None:

@@ -1,0 +1,175 @@
+"""What one host CPU core feeds: the input pipeline against the bare JPEG decode (docs/design.md §5).
+
+``write_jpeg_imagenet`` makes ImageNet-shaped data here, without a download: a prepared tfds
+``imagenet2012`` whose images are real JPEGs of ImageNet's sizes (most 500x375 or 375x500, the rest spread
+from 200 to 1000 pixels a side) with smooth, photo-like content (JPEG decode time depends on both), so the
+project's real pipeline reads them. ``per_core`` then measures, in one process pinned to one core:
+
+- the pipeline as a run reads it (``input_pipeline.train_batches`` / ``eval_batches``: read, decode,
+  crop, flip, normalize, batch, random labels attached), images/s;
+- the ceiling on the same records: a minimal tf.data loop that does only the work the transform must
+  (``decode_and_crop_jpeg`` of a random box + resize for the Inception crop; ``decode_jpeg`` + the shorter
+  side to ``eval_resize``, antialiased, + the central crop for the eval transform);
+
+and their ratio. One core, so that the figure multiplies by a host's cores (plan --input_rate_per_core).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from rlp_jax.data import input_pipeline
+
+# ImageNet train images: about 60% are 500x375, 15% 375x500, 10% 500x333; the rest vary (200-1000 px).
+_SIZES = (((375, 500), 0.60), ((500, 375), 0.15), ((333, 500), 0.10))
+
+
+def _size(rng) -> tuple[int, int]:
+  u, acc = rng.random(), 0.0
+  for (h, w), p in _SIZES:
+    acc += p
+    if u < acc:
+      return h, w
+  side = int(rng.integers(200, 1001))
+  aspect = float(rng.uniform(0.6, 1.7))
+  return max(64, int(side / aspect)), side
+
+
+def _photo_like(rng, h: int, w: int) -> np.ndarray:
+  """Smooth colour fields with mild noise: compresses and decodes like a photograph, unlike pure noise."""
+  small = rng.integers(0, 256, (h // 32 + 2, w // 32 + 2, 3)).astype(np.float32)
+  ys, xs = np.linspace(0, small.shape[0] - 1.001, h), np.linspace(0, small.shape[1] - 1.001, w)
+  y0, x0 = ys.astype(int), xs.astype(int)
+  fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+  top = small[y0][:, x0] * (1 - fx) + small[y0][:, x0 + 1] * fx
+  bottom = small[y0 + 1][:, x0] * (1 - fx) + small[y0 + 1][:, x0 + 1] * fx
+  image = top * (1 - fy) + bottom * fy + rng.normal(0, 6, (h, w, 3))
+  return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_jpeg_imagenet(data_dir: str, *, num_train: int, num_validation: int, seed: int = 0) -> str:
+  """A prepared tfds ``imagenet2012`` in ``data_dir`` (train and validation splits); returns data_dir."""
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  builder = tfds.builder("imagenet2012", data_dir=data_dir)
+  features = builder.info.features
+  os.makedirs(builder.data_dir, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  infos = []
+  for split, n in (("train", num_train), ("validation", num_validation)):
+    template = tfds.core.ShardedFileTemplate(
+      data_dir=builder.data_path,
+      template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+      dataset_name=builder.name,
+      split=split,
+      filetype_suffix="tfrecord",
+    )
+    info = tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0, filename_template=template)
+    with tf.io.TFRecordWriter(os.fspath(info.filepaths[0])) as writer:
+      for k in range(n):
+        example = {
+          "image": _photo_like(rng, *_size(rng)),
+          "label": int(rng.integers(0, 1000)),
+          "file_name": f"{split}_{k:06d}.JPEG",
+        }
+        writer.write(features.serialize_example(example))
+    infos.append(info)
+  builder.info.set_splits(tfds.core.SplitDict(infos))
+  builder.info.write_to_directory(builder.data_dir)
+  return data_dir
+
+
+def _ceiling(
+  data_dir: str, split: str, size: int, resize: int, batch: int, num_batches: int, *, train: bool
+) -> float:
+  """Images/s of decode + resize alone on the same records (the least any transform of them costs)."""
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  ds = tfds.builder("imagenet2012", data_dir=data_dir).as_dataset(
+    split=split, decoders={"image": tfds.decode.SkipDecoding()}
+  )
+
+  def decode(example):
+    data = example["image"]
+    if train:  # the Inception crop's work: a random box decoded alone, resized
+      shape = tf.image.extract_jpeg_shape(data)
+      begin, crop, _ = tf.image.sample_distorted_bounding_box(
+        shape,
+        tf.zeros((0, 0, 4)),
+        area_range=(0.05, 1.0),
+        aspect_ratio_range=(0.75, 1.33),
+        use_image_if_no_bounding_boxes=True,
+      )
+      image = tf.image.decode_and_crop_jpeg(data, tf.stack([begin[0], begin[1], crop[0], crop[1]]), 3)
+      return tf.image.resize(image, (size, size))
+    # The eval transform's work: decode, shorter side to ``resize`` (antialiased), the central crop.
+    image = tf.io.decode_jpeg(data, channels=3)
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    new_hw = tf.maximum(size, tf.cast(tf.round(hw * resize / tf.reduce_min(hw)), tf.int32))
+    image = tf.image.resize(image, new_hw, antialias=True)
+    top_left = (new_hw - size) // 2
+    return tf.slice(image, [top_left[0], top_left[1], 0], [size, size, 3])
+
+  ds = ds.repeat().map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(2)
+  it = iter(ds)
+  next(it)
+  t0 = time.perf_counter()
+  for _ in range(num_batches):
+    next(it)
+  return num_batches * batch / (time.perf_counter() - t0)
+
+
+def _pipeline(config, num_batches: int, *, train: bool) -> float:
+  info = input_pipeline.get_info(config)
+
+  def batches():  # epoch after epoch, so that a small dataset still gives num_batches
+    for epoch in range(1_000_000):
+      if train:
+        yield from input_pipeline.train_batches(config, info, epoch)
+      else:
+        yield from input_pipeline.eval_batches(config, info, "test", epoch)
+
+  it = batches()
+  next(it)  # start-up (file open, buffers) is not throughput
+  t0, n = time.perf_counter(), 0
+  for _ in range(num_batches):
+    n += len(next(it)["index"])
+  return n / (time.perf_counter() - t0)
+
+
+def _pin(core: int) -> None:
+  # First thing in a fresh process, before TensorFlow starts its thread pools: every thread it creates
+  # inherits this one core (pinning a process whose pools already run would pin only the calling thread).
+  os.sched_setaffinity(0, {core})
+
+
+def _measure(config, data_dir: str, num_batches: int) -> list[dict]:
+  config = config.copy_and_resolve_references()
+  config.data_dir = data_dir
+  size = config.augment.image_size
+  resize = config.augment.eval_resize or size
+  rows = []
+  for name, train in (("train (" + config.augment.crop + " crop, flip)", True), ("eval", False)):
+    ours = _pipeline(config, num_batches, train=train)
+    split = "train" if train else "validation"
+    ceiling = _ceiling(data_dir, split, size, resize, config.batch_size, num_batches, train=train)
+    rows.append({"transform": name, "images_per_s": ours, "ceiling": ceiling, "ratio": ours / ceiling})
+  return rows
+
+
+def per_core(config, data_dir: str, *, num_batches: int = 20, core: int = 0) -> list[dict]:
+  """The table: per transform, the pipeline's and the ceiling's images/s on one core, and their ratio.
+
+  Measured in a child process pinned to ``core`` from its start, both in the same process.
+  """
+  import multiprocessing
+  from concurrent.futures import ProcessPoolExecutor
+
+  ctx = multiprocessing.get_context("spawn")
+  with ProcessPoolExecutor(1, mp_context=ctx, initializer=_pin, initargs=(core,)) as pool:
+    return pool.submit(_measure, config, data_dir, num_batches).result()
