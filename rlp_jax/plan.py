@@ -37,7 +37,7 @@ def define_flags() -> None:
     "input_rate_per_core",
     0.0,
     "Images/s one host CPU core decodes and augments for this config, as measured by "
-    "`python -m rlp_jax.benchmark --config=... --input_batches=N` on the target's host (0 = not given).",
+    "`python -m rlp_jax.benchmark --config=... --input_jpeg=N` on the target's host (0 = not given).",
     lower_bound=0.0,
   )
   flags.DEFINE_integer("host_cores", 0, "CPU cores of one host, to flag an input-bound run.", lower_bound=0)

@@ -136,7 +136,7 @@ def host_input(
 
   The step time is the plan's FLOPs per step over the devices' peak at the assumed MFU; the images/s per
   host are the batch share of ``devices_per_host`` devices over that time. With a measured per-core rate
-  (benchmark --input_batches on the target's host), the cores that takes, and whether the input would bound
+  (benchmark --input_jpeg on the target's host), the cores that takes, and whether the input would bound
   the run (more cores than ``host_cores``). Empty without a peak: there is no step time to feed.
   """
   peak = p.get("peak_flops_per_device")
@@ -166,7 +166,7 @@ def _host_lines(p: dict[str, Any]) -> list[str]:
     f"at {p['step_seconds'] * 1e3:,.1f} ms per step)"
   )
   if "host_cores_needed" not in p:
-    return [line + "; pass --input_rate_per_core (benchmark --input_batches) for the cores it takes"]
+    return [line + "; pass --input_rate_per_core (benchmark --input_jpeg) for the cores it takes"]
   line += f": {p['host_cores_needed']:,.1f} cores at {p['input_rate_per_core']:,.0f} images/s per core"
   if p.get("input_bound"):
     return [line, f"  WARNING           input-bound: more than the host's {p['host_cores']} cores"]
