@@ -162,14 +162,18 @@ def _measure(config, data_dir: str, num_batches: int) -> list[dict]:
   size = config.augment.image_size
   resize = config.augment.eval_resize or size
   rows = []
-  for name, train in (("train (" + config.augment.crop + " crop, flip)", True), ("eval", False)):
+  flip = ", flip" if config.augment.flip else ""
+  for name, train in ((f"train ({config.augment.crop} crop{flip})", True), ("eval", False)):
     n = min(num_batches, batches_in_one_pass(config, train=train))
     if n < 1:
       raise ValueError(f"too few images for one timed {name} batch: write more (benchmark --input_jpeg)")
     ours = _pipeline(config, n, train=train)
     split = "train" if train else "validation"
     batch = config.batch_size if train else config.eval.batch_size
-    ceiling = _ceiling(data_dir, split, size, resize, batch, n, train=train)
+    # The ceiling does the transform's own work: a random box for the Inception crop, else (eval, and train
+    # with crop='none', the :flip_only path) the whole image resized and centrally cropped.
+    inception = train and config.augment.crop == "inception"
+    ceiling = _ceiling(data_dir, split, size, resize, batch, n, train=inception)
     rows.append(
       {"transform": name, "batches": n, "images_per_s": ours, "ceiling": ceiling, "ratio": ours / ceiling}
     )
