@@ -12,12 +12,9 @@ pixel rows 0 and 1 (``k mod 256``, ``k // 256`` on channel 0; constant along row
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from rlp_jax.data import input_pipeline, labels, tfds_source
@@ -49,32 +46,9 @@ def write_fake_tfds(data_dir: str, name: str, splits: dict[str, list[int]], *, f
   ``files=False`` writes only the metadata (dataset_info.json with the splits' shard lengths), which is
   what ``tfds.testing.mock_data(policy=USE_FILES, data_dir=...)`` reads.
   """
-  builder = tfds.builder(name, data_dir=data_dir)
-  features = builder.info.features
-  os.makedirs(builder.data_dir, exist_ok=True)
   rng = np.random.default_rng(0)
-  infos = []
-  for split, lengths in splits.items():
-    template = tfds.core.ShardedFileTemplate(
-      data_dir=builder.data_path,
-      template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-      dataset_name=builder.name,
-      split=split,
-      filetype_suffix="tfrecord",
-    )
-    info = tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=0, filename_template=template)
-    k = 0
-    for path, n in zip(info.filepaths, lengths):
-      if not files:
-        break
-      with tf.io.TFRecordWriter(os.fspath(path)) as writer:
-        for _ in range(n):
-          writer.write(features.serialize_example(_example(features, split, k, rng)))
-          k += 1
-    infos.append(info)
-  builder.info.set_splits(tfds.core.SplitDict(infos))
-  builder.info.write_to_directory(builder.data_dir)
-  return data_dir
+  example = (lambda features, split, k: _example(features, split, k, rng)) if files else None
+  return tfds_source.write_prepared(data_dir, name, splits, example)
 
 
 TRAIN_SHARDS, TEST_SHARDS = [13, 11, 12, 12], [7, 6]  # m = 48 in 4 uneven shards; 13 test examples

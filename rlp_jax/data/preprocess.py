@@ -84,7 +84,7 @@ def _decode_image(data: tf.Tensor, channels: int) -> tf.Tensor:
   return image
 
 
-def _resize_and_center_crop(image: tf.Tensor, size: int, resize: int) -> tf.Tensor:
+def resize_and_center_crop(image: tf.Tensor, size: int, resize: int) -> tf.Tensor:
   """Shorter side -> ``resize`` (antialiased bilinear), then the central ``size`` x ``size`` crop."""
   shape = tf.shape(image)
   h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
@@ -141,7 +141,7 @@ def preprocessor(config, input_shape: tuple, src: Source, *, train: bool, epoch:
       if src.encoded:
         image = _decode_image(image, src.channels)
       if resize:
-        image = _resize_and_center_crop(image, size, aug.eval_resize or size)
+        image = resize_and_center_crop(image, size, aug.eval_resize or size)
     scale = 255.0 if ex["image"].dtype == tf.uint8 or src.encoded else 1.0
     image = tf.cast(image, tf.float32) / scale
     if train and aug.flip:

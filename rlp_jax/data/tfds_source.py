@@ -255,3 +255,37 @@ def host_counts(src: Source, split: str, chosen: np.ndarray | None, count: int) 
       n += int(chosen[start : start + fi.take].sum())
     counts.append(n)
   return counts
+
+
+def write_prepared(data_dir: str, name: str, shard_lengths: dict, example=None) -> str:
+  """Writes a prepared tfds dataset ``name`` into ``data_dir``, without downloading; returns data_dir.
+
+  ``shard_lengths``: split -> the lengths of its shard files. ``example(features, split, k)`` gives the
+  k-th example of a split as ``features`` takes it; without it only the metadata is written
+  (dataset_info.json with the splits' shard lengths: what ``tfds.testing.mock_data(policy=USE_FILES)``
+  reads). For data made here: ImageNet-shaped JPEGs (perf/input_cost.py) and the tests' fake datasets.
+  """
+  prepared = tfds.builder(name, data_dir=data_dir)
+  features = prepared.info.features
+  os.makedirs(prepared.data_dir, exist_ok=True)
+  infos = []
+  for split, lengths in shard_lengths.items():
+    template = tfds.core.ShardedFileTemplate(
+      data_dir=prepared.data_path,
+      template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+      dataset_name=prepared.name,
+      split=split,
+      filetype_suffix="tfrecord",
+    )
+    info = tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=0, filename_template=template)
+    if example is not None:
+      k = 0
+      for path, n in zip(info.filepaths, lengths):
+        with tf.io.TFRecordWriter(os.fspath(path)) as writer:
+          for _ in range(n):
+            writer.write(features.serialize_example(example(features, split, k)))
+            k += 1
+    infos.append(info)
+  prepared.info.set_splits(tfds.core.SplitDict(infos))
+  prepared.info.write_to_directory(prepared.data_dir)
+  return data_dir

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from rlp_jax.data import input_pipeline
+from rlp_jax.data import input_pipeline, preprocess, tfds_source
 
 # ImageNet train images: about 60% are 500x375, 15% 375x500, 10% 500x333; the rest vary (200-1000 px).
 _SIZES = (((375, 500), 0.60), ((500, 375), 0.15), ((333, 500), 0.10))
@@ -52,35 +52,15 @@ def _photo_like(rng, h: int, w: int) -> np.ndarray:
 
 def write_jpeg_imagenet(data_dir: str, *, num_train: int, num_validation: int, seed: int = 0) -> str:
   """A prepared tfds ``imagenet2012`` in ``data_dir`` (train and validation splits); returns data_dir."""
-  import tensorflow as tf
-  import tensorflow_datasets as tfds
-
-  builder = tfds.builder("imagenet2012", data_dir=data_dir)
-  features = builder.info.features
-  os.makedirs(builder.data_dir, exist_ok=True)
   rng = np.random.default_rng(seed)
-  infos = []
-  for split, n in (("train", num_train), ("validation", num_validation)):
-    template = tfds.core.ShardedFileTemplate(
-      data_dir=builder.data_path,
-      template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-      dataset_name=builder.name,
-      split=split,
-      filetype_suffix="tfrecord",
-    )
-    info = tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0, filename_template=template)
-    with tf.io.TFRecordWriter(os.fspath(info.filepaths[0])) as writer:
-      for k in range(n):
-        example = {
-          "image": _photo_like(rng, *_size(rng)),
-          "label": int(rng.integers(0, 1000)),
-          "file_name": f"{split}_{k:06d}.JPEG",
-        }
-        writer.write(features.serialize_example(example))
-    infos.append(info)
-  builder.info.set_splits(tfds.core.SplitDict(infos))
-  builder.info.write_to_directory(builder.data_dir)
-  return data_dir
+
+  def example(features, split, k):
+    del features
+    image = _photo_like(rng, *_size(rng))
+    return {"image": image, "label": int(rng.integers(0, 1000)), "file_name": f"{split}_{k:06d}.JPEG"}
+
+  shards = {"train": [num_train], "validation": [num_validation]}
+  return tfds_source.write_prepared(data_dir, "imagenet2012", shards, example)
 
 
 def _ceiling(
@@ -107,13 +87,8 @@ def _ceiling(
       )
       image = tf.image.decode_and_crop_jpeg(data, tf.stack([begin[0], begin[1], crop[0], crop[1]]), 3)
       return tf.image.resize(image, (size, size))
-    # The eval transform's work: decode, shorter side to ``resize`` (antialiased), the central crop.
-    image = tf.io.decode_jpeg(data, channels=3)
-    hw = tf.cast(tf.shape(image)[:2], tf.float32)
-    new_hw = tf.maximum(size, tf.cast(tf.round(hw * resize / tf.reduce_min(hw)), tf.int32))
-    image = tf.image.resize(image, new_hw, antialias=True)
-    top_left = (new_hw - size) // 2
-    return tf.slice(image, [top_left[0], top_left[1], 0], [size, size, 3])
+    # The eval transform's work: decode, then the pipeline's own resize and central crop.
+    return preprocess.resize_and_center_crop(tf.io.decode_jpeg(data, channels=3), size, resize)
 
   ds = ds.repeat().map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(2)
   it = iter(ds)

@@ -204,14 +204,15 @@ class OwnModel:
     too, to compare like with like.
     """
     _, features = self.features(state, x)
+    rlp_y = self.random_labels(index)
     graphdef, params = offline_heads.fit_fresh(
       self._heads_def,
       self._initial[1],  # the online heads' initialization
       heads_tx or self.heads_tx,
       features,
-      self.random_labels(index),
+      rlp_y,
       num_epochs=num_epochs,
       batch_size=batch_size,
       seed=self.seed,
     )
-    return offline_heads.heads_accuracy(graphdef, params, features, self.random_labels(index))
+    return offline_heads.heads_accuracy(graphdef, params, features, rlp_y)
