@@ -2,7 +2,8 @@ r"""Step-time cost of RLP heads, measured in one process on synthetic data (what
 
 python -m rlp_jax.benchmark --config=configs/digits.py [--config.KEY=VALUE ...] [--steps=20]
 python -m rlp_jax.benchmark --config=configs/wrn_cifar100.py --input_batches=100   # the input pipeline
-python -m rlp_jax.benchmark --config=configs/vit_imagenet.py --input_jpeg=512 --config.batch_size=32  # 1 core
+python -m rlp_jax.benchmark --config=configs/vit_imagenet.py --input_per_core=640 --config.batch_size=32 \
+    --config.eval.batch_size=32 --steps=16   # images/s per host core (also configs/wrn_cifar100.py)
 python -m rlp_jax.benchmark --config=configs/vit_imagenet.py:unique --compile_only  # FLOPs, bytes, memory
 python -m rlp_jax.benchmark --suite=accelerator [--scale=S] [--json=PATH]  # perf/accelerator_suite.py
 """
@@ -35,10 +36,11 @@ def define_flags() -> None:
     "input_batches", 0, "If > 0, measure the input pipeline over this many batches instead."
   )
   flags.DEFINE_integer(
-    "input_jpeg",
+    "input_per_core",
     0,
-    "If > 0, write this many ImageNet-shaped JPEGs (perf/input_cost.py) and print images/s per core of the "
-    "config's train and eval transforms against the bare decode on the same records.",
+    "If > 0, write this many train images shaped like config.dataset's (imagenet2012: JPEGs of ImageNet's "
+    "sizes, and their copy resized once to the eval resize; cifar100: 32x32 PNGs; perf/input_cost.py) and "
+    "print images/s on one core of each train and eval transform against the bare decode of those records.",
     lower_bound=0,
   )
   flags.DEFINE_bool(
@@ -94,8 +96,8 @@ def main(argv):
     if FLAGS.json:
       rundir.atomic_write(FLAGS.json, json.dumps(r, indent=2))
     return
-  if FLAGS.input_jpeg:
-    return _input_jpeg()
+  if FLAGS.input_per_core:
+    return _input_per_core()
   if FLAGS.input_batches:
     r = benchmark.input_throughput(FLAGS.config, num_batches=FLAGS.input_batches)
     print(
@@ -112,20 +114,42 @@ def main(argv):
     rundir.atomic_write(FLAGS.json, json.dumps(results, indent=2))
 
 
-def _input_jpeg() -> None:
+def _input_per_core() -> None:
+  import os
   import tempfile
 
+  from rlp_jax.data import resized_copy
   from rlp_jax.perf import input_cost
 
-  with tempfile.TemporaryDirectory() as data_dir:
-    n = FLAGS.input_jpeg
-    input_cost.write_jpeg_imagenet(data_dir, num_train=n, num_validation=max(n // 2, 1))
-    rows = input_cost.per_core(FLAGS.config, data_dir, num_batches=FLAGS.steps)
-  print(f"images/s on one core, {FLAGS.config.batch_size} per batch ({n} JPEGs of ImageNet's sizes):")
+  config, n = FLAGS.config, FLAGS.input_per_core
+  if config.dataset not in ("imagenet2012", "cifar100"):
+    raise errors.UserError(
+      f"config.dataset={config.dataset!r}: --input_per_core makes imagenet2012 or cifar100 data; use "
+      "configs/vit_imagenet.py or configs/wrn_cifar100.py (--input_batches measures any dataset)."
+    )
+  with tempfile.TemporaryDirectory() as tmp:
+    full = os.path.join(tmp, "full")
+    if config.dataset == "cifar100":
+      data_dirs = {"cifar100": input_cost.write_cifar100(full, num_train=n, num_test=n)}
+    else:
+      input_cost.write_jpeg_imagenet(full, num_train=n, num_validation=n)
+      side = config.augment.eval_resize or config.augment.image_size
+      resized = os.path.join(tmp, f"resized{side}")
+      resized_copy.write(config.dataset, full, resized, shorter_side=side)
+      data_dirs = {"full size": full, f"resized {side}": resized}
+    rows = input_cost.per_core(config, data_dirs, num_batches=FLAGS.steps)
+  print(
+    f"images/s on one core, {config.batch_size} per batch ({n} train images of {config.dataset}'s shape):"
+  )
+  full_rate = {r["transform"]: r["images_per_s"] for r in rows if r["data"] == rows[0]["data"]}
   for r in rows:
+    speedup = r["images_per_s"] / full_rate[r["transform"]]
+    r["vs_" + rows[0]["data"].replace(" ", "_")] = speedup
     print(
-      f"  {r['transform']:32s} pipeline {r['images_per_s']:7.0f}  bare decode {r['ceiling']:7.0f}  "
-      f"ratio {r['ratio']:.2f}  ({r['batches']} batches within one pass)",
+      f"  {r['data']:11s} {r['transform']:37s} pipeline {r['images_per_s']:6.0f}  bare decode "
+      f"{r['ceiling']:6.0f}  ratio {r['ratio']:.2f}"
+      + (f"  {speedup:.2f}x {rows[0]['data']}" if r["data"] != rows[0]["data"] else "")
+      + f"  ({r['batches']} batches within one pass)",
       flush=True,
     )
   if FLAGS.json:

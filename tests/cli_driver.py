@@ -33,6 +33,7 @@ COMMANDS = (
   "reproduce",
   "benchmark",
   "plan",
+  "resize_dataset",
 )
 TIMEOUT_S = 60
 

@@ -139,6 +139,13 @@ CASES = [
   ("plan", ["--config=configs/digits.py", "--devices=-1"], "--devices"),
   ("plan", ["--config=configs/digits.py", "--device_kind=Z80"], "--device_kind"),
   ("plan", ["--config=configs/digits.py", "--mfu=2"], "--mfu"),
+  ("benchmark", [TINY, "--input_per_core=8"], "--input_per_core makes imagenet2012 or cifar100"),
+  # resize_dataset
+  ("resize_dataset", ["--out_dir=NEW"], "--data_dir"),
+  ("resize_dataset", ["--data_dir=MISSING", "--out_dir=NEW"], "holds no prepared imagenet2012"),
+  ("resize_dataset", ["--dataset=digits", "--data_dir=DATA", "--out_dir=NEW"], "not JPEGs"),
+  ("resize_dataset", ["--dataset=nope", "--data_dir=DATA", "--out_dir=NEW"], "--dataset"),
+  ("resize_dataset", ["--data_dir=DATA", "--out_dir=NEW", "--quality=0"], "--quality"),
   # reproduce
   ("reproduce", ["--workdir=NEW"], "--config is required"),
   ("reproduce", ["--config=configs/nope.py", "--workdir=NEW"], "configs/nope.py"),

@@ -134,3 +134,33 @@ def test_pipeline_on_tfds_mock_data(tiny_config):
       assert sum(int(b["mask"].sum()) for b in ev) == 32
   finally:
     tfds_source.builder.cache_clear()
+
+
+def _reads_per_epoch(config, monkeypatch) -> int:
+  """How many examples one training epoch reads from the tfds split."""
+  counter = tf.Variable(0, dtype=tf.int64)
+  read = tfds_source.read
+
+  def counted(*args, **kwargs):
+    def count(ex):
+      with tf.control_dependencies([counter.assign_add(1)]):
+        return {k: tf.identity(v) for k, v in ex.items()}
+
+    return read(*args, **kwargs).map(count)
+
+  monkeypatch.setattr(tfds_source, "read", counted)
+  info = input_pipeline.get_info(config)
+  _epoch(config, info, 0)
+  return int(counter.numpy())
+
+
+def test_an_epoch_reads_its_split_once_when_the_shuffle_buffer_holds_all_of_it(tiny_config, monkeypatch):
+  # tf.data's shuffle-and-repeat fusion refills the buffer from the next repetition ahead of need: with a
+  # buffer that holds the split (CIFAR's 50,000) every epoch read and decoded its data twice.
+  tiny_config.shuffle_buffer = 10_000
+  reads = _reads_per_epoch(tiny_config, monkeypatch)
+  assert 1437 <= reads < 1437 + tiny_config.batch_size
+  fused = tf.data.Options()
+  fused.experimental_optimization.shuffle_and_repeat_fusion = True
+  monkeypatch.setattr(input_pipeline, "_train_options", lambda: fused)
+  assert _reads_per_epoch(tiny_config, monkeypatch) > 1.5 * 1437  # the planted read-ahead is seen

@@ -84,15 +84,30 @@ def _decode_image(data: tf.Tensor, channels: int) -> tf.Tensor:
   return image
 
 
-def resize_and_center_crop(image: tf.Tensor, size: int, resize: int) -> tf.Tensor:
-  """Shorter side -> ``resize`` (antialiased bilinear), then the central ``size`` x ``size`` crop."""
+def shorter_side_to(image: tf.Tensor, resize: int, min_side: int = 0) -> tf.Tensor:
+  """float32 image whose shorter side is ``resize`` (antialiased bilinear), neither side under ``min_side``.
+
+  An image already at that size is returned as it is: the resize would be the identity, and skipping it is
+  most of the eval transform's work on a copy resized once (data/resized_copy.py, docs/design.md §5).
+  """
   shape = tf.shape(image)
   h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
   scale = resize / tf.minimum(h, w)
-  new_h = tf.maximum(size, tf.cast(tf.round(h * scale), tf.int32))
-  new_w = tf.maximum(size, tf.cast(tf.round(w * scale), tf.int32))
-  image = tf.image.resize(image, [new_h, new_w], method="bilinear", antialias=True)
-  top, left = (new_h - size) // 2, (new_w - size) // 2
+  new_h = tf.maximum(min_side, tf.cast(tf.round(h * scale), tf.int32))
+  new_w = tf.maximum(min_side, tf.cast(tf.round(w * scale), tf.int32))
+  same = tf.logical_and(tf.equal(new_h, shape[0]), tf.equal(new_w, shape[1]))
+  return tf.cond(
+    same,
+    lambda: tf.cast(image, tf.float32),
+    lambda: tf.image.resize(image, [new_h, new_w], method="bilinear", antialias=True),
+  )
+
+
+def resize_and_center_crop(image: tf.Tensor, size: int, resize: int) -> tf.Tensor:
+  """Shorter side -> ``resize`` (antialiased bilinear), then the central ``size`` x ``size`` crop."""
+  image = shorter_side_to(image, resize, size)
+  shape = tf.shape(image)
+  top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
   return tf.slice(image, [top, left, 0], [size, size, -1])
 
 

@@ -1,17 +1,20 @@
-"""What one host CPU core feeds: the input pipeline against the bare JPEG decode (docs/design.md §5).
+"""What one host CPU core feeds: the input pipeline against the bare decode (docs/design.md §5).
 
-``write_jpeg_imagenet`` makes ImageNet-shaped data here, without a download: a prepared tfds
-``imagenet2012`` whose images are real JPEGs of ImageNet's sizes (most 500x375 or 375x500, the rest spread
-from 200 to 1000 pixels a side) with smooth, photo-like content (JPEG decode time depends on both), so the
-project's real pipeline reads them. ``per_core`` then measures, in one process pinned to one core:
+Data made here, without a download, so that the project's real pipeline reads it:
+``write_jpeg_imagenet``, a prepared tfds ``imagenet2012`` whose images are real JPEGs of ImageNet's sizes
+(most 500x375 or 375x500, the rest spread from 200 to 1000 pixels a side) with smooth, photo-like content
+(JPEG decode time depends on both); ``write_cifar100``, a prepared ``cifar100`` (32x32 PNGs).
+``per_core`` then measures, in one process pinned to one core, for each transform a run uses:
 
 - the pipeline as a run reads it (``input_pipeline.train_batches`` / ``eval_batches``: read, decode,
   crop, flip, normalize, batch, random labels attached), images/s;
 - the ceiling on the same records: a minimal tf.data loop that does only the work the transform must
   (``decode_and_crop_jpeg`` of a random box + resize for the Inception crop; ``decode_jpeg`` + the shorter
-  side to ``eval_resize``, antialiased, + the central crop for the eval transform);
+  side to ``eval_resize``, antialiased, + the central crop for the eval and ``:flip_only`` transforms;
+  tfds's own decode for fixed-size images);
 
-and their ratio. One core, so that the figure multiplies by a host's cores (plan --input_rate_per_core).
+and their ratio, on each copy of the data it is given (e.g. the full-size JPEGs and their one-time resized
+copy, data/resized_copy.py). One core, so that the figure multiplies by a host's cores (perf/plan.py).
 """
 
 from __future__ import annotations
@@ -63,20 +66,43 @@ def write_jpeg_imagenet(data_dir: str, *, num_train: int, num_validation: int, s
   return tfds_source.write_prepared(data_dir, "imagenet2012", shards, example)
 
 
-def _ceiling(
-  data_dir: str, split: str, size: int, resize: int, batch: int, num_batches: int, *, train: bool
-) -> float:
-  """Images/s of decode + resize alone on the same records (the least any transform of them costs)."""
+def write_cifar100(data_dir: str, *, num_train: int, num_test: int, seed: int = 0) -> str:
+  """A prepared tfds ``cifar100`` in ``data_dir`` (32x32 PNGs, as tfds stores them); returns data_dir."""
+  rng = np.random.default_rng(seed)
+
+  def example(features, split, k):
+    del features
+    return {
+      "image": _photo_like(rng, 32, 32),
+      "label": int(rng.integers(0, 100)),
+      "coarse_label": int(rng.integers(0, 20)),
+      "id": f"{split}_{k:05d}",
+    }
+
+  return tfds_source.write_prepared(data_dir, "cifar100", {"train": [num_train], "test": [num_test]}, example)
+
+
+def _ceiling(config, data_dir: str, split: str, batch: int, num_batches: int, work: str) -> float:
+  """Images/s of the transform's necessary work alone on the same records (the least it can cost).
+
+  ``work``: 'inception' (a random box decoded alone by ``decode_and_crop_jpeg``, resized), 'resize' (the
+  whole JPEG decoded, shorter side to ``eval_resize`` by the pipeline's own resize, central crop) or
+  'decoded' (fixed-size images, which tfds decodes as it reads: that decode is all there is).
+  """
   import tensorflow as tf
   import tensorflow_datasets as tfds
 
-  ds = tfds.builder("imagenet2012", data_dir=data_dir).as_dataset(
-    split=split, decoders={"image": tfds.decode.SkipDecoding()}
-  )
+  size = config.augment.image_size
+  resize = config.augment.eval_resize or size
+  builder = tfds.builder(config.dataset, data_dir=data_dir)
+  if work == "decoded":
+    ds = builder.as_dataset(split=split).map(lambda ex: ex["image"], num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
 
   def decode(example):
     data = example["image"]
-    if train:  # the Inception crop's work: a random box decoded alone, resized
+    if work == "inception":
       shape = tf.image.extract_jpeg_shape(data)
       begin, crop, _ = tf.image.sample_distorted_bounding_box(
         shape,
@@ -87,31 +113,39 @@ def _ceiling(
       )
       image = tf.image.decode_and_crop_jpeg(data, tf.stack([begin[0], begin[1], crop[0], crop[1]]), 3)
       return tf.image.resize(image, (size, size))
-    # The eval transform's work: decode, then the pipeline's own resize and central crop.
     return preprocess.resize_and_center_crop(tf.io.decode_jpeg(data, channels=3), size, resize)
 
-  ds = ds.repeat().map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(2)
-  it = iter(ds)
-  next(it)
+  if work != "decoded":
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   t0 = time.perf_counter()
+  it = iter(ds.repeat().batch(batch).prefetch(2))
+  next(it)
+  done = 1
+  if work != "decoded":  # as _pipeline: start-up is not throughput, except where it is the decode
+    t0, done = time.perf_counter(), 0
   for _ in range(num_batches):
     next(it)
-  return num_batches * batch / (time.perf_counter() - t0)
+    done += 1
+  return done * batch / (time.perf_counter() - t0)
 
 
-def _pipeline(config, num_batches: int, *, train: bool) -> float:
-  """Images/s of the run's own batches, within one epoch (or one pass over the eval split).
+def _pipeline(config, num_batches: int, *, train: bool, from_start: bool) -> float:
+  """Images/s of the run's own first ``num_batches`` + 1 batches of an epoch (or of the eval split).
 
-  Within one, because each epoch starts its tf.data pipeline afresh (files opened, shuffle buffer filled):
-  on a dataset of a few hundred images that start-up would halve the rate, at ImageNet's size it vanishes.
+  JPEGs are timed after the first batch, because each epoch starts its tf.data pipeline afresh (files
+  opened, shuffle buffer filled with encoded images): on a dataset of a few hundred images that start-up
+  would halve the rate, at ImageNet's size it vanishes. Fixed-size images (``from_start``) are decoded as
+  they are read, before the shuffle buffer, so filling the buffer is the decode: timed from the start.
   """
   info = input_pipeline.get_info(config)
+  t0 = time.perf_counter()
   if train:
     it = input_pipeline.train_batches(config, info, 0)
   else:
     it = input_pipeline.eval_batches(config, info, "test", 0)
-  next(it)  # start-up (file open, buffers) is not throughput
-  t0, n = time.perf_counter(), 0
+  n = len(next(it)["index"])
+  if not from_start:
+    t0, n = time.perf_counter(), 0
   for _ in range(num_batches):
     n += len(next(it)["index"])
   return n / (time.perf_counter() - t0)
@@ -131,38 +165,62 @@ def _pin(core: int) -> None:
   os.sched_setaffinity(0, {core})
 
 
-def _measure(config, data_dir: str, num_batches: int) -> list[dict]:
-  config = config.copy_and_resolve_references()
-  config.data_dir = data_dir
-  size = config.augment.image_size
-  resize = config.augment.eval_resize or size
+def _transforms(config) -> list[tuple[str, object, str]]:
+  """(name, config, ceiling work) of each transform a run of ``config``'s dataset uses, train ones first."""
+  aug = config.augment
+  flip = ", flip" if aug.flip else ""
+  if not tfds_source.source(config).jpeg:  # fixed-size images, decoded by tfds as it reads
+    return [(f"train ({aug.crop} crop{flip})", config, "decoded"), ("eval", None, "decoded")]
+  inception = config.copy_and_resolve_references()
+  inception.augment.crop = "inception"
+  resize = config.copy_and_resolve_references()
+  resize.augment.crop = "none"  # the :flip_only path: the eval transform (+ flip)
+  return [
+    (f"train (Inception crop{flip})", inception, "inception"),
+    (f"train (resize + central crop{flip})", resize, "resize"),
+    ("eval", None, "resize"),
+  ]
+
+
+def _measure(config, data_dirs: dict[str, str], num_batches: int) -> list[dict]:
   rows = []
-  flip = ", flip" if config.augment.flip else ""
-  for name, train in ((f"train ({config.augment.crop} crop{flip})", True), ("eval", False)):
-    n = min(num_batches, batches_in_one_pass(config, train=train))
-    if n < 1:
-      raise ValueError(f"too few images for one timed {name} batch: write more (benchmark --input_jpeg)")
-    ours = _pipeline(config, n, train=train)
-    split = "train" if train else "validation"
-    batch = config.batch_size if train else config.eval.batch_size
-    # The ceiling does the transform's own work: a random box for the Inception crop, else (eval, and train
-    # with crop='none', the :flip_only path) the whole image resized and centrally cropped.
-    inception = train and config.augment.crop == "inception"
-    ceiling = _ceiling(data_dir, split, size, resize, batch, n, train=inception)
-    rows.append(
-      {"transform": name, "batches": n, "images_per_s": ours, "ceiling": ceiling, "ratio": ours / ceiling}
-    )
+  for data, data_dir in data_dirs.items():
+    config = config.copy_and_resolve_references()
+    config.data_dir = data_dir
+    for name, train_config, work in _transforms(config):
+      train = train_config is not None
+      run = train_config if train else config
+      n = min(num_batches, batches_in_one_pass(run, train=train))
+      if n < 1:
+        raise ValueError(
+          f"too few images for one timed {name} batch: write more (benchmark --input_per_core)"
+        )
+      ours = _pipeline(run, n, train=train, from_start=work == "decoded")
+      split = "train" if train else tfds_source.test_split(run, tfds_source.source(run))
+      batch = run.batch_size if train else run.eval.batch_size
+      ceiling = _ceiling(run, data_dir, split, batch, n, work)
+      rows.append(
+        {
+          "transform": name,
+          "data": data,
+          "batches": n + (work == "decoded"),  # the batches timed
+          "images_per_s": ours,
+          "ceiling": ceiling,
+          "ratio": ours / ceiling,
+        }
+      )
   return rows
 
 
-def per_core(config, data_dir: str, *, num_batches: int = 20, core: int = 0) -> list[dict]:
-  """The table: per transform, the pipeline's and the ceiling's images/s on one core, and their ratio.
+def per_core(config, data_dirs: dict[str, str], *, num_batches: int = 20, core: int = 0) -> list[dict]:
+  """The table: per data copy and transform, the pipeline's and the ceiling's images/s on one core.
 
-  Measured in a child process pinned to ``core`` from its start, both in the same process.
+  ``data_dirs``: a name for each copy of the data (e.g. 'full size', 'resized 256') -> its tfds data_dir.
+  Everything is measured in one child process pinned to ``core`` from its start, so the rows compare.
   """
   import multiprocessing
   from concurrent.futures import ProcessPoolExecutor
 
   ctx = multiprocessing.get_context("spawn")
   with ProcessPoolExecutor(1, mp_context=ctx, initializer=_pin, initargs=(core,)) as pool:
-    return pool.submit(_measure, config, data_dir, num_batches).result()
+    return pool.submit(_measure, config, data_dirs, num_batches).result()
