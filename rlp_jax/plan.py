@@ -37,7 +37,8 @@ def define_flags() -> None:
     "input_rate_per_core",
     0.0,
     "Images/s one host CPU core decodes and augments for this config, as measured by "
-    "`python -m rlp_jax.benchmark --config=... --input_jpeg=N` on the target's host (0 = not given).",
+    "`python -m rlp_jax.benchmark --config=... --input_per_core=N` on the target's host (0 = this project's "
+    "measurement on one core of its development machine, perf/plan.py MEASURED_PER_CORE).",
     lower_bound=0.0,
   )
   flags.DEFINE_integer("host_cores", 0, "CPU cores of one host, to flag an input-bound run.", lower_bound=0)
@@ -75,6 +76,7 @@ def main(argv) -> None:
       devices_per_host=FLAGS.devices_per_host,
       rate_per_core=FLAGS.input_rate_per_core or None,
       host_cores=FLAGS.host_cores or None,
+      transform=plan.train_transform(FLAGS.config),
     )
   )
   print(plan.format_plan(FLAGS.config, result), flush=True)

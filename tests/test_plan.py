@@ -85,3 +85,29 @@ def test_the_host_line_is_the_batch_over_the_planned_step_time_and_flags_an_inpu
   assert "WARNING           input-bound: more than the host's 96 cores" in text[1]
   assert "pass --input_rate_per_core" in plan._host_lines(plan.host_input(p, 1024, devices_per_host=8))[0]
   assert plan.host_input({**p, "peak_flops_per_device": None}, 1024, devices_per_host=8) == {}
+
+
+@pytest.mark.parametrize(
+  "config_file, transform",
+  [
+    ("configs/vit_imagenet.py", "inception"),
+    ("configs/vit_imagenet.py:flip_only", "resize"),
+    ("configs/wrn_cifar100.py", "decoded"),
+  ],
+)
+def test_without_a_target_rate_the_host_line_uses_the_rate_measured_here_for_the_configs_transform(
+  config_file, transform
+):
+  config = config_args.from_file(config_file)
+  assert plan.train_transform(config) == transform
+  p = {"flops_per_step": 27.17e12, "devices": 8, "peak_flops_per_device": 989e12, "mfu": 0.33}
+  out = plan.host_input(p, 1024, devices_per_host=8, transform=transform, host_cores=64)
+  full, resized = plan.MEASURED_PER_CORE[transform]
+  assert out["host_cores_needed"] == pytest.approx(out["host_images_per_s"] / full)
+  assert out["input_bound"] == (out["host_cores_needed"] > 64)
+  lines = plan._host_lines(out)
+  assert "measured on one core here" in lines[1]
+  assert ("resized once" in lines[1]) == (resized is not None)
+  # The target's own rate replaces the one measured here.
+  given = plan.host_input(p, 1024, devices_per_host=8, transform=transform, rate_per_core=2000.0)
+  assert given["input_rate_per_core"] == 2000.0 and "input_rate_measured_here" not in given

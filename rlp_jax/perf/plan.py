@@ -124,6 +124,29 @@ def plan(
   return out
 
 
+# Images/s one host CPU core supplies to a run's train transform, as measured by `python -m rlp_jax.benchmark
+# --input_per_core` on one core of this project's development machine (an AMD EPYC, 2026-12-07, docs/design.md
+# §5): (full-size JPEGs, their copy resized once to the eval resize by resize_dataset). The default of the
+# planner's host line; the target host's own measurement (--input_rate_per_core) replaces it.
+MEASURED_PER_CORE = {
+  "inception": (813.0, 1255.0),  # Inception crop + flip: decode_and_crop_jpeg of the box, resize
+  "resize": (287.0, 1389.0),  # :flip_only, and eval: the whole JPEG decoded, shorter side to 256, crop
+  "decoded": (5710.0, None),  # fixed-size images (CIFAR-100): tfds decodes the PNGs as it reads
+}
+_TRANSFORM_NAMES = {
+  "inception": "the Inception crop of full-size JPEGs",
+  "resize": "the resize + central crop of full-size JPEGs",
+  "decoded": "fixed-size images",
+}
+
+
+def train_transform(config) -> str:
+  """Which of MEASURED_PER_CORE a config's training reads with."""
+  if config.augment.crop == "inception":
+    return "inception"
+  return "resize" if config.augment.eval_resize else "decoded"
+
+
 def host_input(
   p: dict[str, Any],
   batch_size: int,
@@ -131,13 +154,15 @@ def host_input(
   devices_per_host: int,
   rate_per_core: float | None = None,
   host_cores: int | None = None,
+  transform: str | None = None,
 ) -> dict[str, Any]:
   """What one host's input pipeline must supply to keep its accelerators at the planned step time.
 
   The step time is the plan's FLOPs per step over the devices' peak at the assumed MFU; the images/s per
-  host are the batch share of ``devices_per_host`` devices over that time. With a measured per-core rate
-  (benchmark --input_jpeg on the target's host), the cores that takes, and whether the input would bound
-  the run (more cores than ``host_cores``). Empty without a peak: there is no step time to feed.
+  host are the batch share of ``devices_per_host`` devices over that time. At a per-core rate (the target's
+  own, measured with benchmark --input_per_core, or else this project's measurement of ``transform``), the
+  cores that takes, and whether the input would bound the run (more cores than ``host_cores``). Empty
+  without a peak: there is no step time to feed.
   """
   peak = p.get("peak_flops_per_device")
   if not peak:
@@ -149,6 +174,11 @@ def host_input(
     "devices_per_host": min(devices_per_host, p["devices"]),
     "host_images_per_s": per_host,
   }
+  if not rate_per_core and transform in MEASURED_PER_CORE:
+    rate_per_core, resized = MEASURED_PER_CORE[transform]
+    out["input_rate_measured_here"] = transform
+    if resized:
+      out["host_cores_needed_resized"] = per_host / resized
   if rate_per_core:
     out["input_rate_per_core"] = rate_per_core
     out["host_cores_needed"] = per_host / rate_per_core
@@ -166,11 +196,18 @@ def _host_lines(p: dict[str, Any]) -> list[str]:
     f"at {p['step_seconds'] * 1e3:,.1f} ms per step)"
   )
   if "host_cores_needed" not in p:
-    return [line + "; pass --input_rate_per_core (benchmark --input_jpeg) for the cores it takes"]
-  line += f": {p['host_cores_needed']:,.1f} cores at {p['input_rate_per_core']:,.0f} images/s per core"
+    return [line + "; pass --input_rate_per_core (benchmark --input_per_core) for the cores it takes"]
+  lines = [
+    line + f": {p['host_cores_needed']:,.1f} cores at {p['input_rate_per_core']:,.0f} images/s per core"
+  ]
+  if "input_rate_measured_here" in p:
+    note = f"{_TRANSFORM_NAMES[p['input_rate_measured_here']]}, measured on one core here"
+    if "host_cores_needed_resized" in p:
+      note += f"; {p['host_cores_needed_resized']:,.1f} cores on a copy resized once (resize_dataset)"
+    lines.append(f"                    ({note}; --input_rate_per_core for the target's own)")
   if p.get("input_bound"):
-    return [line, f"  WARNING           input-bound: more than the host's {p['host_cores']} cores"]
-  return [line]
+    lines.append(f"  WARNING           input-bound: more than the host's {p['host_cores']} cores")
+  return lines
 
 
 def _gb(x) -> str:
