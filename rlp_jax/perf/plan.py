@@ -129,8 +129,8 @@ def plan(
 # §5): (full-size JPEGs, their copy resized once to the eval resize by resize_dataset). The default of the
 # planner's host line; the target host's own measurement (--input_rate_per_core) replaces it.
 MEASURED_PER_CORE = {
-  "inception": (813.0, 1255.0),  # Inception crop + flip: decode_and_crop_jpeg of the box, resize
-  "resize": (287.0, 1389.0),  # :flip_only, and eval: the whole JPEG decoded, shorter side to 256, crop
+  "inception": (763.0, 1291.0),  # Inception crop + flip: decode_and_crop_jpeg of the box, resize
+  "resize": (291.0, 1424.0),  # :flip_only, and eval: the whole JPEG decoded, shorter side to 256, crop
   "decoded": (5710.0, None),  # fixed-size images (CIFAR-100): tfds decodes the PNGs as it reads
 }
 _TRANSFORM_NAMES = {
