@@ -104,19 +104,22 @@ def write(
   os.makedirs(target, exist_ok=True)
   with open(marker, "w") as f:
     json.dump(identity, f, indent=2)
-  jobs = []
+  jobs, metadata = [], []
   for entry in sorted(os.listdir(source.data_dir)):
     path = os.path.join(source.data_dir, entry)
-    if ".tfrecord-" not in entry:
-      if os.path.isfile(path) and not os.path.exists(os.path.join(target, entry)):
-        shutil.copy2(path, os.path.join(target, entry))  # dataset_info.json, features.json, label names
-      continue
-    if not os.path.exists(os.path.join(target, entry)):
+    if ".tfrecord-" in entry and not os.path.exists(os.path.join(target, entry)):
       jobs.append((path, os.path.join(target, entry)))
+    elif ".tfrecord-" not in entry and os.path.isfile(path):
+      metadata.append(entry)  # dataset_info.json, features.json, label names
   if jobs:
     # Spawned, not forked: TensorFlow's thread pools do not survive a fork.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers or os.cpu_count(), mp_context=context) as pool:
       done = pool.map(_copy_shard, *zip(*jobs), [shorter_side] * len(jobs), [quality] * len(jobs))
       list(done)
+  # Last, and each whole or not at all: until dataset_info.json is there, tfds sees no prepared dataset, so
+  # a run pointed at an unfinished copy is refused rather than reading missing shards.
+  for entry in metadata:
+    shutil.copy2(os.path.join(source.data_dir, entry), os.path.join(target, entry + ".incomplete"))
+    os.replace(os.path.join(target, entry + ".incomplete"), os.path.join(target, entry))
   return target
