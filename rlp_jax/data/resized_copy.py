@@ -16,7 +16,8 @@ The Inception crop's box is then drawn on the smaller image, so train crops are 
 crops are upsampled from fewer pixels): a documented change of the data, not an exact equivalence.
 
 Each shard is written under a temporary name and renamed when whole, so an interrupted copy resumes at the
-first unfinished shard; the first thing written is ``resized_copy.json``, which says what the copy is.
+first unfinished shard; the first thing written is ``resized_copy.json``, which says what the copy is, and
+the last the dataset's metadata, without which tfds sees no prepared dataset there.
 """
 
 from __future__ import annotations
