@@ -115,40 +115,22 @@ def main(argv):
 
 
 def _input_per_core() -> None:
-  import os
   import tempfile
 
-  from rlp_jax.data import resized_copy
   from rlp_jax.perf import input_cost
 
   config, n = FLAGS.config, FLAGS.input_per_core
-  if config.dataset not in ("imagenet2012", "cifar100"):
-    raise errors.UserError(
-      f"config.dataset={config.dataset!r}: --input_per_core makes imagenet2012 or cifar100 data; use "
-      "configs/vit_imagenet.py or configs/wrn_cifar100.py (--input_batches measures any dataset)."
-    )
   with tempfile.TemporaryDirectory() as tmp:
-    full = os.path.join(tmp, "full")
-    if config.dataset == "cifar100":
-      data_dirs = {"cifar100": input_cost.write_cifar100(full, num_train=n, num_test=n)}
-    else:
-      input_cost.write_jpeg_imagenet(full, num_train=n, num_validation=n)
-      side = config.augment.eval_resize or config.augment.image_size
-      resized = os.path.join(tmp, f"resized{side}")
-      resized_copy.write(config.dataset, full, resized, shorter_side=side)
-      data_dirs = {"full size": full, f"resized {side}": resized}
-    rows = input_cost.per_core(config, data_dirs, num_batches=FLAGS.steps)
+    rows = input_cost.per_core(config, input_cost.write_data(config, tmp, n), num_batches=FLAGS.steps)
   print(
     f"images/s on one core, {config.batch_size} per batch ({n} train images of {config.dataset}'s shape):"
   )
-  full_rate = {r["transform"]: r["images_per_s"] for r in rows if r["data"] == rows[0]["data"]}
+  first = rows[0]["data"]
   for r in rows:
-    speedup = r["images_per_s"] / full_rate[r["transform"]]
-    r["vs_" + rows[0]["data"].replace(" ", "_")] = speedup
     print(
       f"  {r['data']:11s} {r['transform']:37s} pipeline {r['images_per_s']:6.0f}  bare decode "
       f"{r['ceiling']:6.0f}  ratio {r['ratio']:.2f}"
-      + (f"  {speedup:.2f}x {rows[0]['data']}" if r["data"] != rows[0]["data"] else "")
+      + (f"  {r['vs_first_data']:.2f}x {first}" if r["data"] != first else "")
       + f"  ({r['batches']} batches within one pass)",
       flush=True,
     )

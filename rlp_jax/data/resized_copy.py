@@ -44,10 +44,10 @@ def resize_record(record: bytes, shorter_side: int, quality: int) -> bytes:
   """One serialized tf.train.Example with its ``image`` JPEG resized; unchanged if already small enough."""
   example = tf.train.Example.FromString(record)
   value = example.features.feature["image"].bytes_list.value
-  image = tf.io.decode_jpeg(value[0], channels=3)
-  if min(image.shape[0], image.shape[1]) <= shorter_side:
+  height, width, _ = tf.image.extract_jpeg_shape(value[0]).numpy()  # the header alone: no decode to keep it
+  if min(height, width) <= shorter_side:
     return record
-  resized = preprocess.shorter_side_to(image, shorter_side)
+  resized = preprocess.shorter_side_to(tf.io.decode_jpeg(value[0], channels=3), shorter_side)
   resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
   value[0] = tf.io.encode_jpeg(resized, quality=quality, chroma_downsampling=False).numpy()
   return example.SerializeToString(deterministic=True)  # map order fixed: a resumed copy is byte-identical

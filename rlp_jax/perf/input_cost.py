@@ -24,7 +24,8 @@ import time
 
 import numpy as np
 
-from rlp_jax.data import input_pipeline, preprocess, tfds_source
+from rlp_jax.data import input_pipeline, preprocess, resized_copy, tfds_source
+from rlp_jax.infra.errors import UserError
 
 # ImageNet train images: about 60% are 500x375, 15% 375x500, 10% 500x333; the rest vary (200-1000 px).
 _SIZES = (((375, 500), 0.60), ((500, 375), 0.15), ((333, 500), 0.10))
@@ -82,6 +83,24 @@ def write_cifar100(data_dir: str, *, num_train: int, num_test: int, seed: int = 
   return tfds_source.write_prepared(data_dir, "cifar100", {"train": [num_train], "test": [num_test]}, example)
 
 
+def _images_per_s(start, num_batches: int, *, from_start: bool) -> float:
+  """Images/s over the first ``num_batches`` + 1 batches of ``start()``'s iterator of (images, ...) batches.
+
+  JPEGs (``from_start`` False) are timed after the first batch, because each epoch starts its tf.data
+  pipeline afresh (files opened, shuffle buffer filled with encoded images): on a dataset of a few hundred
+  images that start-up would halve the rate, at ImageNet's size it vanishes. Fixed-size images are decoded
+  as they are read, before the shuffle buffer, so filling the buffer is the decode: timed from the start.
+  """
+  t0 = time.perf_counter()
+  it = start()
+  n = len(next(it)[0])
+  if not from_start:
+    t0, n = time.perf_counter(), 0
+  for _ in range(num_batches):
+    n += len(next(it)[0])
+  return n / (time.perf_counter() - t0)
+
+
 def _ceiling(config, data_dir: str, split: str, batch: int, num_batches: int, work: str) -> float:
   """Images/s of the transform's necessary work alone on the same records (the least it can cost).
 
@@ -95,13 +114,11 @@ def _ceiling(config, data_dir: str, split: str, batch: int, num_batches: int, wo
   size = config.augment.image_size
   resize = config.augment.eval_resize or size
   builder = tfds.builder(config.dataset, data_dir=data_dir)
-  if work == "decoded":
-    ds = builder.as_dataset(split=split).map(lambda ex: ex["image"], num_parallel_calls=tf.data.AUTOTUNE)
-  else:
-    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
 
   def decode(example):
     data = example["image"]
+    if work == "decoded":
+      return data
     if work == "inception":
       shape = tf.image.extract_jpeg_shape(data)
       begin, crop, _ = tf.image.sample_distorted_bounding_box(
@@ -115,40 +132,24 @@ def _ceiling(config, data_dir: str, split: str, batch: int, num_batches: int, wo
       return tf.image.resize(image, (size, size))
     return preprocess.resize_and_center_crop(tf.io.decode_jpeg(data, channels=3), size, resize)
 
-  if work != "decoded":
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-  t0 = time.perf_counter()
-  it = iter(ds.repeat().batch(batch).prefetch(2))
-  next(it)
-  done = 1
-  if work != "decoded":  # as _pipeline: start-up is not throughput, except where it is the decode
-    t0, done = time.perf_counter(), 0
-  for _ in range(num_batches):
-    next(it)
-    done += 1
-  return done * batch / (time.perf_counter() - t0)
+  decoders = None if work == "decoded" else {"image": tfds.decode.SkipDecoding()}
+  ds = builder.as_dataset(split=split, decoders=decoders).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.repeat().batch(batch).prefetch(2)
+  return _images_per_s(lambda: ((b,) for b in ds), num_batches, from_start=work == "decoded")
 
 
 def _pipeline(config, num_batches: int, *, train: bool, from_start: bool) -> float:
-  """Images/s of the run's own first ``num_batches`` + 1 batches of an epoch (or of the eval split).
-
-  JPEGs are timed after the first batch, because each epoch starts its tf.data pipeline afresh (files
-  opened, shuffle buffer filled with encoded images): on a dataset of a few hundred images that start-up
-  would halve the rate, at ImageNet's size it vanishes. Fixed-size images (``from_start``) are decoded as
-  they are read, before the shuffle buffer, so filling the buffer is the decode: timed from the start.
-  """
+  """Images/s of the run's own batches (``_images_per_s``), of an epoch or of the eval split."""
   info = input_pipeline.get_info(config)
-  t0 = time.perf_counter()
-  if train:
-    it = input_pipeline.train_batches(config, info, 0)
-  else:
-    it = input_pipeline.eval_batches(config, info, "test", 0)
-  n = len(next(it)["index"])
-  if not from_start:
-    t0, n = time.perf_counter(), 0
-  for _ in range(num_batches):
-    n += len(next(it)["index"])
-  return n / (time.perf_counter() - t0)
+
+  def start():
+    if train:
+      batches = input_pipeline.train_batches(config, info, 0)
+    else:
+      batches = input_pipeline.eval_batches(config, info, "test", 0)
+    return ((b["index"],) for b in batches)
+
+  return _images_per_s(start, num_batches, from_start=from_start)
 
 
 def batches_in_one_pass(config, *, train: bool) -> int:
@@ -195,21 +196,45 @@ def _measure(config, data_dirs: dict[str, str], num_batches: int) -> list[dict]:
         raise ValueError(
           f"too few images for one timed {name} batch: write more (benchmark --input_per_core)"
         )
-      ours = _pipeline(run, n, train=train, from_start=work == "decoded")
+      from_start = work == "decoded"
+      ours = _pipeline(run, n, train=train, from_start=from_start)
       split = "train" if train else tfds_source.test_split(run, tfds_source.source(run))
       batch = run.batch_size if train else run.eval.batch_size
       ceiling = _ceiling(run, data_dir, split, batch, n, work)
+      first = next((r for r in rows if r["transform"] == name), None)  # the first copy's same transform
       rows.append(
         {
           "transform": name,
           "data": data,
-          "batches": n + (work == "decoded"),  # the batches timed
+          "batches": n + from_start,  # the batches timed
           "images_per_s": ours,
           "ceiling": ceiling,
           "ratio": ours / ceiling,
+          "vs_first_data": ours / first["images_per_s"] if first else 1.0,
         }
       )
   return rows
+
+
+def write_data(config, root: str, num_train: int) -> dict[str, str]:
+  """Data shaped like ``config.dataset``'s under ``root``: {name of the copy: its tfds data_dir}.
+
+  imagenet2012: the full-size JPEGs and their copy resized once to the eval resize (data/resized_copy.py);
+  cifar100: the PNGs. Both splits get ``num_train`` images.
+  """
+  full = os.path.join(root, "full")
+  if config.dataset == "cifar100":
+    return {"cifar100": write_cifar100(full, num_train=num_train, num_test=num_train)}
+  if config.dataset != "imagenet2012":
+    raise UserError(
+      f"config.dataset={config.dataset!r}: --input_per_core makes imagenet2012 or cifar100 data; use "
+      "configs/vit_imagenet.py or configs/wrn_cifar100.py (--input_batches measures any dataset)."
+    )
+  write_jpeg_imagenet(full, num_train=num_train, num_validation=num_train)
+  side = config.augment.eval_resize or config.augment.image_size
+  resized = os.path.join(root, f"resized{side}")
+  resized_copy.write(config.dataset, full, resized, shorter_side=side)
+  return {"full size": full, f"resized {side}": resized}
 
 
 def per_core(config, data_dirs: dict[str, str], *, num_batches: int = 20, core: int = 0) -> list[dict]:
