@@ -131,15 +131,15 @@ def test_offline_heads_use_the_online_labels_and_initialization_and_learn(run):
 def test_a_killed_offline_run_resumes_after_its_last_written_step(run, workdir, monkeypatch):
   path = os.path.join(workdir, "offline.jsonl")
   calls = []
-  original = offline_heads.offline_accuracy
+  original = offline_heads.frozen_controls
 
-  def killed_at_second_checkpoint(experiment, params, stats, layers=None):
+  def killed_at_second_checkpoint(experiment, params, stats, **kwargs):
     calls.append(1)
     if len(calls) == 2:
       raise KeyboardInterrupt  # killed while step 66's head trains
-    return original(experiment, params, stats, layers)
+    return original(experiment, params, stats, **kwargs)
 
-  monkeypatch.setattr(offline_heads, "offline_accuracy", killed_at_second_checkpoint)
+  monkeypatch.setattr(offline_heads, "frozen_controls", killed_at_second_checkpoint)
   with pytest.raises(KeyboardInterrupt):
     offline.run_offline(workdir, log=lambda s: None)
   (first,) = rundir.read_jsonl(path)
@@ -148,7 +148,7 @@ def test_a_killed_offline_run_resumes_after_its_last_written_step(run, workdir, 
     f.write('{"step": 66, "epoch": 3.0, "offline/blo')
 
   calls.clear()
-  monkeypatch.setattr(offline_heads, "offline_accuracy", lambda *a: calls.append(1) or original(*a))
+  monkeypatch.setattr(offline_heads, "frozen_controls", lambda *a, **k: calls.append(1) or original(*a, **k))
   resumed = offline.run_offline(workdir, steps=[66], log=lambda s: None)
   assert len(calls) == 1  # only step 66: step 0 was written before the kill
   assert [r["step"] for r in resumed] == [0, 66] and resumed[0] == first

@@ -122,11 +122,15 @@ def _run_offline(workdir, config, saved, ckpt, kind, all_steps, path, *, steps, 
   for step in todo:
     start = time.time()
     state = ckpt.restore_for_analysis(kind, step, abstract)
-    acc = offline_heads.offline_accuracy(experiment, state.params["model"], state.batch_stats)
-    rec = offline_record(experiment, step, acc, online.get(step), steps_per_epoch=run_exp.steps_per_epoch)
-    if config.offline.ridge_probe:  # the converged probe beside the budgeted heads (docs/design.md §4)
-      probe = offline_heads.frozen_probe(experiment, state.params["model"], state.batch_stats)
-      rec.update(metrics.accuracy_metrics(probe, experiment.num_labels, prefix="probe"))
+    # With offline.ridge_probe, the converged probe beside the budgeted heads (docs/design.md §4).
+    controls = offline_heads.frozen_controls(
+      experiment, state.params["model"], state.batch_stats, probe=config.offline.ridge_probe
+    )
+    rec = offline_record(
+      experiment, step, controls["heads"], online.get(step), steps_per_epoch=run_exp.steps_per_epoch
+    )
+    if "probe" in controls:
+      rec.update(metrics.accuracy_metrics(controls["probe"], experiment.num_labels, prefix="probe"))
     if is_writer:
       rundir.append_jsonl(path, rec)
     records.append(rec)

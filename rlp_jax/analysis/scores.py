@@ -148,60 +148,49 @@ def _choose_steps(saved: list[int], steps) -> list[int]:
   return chosen
 
 
-def offline_scores(
-  experiment, params, batch_stats, layers, scored: np.ndarray, epoch: int
+def frozen_scores(
+  experiment, params, batch_stats, layers, scored: np.ndarray, epoch: int, *, offline: bool, probe: bool
 ) -> dict[str, np.ndarray]:
-  """``offline_<kind>/<layer>`` (m, H) of fresh heads fitted to the frozen network.
+  """Per-example scores of controls fitted to the frozen network, from one feature extraction, (m, H) each.
 
-  The heads get ``experiment.config.offline``'s budget and score the examples ``scored`` marks (the trained-on
-  ones, which offline heads fit, in index order).
+  With ``offline``, ``offline_<kind>/<layer>`` of fresh heads (``experiment.config.offline``'s budget);
+  with ``probe``, ``probe_margin/<layer>`` and ``probe_correct/<layer>`` of the converged probe. Both are
+  fitted to, and score, the examples ``scored`` marks (the trained-on ones, in index order).
   """
   from flax import nnx
 
-  from rlp_jax.training import offline_heads
-
-  feats, y = offline_heads.extract_features(experiment, params["model"], batch_stats, layers, epoch=epoch)
-  rows = np.flatnonzero(scored)
-  if len(rows) != len(y):
-    raise UserError(f"offline heads read {len(y)} examples, the scores {len(rows)}; they must be the same.")
-  cfg = experiment.config.offline
-  feats = offline_heads.standardized(feats) if cfg.standardize else feats
-  graphdef, head_params = offline_heads.train_heads(
-    experiment, feats, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size
-  )
-  heads = nnx.merge(graphdef, head_params).layers
-  out = {}
-  for layer in layers:
-    # All (M, H, n) logits at once, like offline_heads' features: for the small runs this analysis is for.
-    logits = np.asarray(heads[layer](feats[layer]))[..., : experiment.num_labels]
-    for kind, value in scores_from_logits(logits, y).items():
-      fill = False if kind == "correct" else np.nan
-      out[f"offline_{kind}/{layer}"] = np.full((len(scored), *value.shape[1:]), fill, value.dtype)
-      out[f"offline_{kind}/{layer}"][rows] = value
-  return out
-
-
-def probe_scores(
-  experiment, params, batch_stats, layers, scored: np.ndarray, epoch: int
-) -> dict[str, np.ndarray]:
-  """``probe_margin/<layer>``, ``probe_correct/<layer>`` (m, H) of the converged probe on a frozen network.
-
-  The probe is fitted to the frozen network's features of the examples ``scored`` marks (in index order).
-  """
   from rlp_jax.heads import ridge_probe
   from rlp_jax.training import offline_heads
 
   feats, y = offline_heads.extract_features(experiment, params["model"], batch_stats, layers, epoch=epoch)
   rows = np.flatnonzero(scored)
   if len(rows) != len(y):
-    raise UserError(f"the probe read {len(y)} examples, the scores {len(rows)}; they must be the same.")
+    raise UserError(
+      f"the frozen features cover {len(y)} examples, the scores {len(rows)}; they must be the same."
+    )
   out = {}
-  for layer in layers:
-    probe = ridge_probe.fit(feats[layer], y, experiment.num_labels)
-    for kind, value in ridge_probe.own_label_stats(probe, feats[layer], y).items():
+
+  def scatter(prefix: str, layer: str, stats: dict[str, np.ndarray]) -> None:
+    for kind, value in stats.items():
       fill = False if kind == "correct" else np.nan
-      out[f"probe_{kind}/{layer}"] = np.full((len(scored), *value.shape[1:]), fill, value.dtype)
-      out[f"probe_{kind}/{layer}"][rows] = value
+      out[f"{prefix}_{kind}/{layer}"] = np.full((len(scored), *value.shape[1:]), fill, value.dtype)
+      out[f"{prefix}_{kind}/{layer}"][rows] = value
+
+  if offline:
+    cfg = experiment.config.offline
+    fitted = offline_heads.standardized(feats) if cfg.standardize else feats
+    graphdef, head_params = offline_heads.train_heads(
+      experiment, fitted, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size
+    )
+    heads = nnx.merge(graphdef, head_params).layers
+    for layer in layers:
+      # All (M, H, n) logits at once, like offline_heads' features: for the small runs this analysis is for.
+      logits = np.asarray(heads[layer](fitted[layer]))[..., : experiment.num_labels]
+      scatter("offline", layer, scores_from_logits(logits, y))
+  if probe:
+    for layer in layers:
+      fit = ridge_probe.fit(feats[layer], y, experiment.num_labels)
+      scatter("probe", layer, ridge_probe.own_label_stats(fit, feats[layer], y))
   return out
 
 
@@ -261,15 +250,18 @@ def _score_steps(workdir, config, experiment, state, ckpt, kind, chosen, layers,
     epoch = label_epoch(step, experiment.steps_per_epoch, config.num_epochs)
     batches = evaluators.head_logits(experiment, restored.params, restored.batch_stats, layers, epoch=epoch)
     per_step.append(collect(batches, experiment.info.num_train))
-    if offline:
+    if offline or probe:
       per_step[-1].update(
-        offline_scores(
-          experiment, restored.params, restored.batch_stats, layers, per_step[-1]["scored"], epoch
+        frozen_scores(
+          experiment,
+          restored.params,
+          restored.batch_stats,
+          layers,
+          per_step[-1]["scored"],
+          epoch,
+          offline=offline,
+          probe=probe,
         )
-      )
-    if probe:
-      per_step[-1].update(
-        probe_scores(experiment, restored.params, restored.batch_stats, layers, per_step[-1]["scored"], epoch)
       )
     log(
       f"scored step {step}: mean probability of the own random label "

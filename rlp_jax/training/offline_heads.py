@@ -213,52 +213,64 @@ def fit_fresh(
   return graphdef, params
 
 
-def offline_accuracy(experiment, model_params, batch_stats, layers=None) -> dict[str, np.ndarray]:
-  """Random-label accuracy (per layer, per head) of offline heads on a frozen network.
+def frozen_controls(
+  experiment, model_params, batch_stats, *, heads=True, scale_free=False, probe=False, layers=None
+) -> dict[str, dict[str, np.ndarray]]:
+  """Controls on a frozen network, each {layer: (H,) accuracy}, from one feature extraction.
 
-  The heads read standardized features with ``offline.standardize``.
+  ``heads``: offline heads of the online heads' variant (reading standardized features with
+  ``offline.standardize``); ``heads_scale_free``: the same with a LayerNorm before every dense layer;
+  ``probe``: the converged probe. The pooled features grow ~15x in norm during training on digits, and a
+  head's reach in a fixed budget grows with them; the probe is blind to both scale and budget
+  (docs/design.md §4).
   """
   layers = list(layers or experiment.rlp_layers)
   cfg = experiment.config.offline
   feats, y = extract_features(experiment, model_params, batch_stats, layers, limit=cfg.train_examples)
-  feats = standardized(feats) if cfg.standardize else feats
-  return fit_heads(experiment, feats, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size)
+  fitted = standardized(feats) if cfg.standardize and (heads or scale_free) else feats
+  fit = lambda sf: fit_heads(  # noqa: E731
+    experiment, fitted, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size, scale_free=sf
+  )
+  out = {}
+  if heads:
+    out["heads"] = fit(False)
+  if scale_free:
+    out["heads_scale_free"] = fit(True)
+  if probe:
+    out["probe"] = probe_accuracy(experiment, feats, y)
+  return out
+
+
+def offline_accuracy(experiment, model_params, batch_stats, layers=None) -> dict[str, np.ndarray]:
+  """Random-label accuracy (per layer, per head) of offline heads on a frozen network."""
+  return frozen_controls(experiment, model_params, batch_stats, layers=layers)["heads"]
 
 
 def init_controls(
   experiment, model_params, batch_stats, *, scale_free: bool
 ) -> dict[str, dict[str, np.ndarray]]:
-  """The end-of-run table's controls on the network at initialization, from one feature extraction.
+  """The end-of-run table's controls on the network at initialization (``frozen_controls``).
 
   ``offline_at_init`` (heads of the online heads' variant), with ``scale_free`` ``offline_at_init_scale_free``
   (a LayerNorm before every dense layer), with ``offline.ridge_probe`` ``probe_at_init`` (the converged
-  probe). The pooled features grow ~15x in norm during training on digits, and a head's reach in a fixed
-  budget grows with them; the probe is blind to both scale and budget (docs/design.md §4).
+  probe).
   """
-  cfg = experiment.config.offline
-  feats, y = extract_features(
-    experiment, model_params, batch_stats, list(experiment.rlp_layers), limit=cfg.train_examples
+  controls = frozen_controls(
+    experiment, model_params, batch_stats, scale_free=scale_free, probe=experiment.config.offline.ridge_probe
   )
-  fitted = standardized(feats) if cfg.standardize else feats
-  fit = lambda sf: fit_heads(  # noqa: E731
-    experiment, fitted, y, num_epochs=cfg.num_epochs, batch_size=cfg.batch_size, scale_free=sf
-  )
-  out = {"offline_at_init": fit(False)}
-  if scale_free:
-    out["offline_at_init_scale_free"] = fit(True)
-  if cfg.ridge_probe:
-    out["probe_at_init"] = probe_accuracy(experiment, feats, y)
-  return out
+  names = {
+    "heads": "offline_at_init",
+    "heads_scale_free": "offline_at_init_scale_free",
+    "probe": "probe_at_init",
+  }
+  return {names[k]: v for k, v in controls.items()}
 
 
 def frozen_probe(experiment, model_params, batch_stats, layers=None) -> dict[str, np.ndarray]:
   """The converged probe's random-label accuracy (per layer, per head) on a frozen network.
 
-  It is the loop's ``probe_trained`` column beside ``probe_at_init``, and the offline command's ``probe/``
-  curve.
+  It is the loop's ``probe_trained`` column beside ``probe_at_init``.
   """
-  layers = list(layers or experiment.rlp_layers)
-  feats, y = extract_features(
-    experiment, model_params, batch_stats, layers, limit=experiment.config.offline.train_examples
-  )
-  return probe_accuracy(experiment, feats, y)
+  return frozen_controls(experiment, model_params, batch_stats, heads=False, probe=True, layers=layers)[
+    "probe"
+  ]
