@@ -15,7 +15,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from rlp_jax.analysis import ground_truth
+from rlp_jax.analysis import ground_truth, ground_truth_stats
 from rlp_jax.infra import configuration, console, errors
 
 FLAGS = flags.FLAGS
@@ -58,7 +58,7 @@ def main(argv) -> None:
     models_per_step=FLAGS.models_per_step,
     log=lambda s: print(s, flush=True),
   )
-  print(ground_truth.describe(out), flush=True)
+  print(ground_truth_stats.describe(out), flush=True)
   print(f"ground truth: {output}", flush=True)
 
 

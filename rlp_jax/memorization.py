@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags
 
-from rlp_jax.analysis import external_scores, ground_truth, image_grid, memorization, scores
+from rlp_jax.analysis import external_scores, ground_truth_stats, image_grid, memorization, scores
 from rlp_jax.infra import configuration, console, errors, rundir
 
 
@@ -33,7 +33,7 @@ def main(argv) -> None:
     external = external_scores.load_external(
       fl.external, fl.external_score_key, fl.external_label_key, fl.external_index_key
     )
-  ground = ground_truth.load(fl.ground_truth) if fl.ground_truth else None
+  ground = ground_truth_stats.load(fl.ground_truth) if fl.ground_truth else None
   _print(fl, _score(fl, config, steps, external, ground))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rlp_jax.analysis import ground_truth, score_stats
+from rlp_jax.analysis import ground_truth, ground_truth_stats, score_stats
 from rlp_jax.infra.errors import UserError
 
 
@@ -16,7 +16,7 @@ def test_estimates_of_a_planted_set_with_intervals():
   assert (masks.sum(1) == 35).all()  # exact subsets
   planted = np.arange(50) < 10
   correct = np.where(planted, masks, True)
-  est = ground_truth.estimates(correct, masks)
+  est = ground_truth_stats.estimates(correct, masks)
   np.testing.assert_array_equal(est["mem"], np.where(planted, 1.0, 0.0))
   np.testing.assert_array_equal(est["p_out"], np.where(planted, 0.0, 1.0))
   assert (est["mem_low"] <= est["mem"]).all() and (est["mem"] <= est["mem_high"]).all()
@@ -32,7 +32,7 @@ def test_bootstrap_interval_covers_the_truth_and_narrows_with_more_models():
   def run(k):
     masks = ground_truth.subset_masks(seed=k, num_models=k, num_examples=400, rate=0.7)
     correct = rng.random(masks.shape) < np.where(masks, 0.9, 0.4)
-    est = ground_truth.estimates(correct, masks, num_boot=500)
+    est = ground_truth_stats.estimates(correct, masks, num_boot=500)
     return np.nanmean((est["mem_low"] <= 0.5) & (0.5 <= est["mem_high"])), np.nanmean(
       est["mem_high"] - est["mem_low"]
     )
@@ -72,4 +72,4 @@ def test_a_ground_truth_of_other_labels_is_refused():
   ground = {"mem": np.zeros(4), "scored": np.ones(4, bool), "train_label": np.array([0, 1, 2, 3])}
   scores = {"scored": np.ones(4, bool), "train_label": np.array([0, 1, 2, 0])}
   with pytest.raises(UserError, match="agree with the run's on 75.0%"):
-    ground_truth.check_aligned(ground, scores)
+    ground_truth_stats.check_aligned(ground, scores)

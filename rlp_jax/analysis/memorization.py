@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from rlp_jax.analysis import external_scores, ground_truth, image_grid, score_stats, scores
+from rlp_jax.analysis import external_scores, ground_truth_stats, image_grid, score_stats, scores
 from rlp_jax.infra import rundir
 
 SUMMARY_FILE = "memorization.json"
@@ -72,7 +72,7 @@ def analyze(
     out["external"] = external_scores.correlate_external(data, values, *external)
   if ground is not None:
     out["fit_of_training_labels"] = fit_of_training_labels(data)
-    out["ground_truth"] = ground_truth.correlate(data, ground, score_variants(data), num_boot=num_boot)
+    out["ground_truth"] = ground_truth_stats.correlate(data, ground, score_variants(data), num_boot=num_boot)
   rundir.atomic_write(os.path.join(workdir, SUMMARY_FILE), json.dumps(out, indent=2))
   return out
 
