@@ -54,7 +54,9 @@ class RunLogs:
   def load(cls, workdir: str, name: str | None = None) -> RunLogs:
     config_path = os.path.join(workdir, rundir.CONFIG_FILE)
     config = (
-      rundir.flatten(rundir.migrate(rundir.read_json(config_path))) if os.path.exists(config_path) else {}
+      configuration.flatten(rundir.migrate(rundir.read_json(config_path)))
+      if os.path.exists(config_path)
+      else {}
     )
     mem_path = os.path.join(workdir, "memorization.json")
     mem = rundir.read_json(mem_path) if os.path.exists(mem_path) else None
@@ -63,7 +65,7 @@ class RunLogs:
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always")
       metrics = rundir.read_jsonl(os.path.join(workdir, rundir.METRICS_FILE))
-      offline = sorted(rundir.read_jsonl(os.path.join(workdir, "offline.jsonl")), key=lambda r: r["step"])
+      offline = sorted(rundir.read_jsonl(os.path.join(workdir, rundir.OFFLINE_FILE)), key=lambda r: r["step"])
     skipped = [str(w.message) for w in caught]
     controls = {}
     summary_path = os.path.join(workdir, rundir.SUMMARY_FILE)

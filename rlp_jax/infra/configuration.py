@@ -238,13 +238,15 @@ def feature_pool(config: ml_collections.ConfigDict) -> str:
   return pool
 
 
-def _leaves(config, prefix: str = ""):
-  """``(dotted key, value)`` of every leaf of a ConfigDict."""
-  for key, value in config.items():
+def flatten(tree, prefix: str = "") -> dict:
+  """A ConfigDict or nested dicts (a config's JSON) -> one dict with dotted keys: {"rlp.reg_lambda": 1e4}."""
+  out = {}
+  for key, value in tree.items():
     if hasattr(value, "items"):
-      yield from _leaves(value, f"{prefix}{key}.")
+      out.update(flatten(value, f"{prefix}{key}."))
     else:
-      yield f"{prefix}{key}", value
+      out[f"{prefix}{key}"] = value
+  return out
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -253,15 +255,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
   def fail(key, msg):
     raise UserError(f"config.{key}: {msg}")
 
-  def at_least(key, low, what=""):
+  def get(key):  # a dotted key's value: 'rlp.reg_lambda'
     value = config
     for part in key.split("."):
       value = value[part]
-    if not value >= low:  # also refuses NaN
-      fail(key, f"must be >= {low}{what}, got {value}.")
+    return value
+
+  def at_least(key, low, what=""):
+    if not get(key) >= low:  # also refuses NaN
+      fail(key, f"must be >= {low}{what}, got {get(key)}.")
 
   # A float that is NaN or infinite is no setting at all (and NaN is not valid JSON in config.json).
-  for key, value in _leaves(config):
+  for key, value in flatten(config).items():
     if isinstance(value, float) and not math.isfinite(value):
       fail(key, f"must be a finite number, got {value}.")
   at_least("num_epochs", 1)
@@ -271,11 +276,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     # The label hash takes 32-bit keys (data/labels.py): a larger seed would wrap onto another one.
     fail("seed", f"must be <= {MAX_SEED:,} (it keys the 32-bit label hash), got {config.seed:,}.")
   for key in ("eval.train_examples", "offline.train_examples"):
-    value = config[key.split(".")[0]][key.split(".")[1]]
+    value = get(key)
     if value == 0 or value < -1:
       fail(key, f"must be a number of examples >= 1, or -1 for all of them; got {value}.")
   for key in ("rlp.layers", "rlp.reg_layers", "rlp.norm_layers", "probes.layers"):
-    names = named_layers(config[key.split(".")[0]][key.split(".")[1]])
+    names = named_layers(get(key))
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
       fail(key, f"lists {twice} more than once; name each layer once.")
@@ -291,8 +296,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   smallest, meaning = (0, " (0 = the variant's)") if model.size_from_variant else (1, "")
   at_least("model.width", smallest, meaning)
   at_least("model.depth", smallest, meaning)
-  if not math.isfinite(config.rlp.reg_lambda):
-    fail("rlp.reg_lambda", f"must be a finite number >= 0, got {config.rlp.reg_lambda}.")
   if config.rlp.reg_lambda > 0 and config.rlp.num_heads == 0:
     fail(
       "rlp.reg_lambda",
@@ -367,9 +370,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= config.model.dropout < 1.0:
     fail("model.dropout", f"must lie in [0, 1), got {config.model.dropout}.")
   for key in ("optimizer", "rlp.optimizer", "probes.optimizer"):
-    opt = config
-    for part in key.split("."):
-      opt = opt[part]
+    opt = get(key)
     if opt.name not in OPTIMIZERS:
       fail(f"{key}.name", f"must be one of {OPTIMIZERS}, got {opt.name!r}.")
     if opt.schedule not in ("cosine", "constant"):

@@ -134,17 +134,6 @@ def final_record(records: Iterable[Mapping], num_epochs: int) -> dict | None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def flatten(tree: Mapping, prefix: str = "") -> dict:
-  """Nested dicts (a config's JSON) -> one dict with dotted keys, e.g. ``{"rlp.reg_lambda": 1e4}``."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def config_dict(config) -> dict:
   """A ConfigDict (or a plain mapping) as plain nested dicts, as it is stored in JSON."""
   return json.loads(config.to_json()) if hasattr(config, "to_json") else json.loads(json.dumps(config))
@@ -170,14 +159,14 @@ def write_config_file(path: str, config) -> None:
 
 def differences(saved, current, ignore: Iterable[str] = ()) -> list[str]:
   """Dotted keys whose values differ between two configs (ConfigDicts or their JSON), except ``ignore``."""
-  a, b = flatten(config_dict(saved)), flatten(config_dict(current))
+  a, b = configuration.flatten(config_dict(saved)), configuration.flatten(config_dict(current))
   skip = set(ignore)
   return [k for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
 
 
 def override_flags(config, keys: Iterable[str]) -> str:
   """``--config.KEY=VALUE`` for ``keys`` of ``config`` (a ConfigDict or its JSON), as a shell takes them."""
-  flat = flatten(config_dict(config))
+  flat = configuration.flatten(config_dict(config))
   return " ".join(f"--config.{k}={_flag_value(flat.get(k))}" for k in keys)
 
 
@@ -200,7 +189,7 @@ def check_same(path: str, config, *, ignore: Iterable[str] = (), what: str, fix:
   if not os.path.exists(path):
     return
   saved = read_config(path)
-  a, b = flatten(config_dict(saved)), flatten(config_dict(config))
+  a, b = configuration.flatten(config_dict(saved)), configuration.flatten(config_dict(config))
   diffs = differences(a, b, ignore)
   if diffs:
     detail = ", ".join(f"config.{k}: saved {a.get(k)!r} vs now {b.get(k)!r}" for k in diffs[:8])
