@@ -196,21 +196,19 @@ def routed_losses(
     l_rnd = jnp.mean(jnp.stack([st.ce.mean() for st in rnd.values()]))
     total = total + l_rnd
     parts["loss/rnd"] = l_rnd
+    l_reg = jnp.mean(
+      jnp.stack(
+        [
+          -rnd[n].log1m.mean() * reg_scale(reg_normalization, heads.layers[n].num_valid)
+          for n in reg_layers or rnd
+        ]
+      )
+    )
     if regularize:
-      scale = {name: reg_scale(reg_normalization, heads.layers[name].num_valid) for name in reg_layers}
-      l_reg = jnp.mean(jnp.stack([-rnd[name].log1m.mean() * scale[name] for name in reg_layers]))
       total = total + reg_lambda * l_reg
       parts["loss/reg"] = l_reg
-    else:
-      # Reported for the curves only; computed from detached statistics, so it cannot move anything.
-      parts["loss/reg"] = jnp.mean(
-        jnp.stack(
-          [
-            -sg(rnd[n].log1m).mean() * reg_scale(reg_normalization, heads.layers[n].num_valid)
-            for n in reg_layers or rnd
-          ]
-        )
-      )
+    else:  # reported for the curves only: detached, it cannot move anything
+      parts["loss/reg"] = sg(l_reg)
     parts["rnd_correct"] = {name: st.correct for name, st in rnd.items()}
 
   if probes is not None:
