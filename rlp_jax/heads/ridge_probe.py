@@ -46,6 +46,17 @@ def design(x: jax.Array, mean: jax.Array, scale: jax.Array) -> jax.Array:
   return jnp.concatenate([xs, jnp.ones((x.shape[0], 1), jnp.float32)], axis=1)
 
 
+def standardization(x) -> tuple[np.ndarray, np.ndarray]:
+  """Per-feature (mean, scale) of (M, D) features over the M examples, in float64, that z-score them.
+
+  A feature constant over the set (std below 1e-6 of its size) gets scale 1: its standardized value is 0.
+  The probe and the offline heads with ``offline.standardize`` (training/offline_heads.py) both use it.
+  """
+  x = np.asarray(x, np.float64)
+  mean, std = x.mean(0), x.std(0)
+  return mean, np.where(std > 1e-6 * (np.abs(mean) + 1.0), std, 1.0)
+
+
 def fit(x, labels, num_labels: int, ridge: float = DEFAULT_RIDGE) -> Probe:
   """Closed-form ridge fit of ``labels`` (M, H) from features ``x`` (M, D), one-vs-rest over n labels.
 
@@ -54,8 +65,7 @@ def fit(x, labels, num_labels: int, ridge: float = DEFAULT_RIDGE) -> Probe:
   Features constant over the set get scale 1 (their standardized value is 0 and carries nothing)."""
   x = np.asarray(x, np.float64)
   labels = np.asarray(labels)
-  mean, std = x.mean(0), x.std(0)
-  scale = np.where(std > 1e-6 * (np.abs(mean) + 1.0), std, 1.0)
+  mean, scale = standardization(x)
   xa = np.concatenate([(x - mean) / scale, np.ones((len(x), 1))], axis=1)
   m, d = xa.shape
   chol = scipy.linalg.cho_factor(xa.T @ xa + ridge * m * np.eye(d))

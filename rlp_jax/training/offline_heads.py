@@ -67,11 +67,8 @@ def standardized(features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """
   out = {}
   for name, f in features.items():
-    f = np.asarray(f, np.float64)
-    std = f.std(0)
-    out[name] = ((f - f.mean(0)) / np.where(std > 1e-6 * (np.abs(f.mean(0)) + 1.0), std, 1.0)).astype(
-      np.float32
-    )
+    mean, scale = ridge_probe.standardization(f)
+    out[name] = ((np.asarray(f, np.float64) - mean) / scale).astype(np.float32)
   return out
 
 
