@@ -163,10 +163,9 @@ class Checkpoints:
       return step, state
     if failed:
       step, e = failed[0]
-      first = (str(e).splitlines() or [""])[0][:200]
       raise UserError(
         f"none of the checkpoints in {self.root / RESUME_DIR} ({', '.join(str(s) for s, _ in failed)}) can "
-        f"be read with this config (step {step}: {type(e).__name__}: {first}). If {rundir.CONFIG_FILE} was "
+        f"be read with this config (step {step}: {_why(e)}). If {rundir.CONFIG_FILE} was "
         f"replaced, restore the run's own (its copy: {rundir.CONFIG_BACKUP}); nothing was changed."
       )
     return None, abstract_state
@@ -211,9 +210,8 @@ class Checkpoints:
         return self.resume.restore(step, args=ocp.args.StandardRestore(abstract_state))
       return self.restore_snapshot(step, abstract_state)
     except Exception as e:  # noqa: BLE001 - Orbax, tensorstore and json raise many kinds; all mean "unreadable"
-      first = (str(e).splitlines() or [""])[0][:200]
       raise UserError(
-        f"{self.root / kind / str(step)} cannot be read ({type(e).__name__}: {first}): it is damaged, or the "
+        f"{self.root / kind / str(step)} cannot be read ({_why(e)}): it is damaged, or the "
         f"{rundir.CONFIG_FILE} beside it describes another model or other heads than the run that wrote it. "
         "Nothing was changed; restore the file, or pass --steps without this one."
       ) from None
@@ -241,7 +239,7 @@ class Checkpoints:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"rlp_jax set aside checkpoint {step}")
     warnings.warn(
-      f"{src} cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:200]}); renamed to "
+      f"{src} cannot be read ({_why(error)}); renamed to "
       f"{dst.name} (nothing deleted) and resuming from an earlier checkpoint.",
       stacklevel=3,
     )
@@ -291,3 +289,8 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """``config.json`` and its copy ``.config.json`` (what restores it if it is lost, check_same_experiment)."""
   rundir.write_config_file(os.path.join(workdir, rundir.CONFIG_FILE), config)
   rundir.write_config_file(os.path.join(workdir, rundir.CONFIG_BACKUP), config)
+
+
+def _why(error: BaseException) -> str:
+  """'Type: first line of the message' (at most 200 characters of it): Orbax's messages run on."""
+  return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"

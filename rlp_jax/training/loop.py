@@ -103,9 +103,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise
       # Orbax writes each step under a temporary name and renames it only when complete, so the steps
       # already saved are whole; the one cut short keeps its temporary name and is never resumed from.
-      saved = sorted(
-        int(p) for p in os.listdir(os.path.join(workdir, checkpointing.RESUME_DIR)) if p.isdigit()
-      )
+      resume_dir = os.path.join(workdir, checkpointing.RESUME_DIR)  # absent if the disk filled before it
+      names = os.listdir(resume_dir) if os.path.isdir(resume_dir) else []
+      saved = sorted(int(p) for p in names if p.isdigit())
       raise UserError(
         f"--workdir={workdir}: the disk is full ({e.strerror}). "
         + (f"The checkpoint of step {saved[-1]} is intact: " if saved else "")
