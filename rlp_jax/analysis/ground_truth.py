@@ -25,7 +25,6 @@ raw ``in_mask``, ``correct`` (K, m) from which every estimate can be recomputed 
 
 from __future__ import annotations
 
-import io
 import time
 
 import jax
@@ -213,7 +212,5 @@ def compute(
     num_epochs=np.asarray(config.num_epochs),
   )
   if output:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **out)
-    rundir.atomic_write(output, buf.getvalue())
+    rundir.write_npz(output, out)
   return out

@@ -35,7 +35,6 @@ The one-number score of an example (for ranking) is one of these, averaged over 
 
 from __future__ import annotations
 
-import io
 import os
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -278,9 +277,7 @@ def _score_steps(workdir, config, experiment, state, ckpt, kind, chosen, layers,
     layers=np.asarray(layers),
     num_labels=np.asarray(experiment.num_labels),
   )
-  buf = io.BytesIO()
-  np.savez_compressed(buf, **out)
-  rundir.atomic_write(os.path.join(workdir, output), buf.getvalue())
+  rundir.write_npz(os.path.join(workdir, output), out)
   return out
 
 

@@ -44,6 +44,17 @@ def atomic_write(path: str, data: str | bytes) -> None:
   os.replace(tmp, path)
 
 
+def write_npz(path: str, arrays: Mapping) -> None:
+  """``arrays`` as one compressed .npz, written like ``atomic_write``: the old file or the new one."""
+  import io
+
+  import numpy as np
+
+  buf = io.BytesIO()
+  np.savez_compressed(buf, **arrays)
+  atomic_write(path, buf.getvalue())
+
+
 # ----------------------------------------------------------------------------------------------------
 # JSON lines
 # ----------------------------------------------------------------------------------------------------
