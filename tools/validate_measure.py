@@ -16,19 +16,19 @@ import json
 import math
 import os
 
-import numpy as np
-from scipy import stats
+from rlp_jax.analysis import paper_results
+from rlp_jax.infra import rundir
 
 SEEDS = (0, 1, 2)
 LAYERS = ("block_1", "pre_logits")
 
 
-def mean_ci(values, level=0.95) -> str:
-  v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
-  if len(v) < 2:
-    return f"{v.mean():.3f}" if len(v) else "–"
-  half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
-  return f"{v.mean():.3f} [{v.mean() - half:.3f}, {v.mean() + half:.3f}]"
+def mean_ci(values) -> str:
+  """paper_results' t-interval over seeds as this page prints it ('–' for no value)."""
+  m, lo, hi = paper_results.mean_ci(values)
+  if math.isnan(m):
+    return "–"
+  return f"{m:.3f}" if math.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def table(header, rows) -> list[str]:
@@ -37,11 +37,6 @@ def table(header, rows) -> list[str]:
     "|" + "---|" * len(header),
     *("| " + " | ".join(str(c) for c in r) + " |" for r in rows),
   ]
-
-
-def read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def probe_tables(root: str) -> list[str]:
@@ -77,7 +72,8 @@ def probe_tables(root: str) -> list[str]:
   rows = []
   for budget in (30, 100, 300):
     recs = {
-      s: {r["step"]: r for r in read_jsonl(f"{root}/demo_s{s}/offline_std_{budget}.jsonl")} for s in SEEDS
+      s: {r["step"]: r for r in rundir.read_jsonl(f"{root}/demo_s{s}/offline_std_{budget}.jsonl")}
+      for s in SEEDS
     }
     for layer in LAYERS:
       init = [recs[s][0][f"offline/{layer}/accuracy"] for s in SEEDS]
@@ -172,7 +168,8 @@ def auc_tables(root: str) -> list[str]:
       ]
       cells.append(mean_ci(vals))
     rows.append([key[0], key[1] or "–", key[2] or "–", *cells])
-  epochs = [f"epoch {s / 22:g}" for s in steps]
+  epoch_of = {r["step"]: r["epoch"] for r in mems[0]["noisy_vs_clean"]}
+  epochs = [f"epoch {epoch_of[s]:g}" for s in steps]
   return ["### Noisy-vs-clean ROC AUC before and after the noise is fitted", ""] + table(
     ["score", "layer", "heads", *epochs], rows
   )
