@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
-from rlp_jax.heads.label_axis import HeadStats, dx_from_vw, finite_shift
+from rlp_jax.heads.label_axis import dx_from_vw, finite_shift, logit_grad, rescale, stats_from_margin
 
 # Tile sizes, powers of two. Untuned (no GPU has run these kernels yet); bf16 operand tiles of a few
 # tens of KB and fp32 accumulators of 32 KB per program, well inside an H100's 227 KB of shared memory.
@@ -89,9 +89,7 @@ def _forward_kernel(x_ref, w_ref, b_ref, y_ref, lse_ref, t_ref, arg_ref, *, bloc
     s, is_target, cols = _logits(x_ref, slice(None), w_ref, pl.ds(start, bn), b_ref, y, start, **kw)
     others = jnp.where(is_target, -jnp.inf, s)
     m_new = jnp.maximum(m_o, others.max(1))
-    se_o = jnp.where(jnp.isfinite(m_o), se_o * jnp.exp(m_o - finite_shift(m_new)), 0.0) + jnp.exp(
-      others - finite_shift(m_new)[:, None]
-    ).sum(1)
+    se_o = rescale(m_o, se_o, m_new) + jnp.exp(others - finite_shift(m_new)[:, None]).sum(1)
     t = t + jnp.where(is_target, s, 0.0).sum(1)
     b_best = s.max(1)
     # The lowest column at the block's max (argmax's tie rule); earlier blocks win ties, as in head_loss_xla.
@@ -108,11 +106,6 @@ def _forward_kernel(x_ref, w_ref, b_ref, y_ref, lse_ref, t_ref, arg_ref, *, bloc
   arg_ref[...] = arg
 
 
-def _v(s, is_target, lse_o):
-  """V = q - e_y of a tile (head_loss_xla._backward): exp(s - lse_{≠y}) off the target, -1 on it."""
-  return jnp.where(is_target, -1.0, jnp.exp(s - lse_o[:, None]))
-
-
 def _dx_kernel(x_ref, w_ref, b_ref, y_ref, lse_ref, vw_ref, *, blocks, bd, **kw):
   y, lse_o, bn, dt = y_ref[...], lse_ref[...], kw["bn"], kw["dt"]
   dcols = pl.ds(pl.multiple_of(pl.program_id(2) * bd, bd), bd)
@@ -120,7 +113,7 @@ def _dx_kernel(x_ref, w_ref, b_ref, y_ref, lse_ref, vw_ref, *, blocks, bd, **kw)
   def body(j, vw):
     start = pl.multiple_of(j * bn, bn)
     s, is_target, _ = _logits(x_ref, slice(None), w_ref, pl.ds(start, bn), b_ref, y, start, **kw)
-    v = _v(s, is_target, lse_o).astype(dt)
+    v = logit_grad(s, is_target, lse_o).astype(dt)
     w = w_ref[dcols, pl.ds(start, bn)].astype(dt)
     return vw + jax.lax.dot_general(v, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
@@ -135,7 +128,7 @@ def _dw_kernel(x_ref, w_ref, b_ref, y_ref, lse_ref, c_ref, dk_ref, db_ref, *, bl
   def body(i, carry):
     rows = pl.ds(pl.multiple_of(i * bb, bb), bb)
     s, is_target, _ = _logits(x_ref, rows, w_ref, slice(None), b_ref, y_ref[rows], start, **kw)
-    v = _v(s, is_target, lse_ref[rows])
+    v = logit_grad(s, is_target, lse_ref[rows])
     x = x_ref[rows, dcols]
     dks, dbs = carry
     # Triton cannot slice a loaded tensor: one load per scale.
@@ -233,9 +226,7 @@ def forward(x, kernel, bias, labels, *, spec, block_b=None, block_n=None, interp
     num_warps=FORWARD_WARPS,
   )
   lse_o, t, arg = (a[:, : lay.b].T for a in (lse_o, t, arg))
-  margin = t - lse_o  # as head_loss_xla.forward: exact and stable at any margin
-  stats = HeadStats(ce=jax.nn.softplus(-margin), log1m=-jax.nn.softplus(margin), correct=arg == labels)
-  return stats, (lse_o,)
+  return stats_from_margin(t, lse_o, arg, labels), (lse_o,)
 
 
 def backward_local(

@@ -15,7 +15,17 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from rlp_jax.heads.label_axis import HeadStats, Spec, dense, dx_from_vw, finite_shift, mask_padding
+from rlp_jax.heads.label_axis import (
+  HeadStats,
+  Spec,
+  dense,
+  dx_from_vw,
+  finite_shift,
+  logit_grad,
+  mask_padding,
+  rescale,
+  stats_from_margin,
+)
 from rlp_jax.infra.mesh import DATA, MODEL, shard_map
 
 
@@ -56,17 +66,12 @@ def _block_stats(s, is_target, first):
   )
 
 
-def _rescale(m, se, m_new):
-  """A sum of exp(s - m) re-expressed as a sum of exp(s - m_new), m_new >= m."""
-  return jnp.where(jnp.isfinite(m), se * jnp.exp(m - finite_shift(m_new)), 0.0)
-
-
 def _merge(a, b):
   """Statistics of two label blocks, b's labels after a's (online logsumexp; argmax ties keep a's)."""
   m_o = jnp.maximum(a["m_o"], b["m_o"])
   return dict(
     m_o=m_o,
-    se_o=_rescale(a["m_o"], a["se_o"], m_o) + _rescale(b["m_o"], b["se_o"], m_o),
+    se_o=rescale(a["m_o"], a["se_o"], m_o) + rescale(b["m_o"], b["se_o"], m_o),
     t=a["t"] + b["t"],
     best=jnp.maximum(a["best"], b["best"]),
     arg=jnp.where(b["best"] > a["best"], b["arg"], a["arg"]),
@@ -79,7 +84,7 @@ def _merge_devices(st, axis):
   big = jnp.iinfo(jnp.int32).max
   return dict(
     m_o=m_o,
-    se_o=jax.lax.psum(_rescale(st["m_o"], st["se_o"], m_o), axis),
+    se_o=jax.lax.psum(rescale(st["m_o"], st["se_o"], m_o), axis),
     t=jax.lax.psum(st["t"], axis),
     best=best,
     arg=jax.lax.pmin(jnp.where(st["best"] == best, st["arg"], big), axis),
@@ -107,8 +112,7 @@ def forward(x, kernel, bias, labels, *, spec: Spec):
   if spec.axis is not None:
     st = _merge_devices(st, spec.axis)
   lse_o = finite_shift(st["m_o"]) + jnp.log(st["se_o"])
-  margin = st["t"] - lse_o
-  stats = HeadStats(ce=jax.nn.softplus(-margin), log1m=-jax.nn.softplus(margin), correct=st["arg"] == labels)
+  stats = stats_from_margin(st["t"], lse_o, st["arg"], labels)
   return stats, ((lse_o, s) if spec.store_logits else (lse_o,))
 
 
@@ -121,8 +125,8 @@ def backward_local(x, kernel, bias, labels, extras, scales, *, spec: Spec):
 def _backward(x, kernel, bias, labels, extras, scales, *, spec: Spec):
   """(V Wᵀ, dkernels, dbiases) on this device, for logit gradients ``c ⊙ V``, one per scale c in ``scales``.
 
-  dW = (c ⊙ x)ᵀ V, db = cᵀ V. V Wᵀ (B, H, D) is shared by all scales (see _dxs); with a sharded label axis
-  it is the sum over this device's labels only.
+  dW = (c ⊙ x)ᵀ V, db = cᵀ V. V Wᵀ (B, H, D) is shared by all scales (label_axis.dx_from_vw); with a
+  sharded label axis it is the sum over this device's labels only.
   """
   lse_o = extras[0]
   n_local = kernel.shape[-1]
@@ -132,7 +136,7 @@ def _backward(x, kernel, bias, labels, extras, scales, *, spec: Spec):
 
   def block(s, start):
     s, is_target = _masked(s, labels, base + start, spec)
-    v = jnp.where(is_target, -1.0, jnp.exp(s - lse_o[..., None]))  # V = q - e_y
+    v = logit_grad(s, is_target, lse_o)
     vd = v.astype(spec.dt)
     w = _block(kernel, start, spec).astype(spec.dt)
     vw = jnp.einsum("bhn,hdn->bhd", vd, w, preferred_element_type=jnp.float32)

@@ -65,6 +65,26 @@ def finite_shift(m: jax.Array) -> jax.Array:
   return jnp.where(jnp.isfinite(m), m, 0.0)
 
 
+def rescale(m: jax.Array, se: jax.Array, m_new: jax.Array) -> jax.Array:
+  """A sum of exp(s - m) re-expressed as a sum of exp(s - m_new), m_new >= m (online logsumexp)."""
+  return jnp.where(jnp.isfinite(m), se * jnp.exp(m - finite_shift(m_new)), 0.0)
+
+
+def logit_grad(s: jax.Array, is_target: jax.Array, lse_o: jax.Array) -> jax.Array:
+  """V = q - e_y of a block of logits: exp(s - lse_{≠y}) off the target, -1 on it (lse_o per row)."""
+  return jnp.where(is_target, -1.0, jnp.exp(s - lse_o[..., None]))
+
+
+def stats_from_margin(t: jax.Array, lse_o: jax.Array, arg: jax.Array, labels: jax.Array) -> HeadStats:
+  """HeadStats from the target logit t, the logsumexp of the others and the argmax column.
+
+  With the margin d = t - lse_{≠y}: ce = softplus(-d), log(1 - p_y) = -softplus(d), exact and stable at any
+  margin (head_loss_xla.forward derives it).
+  """
+  margin = t - lse_o
+  return HeadStats(ce=jax.nn.softplus(-margin), log1m=-jax.nn.softplus(margin), correct=arg == labels)
+
+
 def dx_from_vw(vw: jax.Array, scales, spec: Spec) -> tuple[jax.Array, ...]:
   """dx = c ⊙ V Wᵀ per scale c, summed over heads when they share x: V Wᵀ serves every scale."""
   return tuple(c[..., None] * vw if spec.per_head else (c[..., None] * vw).sum(1) for c in scales)
